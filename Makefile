@@ -1,0 +1,42 @@
+# newsflow: `make run` runs the whole system locally, `make test` runs the whole suite.
+# Both set up .venv first; nothing else needs to be installed on the machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint typecheck unit integration e2e bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[embedded,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/newsflow run
+
+lint: $(STAMP)
+	$(BIN)/ruff check services shared ops tests bench
+	$(BIN)/ruff format --check services shared ops tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python -m pytest
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m unit
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest -m integration
+
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -m e2e
+
+clean:
+	rm -rf $(VENV) .newsflow .pytest_cache .mypy_cache .ruff_cache

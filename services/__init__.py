@@ -1,0 +1,1 @@
+"""The three newsflow services; they never import one another, only `shared`."""

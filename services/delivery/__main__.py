@@ -1,0 +1,3 @@
+from services.delivery.main import main
+
+main()

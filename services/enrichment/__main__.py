@@ -1,0 +1,3 @@
+from services.enrichment.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""ingest: the front door where newsrooms push articles onto `articles.ingested.v1`."""

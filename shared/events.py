@@ -1,0 +1,304 @@
+"""The newsflow contract in one module: Article, Story, topics and the CloudEvents mapping.
+
+Partners and internal teams build on exactly what is here; changing a field is a public API change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+
+SPEC_VERSION = "1.0"
+M = TypeVar("M", bound=BaseModel)
+CONTENT_TYPE = "application/json"
+
+PubStatus = Literal["usable", "withheld", "canceled"]
+
+
+class EventType(StrEnum):
+    """CloudEvents `type` of every record on the article and story topics."""
+
+    PUBLISHED = "newsflow.article.published"
+    UPDATED = "newsflow.article.updated"
+    WITHDRAWN = "newsflow.article.withdrawn"
+
+    @property
+    def webhook_type(self) -> str:
+        """The webhook `type` partners receive: story.published / .updated / .withdrawn."""
+        return "story." + self.value.rsplit(".", 1)[1]
+
+
+class ContractModel(BaseModel):
+    """Unknown fields are refused, so a typo in a payload is an error, not a silent drop."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Image(ContractModel):
+    href: AnyHttpUrl
+    caption: str | None = None
+    credit: str | None = None
+
+
+class ProviderLink(ContractModel):
+    """A related link the provider already gave with the article."""
+
+    uri: str | None = None
+    url: AnyHttpUrl | None = None
+    headline: str | None = None
+
+
+class Article(ContractModel):
+    """An article as a newsroom sends it (field names after ninjs 1.x as Superdesk emits it)."""
+
+    uri: Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^\S+$")] = Field(
+        description="Stable, provider-scoped identifier, e.g. `urn:newsflow:acme:2026-0001`.",
+    )
+    version: int = Field(default=1, ge=1, description="Increases with every correction.")
+    versioncreated: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    firstcreated: datetime | None = None
+    pubstatus: PubStatus = "usable"
+    embargoed: datetime | None = Field(default=None, description="Held until this time.")
+    urgency: int = Field(default=5, ge=1, le=9)
+    language: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = (
+        "en"
+    )
+    headline: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    subheadline: str | None = None
+    summary: str | None = None
+    body_html: str = ""
+    byline: str | None = None
+    provider: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    url: AnyHttpUrl | None = None
+    section: str | None = Field(default=None, description="The provider's own label: a hint.")
+    keywords: list[str] = Field(default_factory=list)
+    images: list[Image] = Field(default_factory=list)
+    related: list[ProviderLink] = Field(default_factory=list)
+
+    @property
+    def is_withdrawn(self) -> bool:
+        return self.pubstatus == "canceled"
+
+
+class SectionAssignment(ContractModel):
+    id: str
+    name: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    method: Literal["provider", "classifier", "default"]
+
+
+class RelatedStory(ContractModel):
+    uri: str
+    headline: str
+    url: AnyHttpUrl | None = None
+    score: float
+
+
+class Entities(ContractModel):
+    people: list[str] = Field(default_factory=list)
+    places: list[str] = Field(default_factory=list)
+    organisations: list[str] = Field(default_factory=list)
+
+
+class Enrichment(ContractModel):
+    section: SectionAssignment
+    related: list[RelatedStory] = Field(default_factory=list)
+    entities: Entities = Field(default_factory=Entities)
+    duplicate_of: str | None = None
+    enriched_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class Story(Article):
+    """An Article with what enrichment added: the value of `stories.enriched.v1`."""
+
+    enrichment: Enrichment
+
+
+class DeliveryAttempt(ContractModel):
+    """One webhook attempt: the value of `deliveries.attempts.v1` (key = subscription id)."""
+
+    subscription_id: str
+    webhook_id: str
+    story_uri: str
+    story_version: int
+    event_type: str
+    url: str
+    attempt: int
+    status_code: int | None
+    outcome: Literal["delivered", "failed", "gave_up"]
+    duration_ms: float
+    error: str | None = None
+    attempted_at: datetime
+
+
+class WebhookPayload(BaseModel):
+    """The body partners receive, signed per Standard Webhooks."""
+
+    type: str
+    timestamp: datetime
+    data: Story
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names; a prefix lets several environments (or tests) share one cluster."""
+
+    prefix: str = ""
+
+    @property
+    def ingested(self) -> str:
+        return f"{self.prefix}articles.ingested.v1"
+
+    @property
+    def enriched(self) -> str:
+        return f"{self.prefix}stories.enriched.v1"
+
+    @property
+    def attempts(self) -> str:
+        return f"{self.prefix}deliveries.attempts.v1"
+
+    def dlq(self, topic: str) -> str:
+        """`articles.ingested.v1` -> `articles.ingested.dlq.v1`."""
+        stem = topic.removesuffix(".v1")
+        return f"{stem}.dlq.v1"
+
+    def all(self) -> list[TopicSpec]:
+        return [
+            TopicSpec(self.ingested),
+            TopicSpec(self.enriched, compacted=True),
+            TopicSpec(self.attempts),
+            TopicSpec(self.dlq(self.ingested)),
+            TopicSpec(self.dlq(self.enriched)),
+        ]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    compacted: bool = False
+    partitions: int = 6
+
+    @property
+    def configs(self) -> dict[str, str]:
+        return {"cleanup.policy": "compact"} if self.compacted else {}
+
+
+# --- CloudEvents 1.0, Kafka binary content mode --------------------------------------------
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class EventMeta:
+    """The CloudEvents attributes of one record (the `ce_*` headers)."""
+
+    id: str
+    source: str
+    type: str
+    time: datetime
+    extensions: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def new(cls, event_type: str, source: str, **extensions: str) -> EventMeta:
+        return cls(
+            id=str(uuid.uuid4()),
+            source=source,
+            type=event_type,
+            time=datetime.now(UTC),
+            extensions=tuple(sorted(extensions.items())),
+        )
+
+    def to_headers(self) -> Headers:
+        headers = [
+            ("ce_specversion", SPEC_VERSION.encode()),
+            ("ce_id", self.id.encode()),
+            ("ce_source", self.source.encode()),
+            ("ce_type", self.type.encode()),
+            ("ce_time", self.time.isoformat().replace("+00:00", "Z").encode()),
+            ("content-type", CONTENT_TYPE.encode()),
+        ]
+        headers.extend((f"ce_{name}", value.encode()) for name, value in self.extensions)
+        return headers
+
+    @classmethod
+    def from_headers(cls, headers: Iterable[tuple[str, bytes]]) -> EventMeta:
+        """Raises `InvalidEvent` when a required CloudEvents header is missing or malformed."""
+        found = {name: value.decode("utf-8", "replace") for name, value in headers}
+        missing = [h for h in ("ce_specversion", "ce_id", "ce_source", "ce_type") if h not in found]
+        if missing:
+            raise InvalidEvent(f"missing CloudEvents headers: {', '.join(missing)}")
+        if found["ce_specversion"] != SPEC_VERSION:
+            raise InvalidEvent(f"unsupported ce_specversion {found['ce_specversion']!r}")
+        try:
+            time = datetime.fromisoformat(found.get("ce_time", "").replace("Z", "+00:00"))
+        except ValueError:
+            time = datetime.now(UTC)
+        core = {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time"}
+        extensions = tuple(
+            sorted(
+                (name.removeprefix("ce_"), value)
+                for name, value in found.items()
+                if name.startswith("ce_") and name not in core
+            )
+        )
+        return cls(
+            id=found["ce_id"],
+            source=found["ce_source"],
+            type=found["ce_type"],
+            time=time,
+            extensions=extensions,
+        )
+
+
+class InvalidEvent(ValueError):
+    """A record that does not honour the contract; it belongs on the DLQ."""
+
+
+def event_type_for(article: Article, previous_version: int | None) -> EventType:
+    """Which event an accepted article version is: withdrawn beats updated beats published."""
+    if article.is_withdrawn:
+        return EventType.WITHDRAWN
+    if previous_version is not None:
+        return EventType.UPDATED
+    return EventType.PUBLISHED
+
+
+def encode(model: BaseModel) -> bytes:
+    return model.model_dump_json(exclude_none=True).encode()
+
+
+def decode_article(value: bytes | None) -> Article:
+    return _decode(Article, value)
+
+
+def decode_story(value: bytes | None) -> Story:
+    return _decode(Story, value)
+
+
+def _decode(model: type[M], value: bytes | None) -> M:
+    if value is None:
+        raise InvalidEvent("record has no value")
+    try:
+        return model.model_validate_json(value)
+    except ValueError as exc:
+        raise InvalidEvent(f"not a valid {model.__name__}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:500]
+
+
+def error_headers(error: str, topic: str, partition: int, offset: int) -> Headers:
+    """Headers a DLQ record carries besides the original ones."""
+    return [
+        ("newsflow_error", error[:1000].encode()),
+        ("newsflow_original_topic", topic.encode()),
+        ("newsflow_original_partition", str(partition).encode()),
+        ("newsflow_original_offset", str(offset).encode()),
+    ]

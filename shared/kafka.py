@@ -1,0 +1,162 @@
+"""Kafka adapter shared by the services: producer/consumer set-up, topics, the consume loop, DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from shared.events import EventMeta, Headers, InvalidEvent, TopicSpec, error_headers
+from shared.logging import get_logger
+from shared.settings import NewsflowSettings
+
+log = get_logger(__name__)
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+def make_producer(settings: NewsflowSettings) -> AIOKafkaProducer:
+    """A producer that only reports success once every in-sync replica has the record."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        linger_ms=settings.kafka_linger_ms,
+        max_batch_size=settings.kafka_max_batch_bytes,
+        compression_type=None if settings.kafka_compression == "none" else "gzip",
+        request_timeout_ms=15_000,
+    )
+
+
+def make_consumer(settings: NewsflowSettings, topic: str, group_id: str) -> AIOKafkaConsumer:
+    """A group member that commits by hand, only once its work is durable."""
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=500,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+    )
+
+
+async def ensure_topics(bootstrap_servers: str, specs: Sequence[TopicSpec]) -> None:
+    """Create the topics that are missing; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs or None) for s in specs]
+        response = await admin.create_topics(new)
+        for topic, code, message in response.topic_errors:
+            if code not in (0, TOPIC_ALREADY_EXISTS):
+                raise RuntimeError(f"cannot create topic {topic}: {code} {message}")
+    finally:
+        await admin.close()
+
+
+@dataclass(frozen=True)
+class IncomingRecord:
+    """A consumed record with its CloudEvents attributes already read."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    meta: EventMeta
+
+
+class DeadLetters:
+    """Parks poison records on `<topic>.dlq.v1`: original key, value and headers plus the error."""
+
+    def __init__(self, producer: AIOKafkaProducer, dlq_topic_of: Callable[[str], str]) -> None:
+        self._producer = producer
+        self._dlq_topic_of = dlq_topic_of
+
+    async def park(self, record: ConsumerRecord[bytes, bytes] | IncomingRecord, error: str) -> None:
+        headers = list(record.headers) + error_headers(
+            error, record.topic, record.partition, record.offset
+        )
+        await self._producer.send_and_wait(
+            self._dlq_topic_of(record.topic), record.value, key=record.key, headers=headers
+        )
+        log.warning(
+            "record parked on DLQ",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=error,
+        )
+
+
+BatchHandler = Callable[[list[IncomingRecord]], Awaitable[None]]
+
+
+async def consume_forever(
+    consumer: AIOKafkaConsumer,
+    handle: BatchHandler,
+    dead_letters: DeadLetters,
+    *,
+    retry_delay_s: float = 1.0,
+) -> None:
+    """Poll in batches, hand each batch to `handle`, commit only after it returns.
+
+    Records without valid CloudEvents headers go to the DLQ. If anything raises (broker or Redis
+    down), the batch is rewound and retried: nothing is committed that was not done.
+    """
+    while True:
+        batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = await consumer.getmany(
+            timeout_ms=500, max_records=500
+        )
+        if not batches:
+            continue
+        try:
+            records: list[IncomingRecord] = []
+            for messages in batches.values():
+                for message in messages:
+                    try:
+                        meta = EventMeta.from_headers(message.headers)
+                    except InvalidEvent as exc:
+                        await dead_letters.park(message, str(exc))
+                        continue
+                    records.append(_incoming(message, meta))
+            await handle(records)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch failed; rewinding to retry it")
+            for tp, messages in batches.items():
+                consumer.seek(tp, messages[0].offset)
+            await asyncio.sleep(retry_delay_s)
+            continue
+        await consumer.commit()
+
+
+def _incoming(message: ConsumerRecord[bytes, bytes], meta: EventMeta) -> IncomingRecord:
+    return IncomingRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=list(message.headers),
+        meta=meta,
+    )
+
+
+async def send_all(
+    producer: AIOKafkaProducer, sends: Sequence[tuple[str, bytes | None, bytes, Headers]]
+) -> list[Any]:
+    """Send many records without awaiting each ack in turn, then wait for all acks."""
+    futures = [
+        await producer.send(topic, value, key=key, headers=headers)
+        for topic, value, key, headers in sends
+    ]
+    return list(await asyncio.gather(*futures))

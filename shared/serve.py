@@ -1,0 +1,45 @@
+"""Runs a service's FastAPI app under uvicorn (uvloop where available)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from shared.logging import get_logger
+
+
+def serve(app: FastAPI, host: str, port: int) -> None:
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    uvicorn.run(app, host=host, port=port, loop=loop, log_config=None, access_log=False)
+
+
+@asynccontextmanager
+async def background(work: Awaitable[None], name: str) -> AsyncIterator[asyncio.Task[None]]:
+    """Runs a consumer loop for the life of an app; a crash is logged, shutdown cancels it."""
+    task: asyncio.Task[None] = asyncio.create_task(_await(work), name=name)
+    task.add_done_callback(_log_crash)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _await(work: Awaitable[None]) -> None:
+    await work
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        get_logger(__name__).error(
+            "background task stopped; the service is not ready",
+            task=task.get_name(),
+            exc_info=task.exception(),
+        )
