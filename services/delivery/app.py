@@ -22,6 +22,7 @@ from services.delivery.adapters import (
 )
 from services.delivery.domain import (
     Resolver,
+    StoryCache,
     Subscription,
     SubscriptionRequest,
     SubscriptionStore,
@@ -205,7 +206,7 @@ class SubscriptionView(BaseModel):
 
 @dataclass
 class DeliveryDeps:
-    cache: RedisStoryCache
+    cache: StoryCache
     subscriptions: SubscriptionStore
     resolve: Resolver
     consume: Awaitable[None]

@@ -145,6 +145,12 @@ class SubscriptionStore(Protocol):
     async def all(self) -> list[Subscription]: ...
 
 
+class StoryCache(Protocol):
+    async def latest(self, section_id: str | None, limit: int) -> list[bytes]: ...
+
+    async def story(self, uri: str) -> bytes | None: ...
+
+
 Resolver = Callable[[str], Awaitable[list[str]]]
 
 

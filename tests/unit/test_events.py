@@ -1,0 +1,98 @@
+"""The contract: records we produce must be readable by the official CloudEvents SDK."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.v1 import kafka as ce_v1_kafka
+
+from shared.events import (
+    Article,
+    EventMeta,
+    EventType,
+    InvalidEvent,
+    Topics,
+    decode_article,
+    encode,
+    event_type_for,
+)
+from tests.factories import article_payload
+
+pytestmark = pytest.mark.unit
+
+
+def record_of(article: Article, event_type: EventType) -> tuple[list[tuple[str, bytes]], bytes]:
+    meta = EventMeta.new(event_type, "urn:newsflow:ingest")
+    return meta.to_headers(), encode(article)
+
+
+def test_official_sdk_reads_our_binary_mode_record() -> None:
+    article = Article.model_validate(article_payload(uri="urn:newsflow:test:sdk"))
+    headers, value = record_of(article, EventType.PUBLISHED)
+
+    message = ce_kafka.KafkaMessage(headers=dict(headers), key=article.uri.encode(), value=value)
+    event = ce_kafka.from_binary(message, JSONFormat())
+
+    assert event.get_specversion() == "1.0"
+    assert event.get_type() == "newsflow.article.published"
+    assert event.get_source() == "urn:newsflow:ingest"
+    assert event.get_datacontenttype() == "application/json"
+    assert event.get_time() is not None
+    data = event.get_data()
+    assert isinstance(data, dict)
+    assert data["uri"] == "urn:newsflow:test:sdk"
+    assert data["headline"] == article.headline
+
+
+def test_sdk_1x_api_reads_it_too() -> None:
+    article = Article.model_validate(article_payload())
+    headers, value = record_of(article, EventType.UPDATED)
+
+    message = ce_v1_kafka.KafkaMessage(headers=dict(headers), key=article.uri, value=value)
+    event = ce_v1_kafka.from_binary(message)
+
+    assert event["type"] == "newsflow.article.updated"
+    assert event["id"]
+    data = event.get_data()
+    assert (json.loads(data) if isinstance(data, bytes | str) else data)["uri"] == article.uri
+
+
+def test_headers_round_trip_with_extensions() -> None:
+    meta = EventMeta.new(EventType.WITHDRAWN, "urn:x", traceparent="00-abc-def-01")
+    back = EventMeta.from_headers(meta.to_headers())
+    assert back == meta
+
+
+def test_missing_ce_headers_are_invalid() -> None:
+    with pytest.raises(InvalidEvent, match="ce_id"):
+        EventMeta.from_headers([("ce_specversion", b"1.0"), ("ce_type", b"t"), ("ce_source", b"s")])
+
+
+def test_topic_names_carry_the_prefix() -> None:
+    topics = Topics("staging.")
+    assert topics.ingested == "staging.articles.ingested.v1"
+    assert topics.enriched == "staging.stories.enriched.v1"
+    assert topics.attempts == "staging.deliveries.attempts.v1"
+    assert topics.dlq(topics.ingested) == "staging.articles.ingested.dlq.v1"
+    specs = {spec.name: spec for spec in topics.all()}
+    assert specs[topics.enriched].configs == {"cleanup.policy": "compact"}
+    assert all(spec.partitions >= 6 for spec in specs.values())
+
+
+def test_event_type_of_each_version() -> None:
+    article = Article.model_validate(article_payload())
+    assert event_type_for(article, None) is EventType.PUBLISHED
+    assert event_type_for(article, 1) is EventType.UPDATED
+    killed = article.model_copy(update={"pubstatus": "canceled"})
+    assert event_type_for(killed, 1) is EventType.WITHDRAWN
+    assert EventType.WITHDRAWN.webhook_type == "story.withdrawn"
+
+
+def test_undecodable_value_is_invalid_with_a_reason() -> None:
+    with pytest.raises(InvalidEvent, match="not a valid Article"):
+        decode_article(b"{not json")
+    with pytest.raises(InvalidEvent, match="no value"):
+        decode_article(None)
