@@ -159,9 +159,7 @@ def start_dependencies(stack: Stack, log_dir: Path, state_dir: Path) -> dict[str
         env.setdefault("NEWSFLOW_REDIS_KEY_PREFIX", "newsflow:dev:")
         removed = clear_keys(env["NEWSFLOW_REDIS_URL"], env["NEWSFLOW_REDIS_KEY_PREFIX"])
         if removed:
-            print(
-                f"redis: cleared {removed} keys left by an earlier run (the broker starts empty)"
-            )
+            print(f"redis: cleared {removed} keys left by an earlier run (the broker starts empty)")
     env.setdefault("NEWSFLOW_INGEST_API_KEYS", "dev-" + secrets.token_urlsafe(18))
     env.setdefault("NEWSFLOW_ADMIN_TOKEN", "admin-" + secrets.token_urlsafe(18))
     # Local demo: the sample partner listens on loopback.

@@ -101,7 +101,7 @@ async def test_refusal_happens_after_resolving_and_before_any_connection() -> No
         asked.append(host)
         return ["93.184.215.14", "10.0.0.7"]  # one public, one private: refused
 
-    with pytest.raises(TargetRefused, match="10.0.0.7"):
+    with pytest.raises(TargetRefused, match=r"10\.0\.0\.7"):
         await vet_target("https://rebind.example/hook", stub_resolver, allow_private=False)
     assert asked == ["rebind.example"]
 

@@ -38,7 +38,7 @@ SERVICE_SETTINGS: dict[str, type[NewsflowSettings]] = {
 SERVICE_PORTS = {"ingest": 8001, "enrichment": 8002, "delivery": 8003}
 ALL_FIELDS = frozenset().union(*(cls.model_fields for cls in SERVICE_SETTINGS.values()))
 # In a container the services must listen on every interface: loopback is unreachable from outside.
-ALL_INTERFACES = "0.0.0.0"  # noqa: S104
+ALL_INTERFACES = "0.0.0.0"
 
 
 # --- helpers -----------------------------------------------------------------------------------
