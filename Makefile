@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CODE   := services shared ops tests $(wildcard bench)
 
 .PHONY: install run test lint typecheck unit integration e2e bench clean
 
@@ -20,8 +21,8 @@ run: $(STAMP)
 	$(BIN)/newsflow run
 
 lint: $(STAMP)
-	$(BIN)/ruff check services shared ops tests bench
-	$(BIN)/ruff format --check services shared ops tests bench
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
