@@ -15,6 +15,8 @@ from shared.settings import NewsflowSettings
 app = typer.Typer(help="newsflow ops commands.", no_args_is_help=True)
 topics_app = typer.Typer(help="Create and inspect newsflow's topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+docs_app = typer.Typer(help="Documents generated from the code.", no_args_is_help=True)
+app.add_typer(docs_app, name="docs")
 
 
 @app.command()
@@ -103,3 +105,12 @@ async def _tail(settings: NewsflowSettings, topic: str, limit: int, from_beginni
                 break
     finally:
         await consumer.stop()
+
+
+@docs_app.command("write")
+def docs_write() -> None:
+    """Regenerate docs/asyncapi.yaml and docs/configuration.md from the code."""
+    from ops.docs import write
+
+    for path in write():
+        typer.echo(f"wrote {path}")

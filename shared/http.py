@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.asyncapi import document as asyncapi_document
+
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -130,6 +132,11 @@ def add_health_routes(
         if await is_ready():
             return JSONResponse({"status": "ready"})
         return problem_response(Problem(503, "not_ready", "dependencies are not ready yet"))
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    async def asyncapi() -> dict[str, Any]:
+        """The AsyncAPI 3.0 description of every topic (the Kafka side of the contract)."""
+        return asyncapi_document()
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.events import Topics
@@ -14,18 +15,29 @@ class NewsflowSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="NEWSFLOW_", env_file=".env", extra="ignore")
 
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    # Apache Kafka supports the idempotent producer; the embedded Tansu broker does not.
-    kafka_enable_idempotence: bool = False
-    kafka_linger_ms: int = 5
-    kafka_max_batch_bytes: int = 262_144
-    kafka_compression: Literal["gzip", "none"] = "gzip"
-    topic_prefix: str = ""
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_key_prefix: str = "newsflow:"
-    event_source: str = "urn:newsflow"
-    log_level: str = "INFO"
-    log_format: Literal["auto", "json", "console"] = "auto"
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap address(es), comma-separated."
+    )
+    kafka_enable_idempotence: bool = Field(
+        False,
+        description="Idempotent producer: on for Apache Kafka; the embedded Tansu broker does not "
+        "support it.",
+    )
+    kafka_linger_ms: int = Field(5, description="Producer batching delay.")
+    kafka_max_batch_bytes: int = Field(
+        262_144, description="Producer batch size; the client default (16 KiB) holds 5 stories."
+    )
+    kafka_compression: Literal["gzip", "none"] = Field("gzip", description="Record compression.")
+    topic_prefix: str = Field("", description="Prepended to every topic name.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis server.")
+    redis_key_prefix: str = Field("newsflow:", description="Prepended to every Redis key.")
+    event_source: str = Field(
+        "urn:newsflow", description="CloudEvents `source` stem; the service name is appended."
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="`auto`: console on a terminal, JSON otherwise."
+    )
 
     @property
     def topics(self) -> Topics:
