@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CODE   := services shared ops tests $(wildcard bench)
 
-.PHONY: install run test lint typecheck unit integration e2e bench clean
+.PHONY: install run test lint typecheck unit integration e2e bench clean up down logs docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,20 @@ integration: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -m e2e
+
+docs: $(STAMP)
+	$(BIN)/newsflow docs write
+
+# With Docker: Apache Kafka + Redis + the three services (add `--profile demo` for the partner).
+up:
+	test -f .env || cp .env.example .env
+	docker compose up --build --detach --wait
+
+down:
+	docker compose down
+
+logs:
+	docker compose logs --follow --tail=100
 
 clean:
 	rm -rf $(VENV) .newsflow .pytest_cache .mypy_cache .ruff_cache

@@ -15,6 +15,8 @@ from shared.settings import NewsflowSettings
 app = typer.Typer(help="newsflow ops commands.", no_args_is_help=True)
 topics_app = typer.Typer(help="Create and inspect newsflow's topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+demo_app = typer.Typer(help="The demo: a sample partner and sample stories.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
 docs_app = typer.Typer(help="Documents generated from the code.", no_args_is_help=True)
 app.add_typer(docs_app, name="docs")
 
@@ -114,3 +116,28 @@ def docs_write() -> None:
 
     for path in write():
         typer.echo(f"wrote {path}")
+
+
+@demo_app.command("seed")
+def demo_seed(
+    partner_url: Annotated[str, typer.Option(envvar="DEMO_PARTNER_URL")],
+    partner_secret: Annotated[str, typer.Option(envvar="DEMO_PARTNER_SECRET")],
+    api_keys: Annotated[
+        str, typer.Option("--api-key", envvar="NEWSFLOW_INGEST_API_KEYS", help="First one is used")
+    ],
+    admin_token: Annotated[str, typer.Option(envvar="NEWSFLOW_ADMIN_TOKEN")],
+    ingest_url: Annotated[str, typer.Option(envvar="DEMO_INGEST_URL")] = ("http://127.0.0.1:8001"),
+    delivery_url: Annotated[str, typer.Option(envvar="DEMO_DELIVERY_URL")] = (
+        "http://127.0.0.1:8003"
+    ),
+) -> None:
+    """Subscribe the sample partner and ingest the sample stories into a running newsflow."""
+    from ops.devrun import Endpoints, seed
+
+    seed(
+        Endpoints(ingest_url, delivery_url),
+        api_key=api_keys.split(",")[0].strip(),
+        admin_token=admin_token,
+        partner_url=partner_url,
+        partner_secret=partner_secret,
+    )

@@ -116,7 +116,13 @@ def run(state_dir: Path) -> None:
             )
         )  # fmt: skip
         wait_for_port("127.0.0.1", PARTNER_PORT, 15, partner)
-        subscribe_and_post(env, partner_secret)
+        seed(
+            Endpoints(),
+            api_key=env["NEWSFLOW_INGEST_API_KEYS"].split(",")[0].strip(),
+            admin_token=env["NEWSFLOW_ADMIN_TOKEN"],
+            partner_url=f"http://127.0.0.1:{PARTNER_PORT}/webhooks",
+            partner_secret=partner_secret,
+        )
         print_summary(env, log_dir)
         while all(child.process.poll() is None for child in stack.children):
             time.sleep(0.5)
@@ -202,25 +208,30 @@ def start_services(stack: Stack, env: dict[str, str], log_dir: Path) -> None:
         print(f"{child.name}: ready on {child.address}")
 
 
-def subscribe_and_post(env: dict[str, str], partner_secret: str) -> None:
+@dataclass(frozen=True)
+class Endpoints:
+    ingest: str = "http://127.0.0.1:8001"
+    delivery: str = "http://127.0.0.1:8003"
+
+
+def seed(
+    endpoints: Endpoints, *, api_key: str, admin_token: str, partner_url: str, partner_secret: str
+) -> None:
+    """Subscribe the sample partner and ingest the sample stories (make run, compose demo)."""
     status, body = http_json(
         "POST",
-        "http://127.0.0.1:8003/v1/subscriptions",
-        {
-            "url": f"http://127.0.0.1:{PARTNER_PORT}/webhooks",
-            "secret": partner_secret,
-            "description": "sample partner (make run)",
-        },
-        token=env["NEWSFLOW_ADMIN_TOKEN"],
+        f"{endpoints.delivery}/v1/subscriptions",
+        {"url": partner_url, "secret": partner_secret, "description": "sample partner"},
+        token=admin_token,
     )
     if status != 201:
         raise EmbeddedError(f"could not subscribe the sample partner: {status} {body}")
-    api_key = env["NEWSFLOW_INGEST_API_KEYS"].split(",")[0].strip()
-    for story in sample_stories():
-        status, body = http_json("POST", "http://127.0.0.1:8001/v1/articles", story, token=api_key)
+    stories = sample_stories()
+    for story in stories:
+        status, body = http_json("POST", f"{endpoints.ingest}/v1/articles", story, token=api_key)
         if status not in (200, 202):
             raise EmbeddedError(f"sample story {story['uri']} refused: {status} {body}")
-    print(f"samples: {len(sample_stories())} stories ingested")
+    print(f"samples: {len(stories)} stories ingested; the sample partner is subscribed")
 
 
 def print_summary(env: dict[str, str], log_dir: Path) -> None:

@@ -53,7 +53,11 @@ def make_app(secret: str) -> web.Application:
     async def listing(_: web.Request) -> web.Response:
         return web.json_response({"items": received})
 
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
     app = web.Application()
+    app.router.add_get("/healthz", healthz)
     app.router.add_post("/webhooks", webhook)
     app.router.add_get("/received", listing)
     return app
@@ -61,11 +65,12 @@ def make_app(secret: str) -> web.Application:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8004)
     parser.add_argument("--secret", required=True)
     args = parser.parse_args()
     configure_logging()
-    web.run_app(make_app(args.secret), host="127.0.0.1", port=args.port, print=None)
+    web.run_app(make_app(args.secret), host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.asyncapi import document as asyncapi_document
+from shared.metrics import instrument_http
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -119,9 +120,14 @@ def _digest(token: str) -> bytes:
 
 
 def add_health_routes(
-    app: FastAPI, registry: CollectorRegistry, is_ready: Callable[[], Awaitable[bool]]
+    app: FastAPI,
+    registry: CollectorRegistry,
+    is_ready: Callable[[], Awaitable[bool]],
+    service: str | None = None,
 ) -> None:
-    """`/healthz` (the process answers), `/readyz` (it can do its work), `/metrics` (Prometheus)."""
+    """`/healthz` (the process answers), `/readyz` (it can do its work), `/metrics` (Prometheus),
+    `/asyncapi.json`; and a latency histogram of every HTTP route."""
+    instrument_http(app, registry, service or app.title.removeprefix("newsflow ").strip() or "app")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -13,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared.events import EventMeta, Headers, InvalidEvent, TopicSpec, error_headers
 from shared.logging import get_logger
+from shared.metrics import ConsumerMetrics
 from shared.settings import NewsflowSettings
 
 log = get_logger(__name__)
@@ -106,6 +107,7 @@ async def consume_forever(
     dead_letters: DeadLetters,
     *,
     retry_delay_s: float = 1.0,
+    metrics: ConsumerMetrics | None = None,
 ) -> None:
     """Poll in batches, hand each batch to `handle`, commit only after it returns.
 
@@ -126,6 +128,8 @@ async def consume_forever(
                     meta = EventMeta.from_headers(message.headers)
                 except InvalidEvent as exc:
                     await dead_letters.park(message, str(exc))
+                    if metrics:
+                        metrics.parked.labels(message.topic).inc()
                     continue
                 records.append(_incoming(message, meta))
             await handle(records)
@@ -138,6 +142,20 @@ async def consume_forever(
             await asyncio.sleep(retry_delay_s)
             continue
         await consumer.commit()
+        if metrics:
+            await _observe(consumer, records, metrics)
+
+
+async def _observe(
+    consumer: AIOKafkaConsumer, records: list[IncomingRecord], metrics: ConsumerMetrics
+) -> None:
+    for record in records:
+        metrics.consumed.labels(record.topic).inc()
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            position = await consumer.position(tp)
+            metrics.lag.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
 
 
 def _incoming(message: ConsumerRecord[bytes, bytes], meta: EventMeta) -> IncomingRecord:

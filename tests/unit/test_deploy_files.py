@@ -151,10 +151,34 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in joined]
 
 
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Instructions per stage name (unnamed stages by index), in file order."""
+    named: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for name, args in dockerfile_instructions():
+        if name == "FROM":
+            words = args.split()
+            current = [(name, args)]
+            label = words[2] if len(words) >= 3 and words[1].upper() == "AS" else str(len(named))
+            named[label] = current
+        else:
+            current.append((name, args))
+    return named
+
+
 def final_stage() -> list[tuple[str, str]]:
-    instructions = dockerfile_instructions()
-    last_from = max(i for i, (name, _) in enumerate(instructions) if name == "FROM")
-    return instructions[last_from:]
+    """The last stage with the stages it is built FROM, so inherited instructions count."""
+    all_stages = stages()
+    chain = list(all_stages.values())[-1]
+    base = chain[0][1].split()[0]
+    while base in all_stages:
+        chain = all_stages[base] + chain
+        base = all_stages[base][0][1].split()[0]
+    return chain
+
+
+def final_base_image() -> str:
+    return final_stage()[0][1].split()[0]
 
 
 # --- docker-compose.yml ------------------------------------------------------------------------
@@ -259,7 +283,9 @@ def test_env_example_keys_are_real_settings() -> None:
 
     assert {"NEWSFLOW_INGEST_API_KEYS", "NEWSFLOW_ADMIN_TOKEN"} <= keys
     assert not unknown_keys(keys, ALL_FIELDS)
-    assert all(key.startswith(ENV_PREFIX) for key in keys), "only newsflow settings belong here"
+    assert all(key.startswith((ENV_PREFIX, "DEMO_")) for key in keys), (
+        "only newsflow settings (and the demo profile's DEMO_* values) belong here"
+    )
 
 
 # --- Dockerfile --------------------------------------------------------------------------------
@@ -270,7 +296,7 @@ def test_dockerfile_is_multi_stage_on_python_slim() -> None:
     bases = [args.split()[0] for name, args in dockerfile_instructions() if name == "FROM"]
 
     assert len(bases) >= 2, "build in one stage, run in another"
-    assert bases[-1] == "python:3.11-slim"
+    assert final_base_image() == "python:3.11-slim"
 
 
 @pytest.mark.unit
@@ -406,3 +432,17 @@ def test_k8s_consumer_hpa_stops_at_the_partition_count(name: str, topic: str) ->
     # Group members beyond the partition count get no partition and sit idle.
     assert hpa["maxReplicas"] == partitions
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+
+
+@pytest.mark.unit
+def test_compose_demo_profile_has_a_verifying_partner_and_a_seed_job() -> None:
+    services = load_compose()["services"]
+    partner, seed = services["partner"], services["demo-seed"]
+
+    assert partner["profiles"] == seed["profiles"] == ["demo"]
+    assert partner["build"]["target"] == "demo"
+    assert "ops.sample_partner" in partner["command"]
+    assert seed["command"] == ["newsflow", "demo", "seed"]
+    assert seed["environment"]["DEMO_PARTNER_URL"] == "http://partner:8004/webhooks"
+    assert {"kafka", "redis"}.isdisjoint(partner.get("profiles", []))
+    assert "profiles" not in services["delivery"], "the core services run without a profile"
