@@ -15,6 +15,8 @@ from shared.settings import NewsflowSettings
 app = typer.Typer(help="newsflow ops commands.", no_args_is_help=True)
 topics_app = typer.Typer(help="Create and inspect newsflow's topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+dlq_app = typer.Typer(help="Inspect and replay dead-lettered records.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
 demo_app = typer.Typer(help="The demo: a sample partner and sample stories.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
 docs_app = typer.Typer(help="Documents generated from the code.", no_args_is_help=True)
@@ -141,3 +143,131 @@ def demo_seed(
         partner_url=partner_url,
         partner_secret=partner_secret,
     )
+
+
+SERVICE_URLS = {
+    "ingest": "http://127.0.0.1:8001",
+    "enrichment": "http://127.0.0.1:8002",
+    "delivery": "http://127.0.0.1:8003",
+}
+CONSUMER_GROUPS = (("newsflow-enrichment", "ingested"), ("newsflow-delivery", "enriched"))
+
+
+@app.command()
+def status(
+    ingest_url: Annotated[str, typer.Option()] = SERVICE_URLS["ingest"],
+    enrichment_url: Annotated[str, typer.Option()] = SERVICE_URLS["enrichment"],
+    delivery_url: Annotated[str, typer.Option()] = SERVICE_URLS["delivery"],
+) -> None:
+    """Health of each service, consumer lag per group and DLQ sizes. Exits 1 if anything is off."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ops.devrun import http_json
+    from ops.kafka_ops import group_lag, topic_size
+
+    settings = NewsflowSettings()
+    topics = settings.topics
+    console = Console()
+    healthy = True
+
+    services = Table(title="services")
+    for column in ("service", "url", "ready"):
+        services.add_column(column)
+    for name, url in (
+        ("ingest", ingest_url),
+        ("enrichment", enrichment_url),
+        ("delivery", delivery_url),
+    ):
+        try:
+            ready = http_json("GET", f"{url}/readyz", timeout=3)[0] == 200
+        except OSError:
+            ready = False
+        healthy &= ready
+        services.add_row(name, url, "[green]ready[/]" if ready else "[red]NOT READY[/]")
+    console.print(services)
+
+    async def kafka_figures() -> tuple[list[tuple[str, str, int]], list[tuple[str, int]]]:
+        lags = []
+        for group, attribute in CONSUMER_GROUPS:
+            topic = getattr(topics, attribute)
+            lag = await group_lag(settings.kafka_bootstrap_servers, group, topic)
+            lags.append((group, topic, lag.lag))
+        dlqs = [
+            (spec.name, await topic_size(settings.kafka_bootstrap_servers, spec.name))
+            for spec in topics.all()
+            if ".dlq." in spec.name
+        ]
+        return lags, dlqs
+
+    lags, dlqs = asyncio.run(kafka_figures())
+    lag_table = Table(title=f"consumer lag ({settings.kafka_bootstrap_servers})")
+    for column in ("group", "topic", "lag (records)"):
+        lag_table.add_column(column)
+    for group, topic, lag in lags:
+        lag_table.add_row(group, topic, str(lag))
+    console.print(lag_table)
+    dlq_table = Table(title="dead-letter queues")
+    dlq_table.add_column("topic")
+    dlq_table.add_column("records")
+    for name, size in dlqs:
+        dlq_table.add_row(name, f"[yellow]{size}[/]" if size else "0")
+    console.print(dlq_table)
+    if not healthy:
+        raise typer.Exit(1)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: Annotated[str, typer.Argument(help="Source topic, e.g. articles.ingested.v1")],
+    limit: Annotated[int, typer.Option(help="At most this many records.")] = 100,
+) -> None:
+    """The records parked on `<topic>`'s DLQ, with the error that parked each."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ops.kafka_ops import parked, read_all
+
+    settings = NewsflowSettings()
+    dlq = settings.topics.dlq(settings.topic_prefix + topic)
+    records = asyncio.run(read_all(settings.kafka_bootstrap_servers, dlq, limit))
+    table = Table(title=f"{dlq}: {len(records)} record(s)")
+    for column in ("partition@offset", "key", "from", "bytes", "error"):
+        table.add_column(column, overflow="fold")
+    for record in map(parked, records):
+        table.add_row(
+            f"{record.partition}@{record.offset}",
+            record.key,
+            record.original,
+            str(record.size),
+            record.error,
+        )
+    Console().print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    topic: Annotated[str, typer.Argument(help="Source topic, e.g. articles.ingested.v1")],
+    limit: Annotated[int, typer.Option(help="At most this many records.")] = 10_000,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
+) -> None:
+    """Send parked records back to their original topic (after fixing what parked them)."""
+    from rich.progress import Progress
+
+    from ops.kafka_ops import replay
+
+    settings = NewsflowSettings()
+    dlq = settings.topics.dlq(settings.topic_prefix + topic)
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"replaying {dlq}", total=None)
+        count = asyncio.run(
+            replay(
+                settings.kafka_bootstrap_servers,
+                dlq,
+                limit=limit,
+                dry_run=dry_run,
+                on_record=lambda _: progress.advance(task),
+            )
+        )
+    verb = "would replay" if dry_run else "replayed"
+    typer.echo(f"{verb} {count} record(s) from {dlq}")
