@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CODE   := services shared ops tests $(wildcard bench)
 
-.PHONY: install run test lint typecheck unit integration e2e bench clean up down logs docs
+.PHONY: install run test lint typecheck browser unit integration e2e bench clean up down logs docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+# The status-page test drives a real headless Chromium (Debian's). Installed here when running
+# as root and missing; otherwise that test skips and says how to get it.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "could not install chromium; the browser test will skip"; \
+	  else echo "chromium not installed; the browser test will skip"; fi; \
+	fi
+
+test: lint typecheck browser
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)
