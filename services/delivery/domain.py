@@ -255,9 +255,10 @@ def to_ninjs2(story: Story) -> dict[str, Any]:
                 "name": story.enrichment.section.name,
                 "uri": f"newsflow:section:{story.enrichment.section.id}",
                 "relevance": round(story.enrichment.section.confidence * 100),
-            }
+            },
+            # ninjs 2 has no `keywords`: they travel as free-text subjects.
+            *({"name": k, "rel": "keyword", "literal": k} for k in story.keywords),
         ],
-        "keywords": list(story.keywords),
     }
     if story.firstcreated:
         item["firstcreated"] = _iso(story.firstcreated)
@@ -286,7 +287,7 @@ def to_ninjs2(story: Story) -> dict[str, Any]:
         if image.caption:
             picture["headlines"] = [{"role": "caption", "value": image.caption}]
         if image.credit:
-            picture["creditline"] = image.credit
+            picture["by"] = image.credit
         associations.append(picture)
     associations += [
         {"name": f"related{i}", "type": "text", "uri": r.uri, "headlines": [
