@@ -375,21 +375,28 @@ class Sender:
             await self._slots.acquire()
             offsets.in_flight.add(message.offset)
             offsets.next = message.offset + 1
-            work = self._requeue(job) if wait > 0 else self._handle(job)
-            task = asyncio.create_task(work)
+            task = asyncio.create_task(self._settle(job, requeue=wait > 0))
             self._tasks.add(task)
             task.add_done_callback(functools.partial(self._done, offsets, message.offset))
+
+    async def _settle(self, job: Job, requeue: bool) -> None:
+        """Until the job is settled: if Redis or the broker is down, try again (the offset stays
+        uncommitted meanwhile, so a crash here means the job is sent again after restart)."""
+        while True:
+            try:
+                await (self._requeue(job) if requeue else self._handle(job))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("job not settled; trying again", webhook_id=job.message_id)
+                await asyncio.sleep(1.0)
 
     def _done(self, offsets: _Offsets, offset: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slots.release()
-        if task.cancelled():
-            return
-        if task.exception() is not None:
-            # Not settled: leave the offset uncommitted, so a restart sends it again.
-            log.error("job failed; it will be retried after a restart", exc_info=task.exception())
-            return
-        offsets.in_flight.discard(offset)
+        if not task.cancelled():
+            offsets.in_flight.discard(offset)
 
     async def _commit(self) -> None:
         assigned = self._consumer.assignment()
