@@ -98,6 +98,13 @@ class RedisStoryCache:
                     pipe.zremrangebyrank(key, 0, -(self._per_section + 1))
             await pipe.execute()
 
+    async def versions(self, uris: Sequence[str]) -> dict[str, int]:
+        """The cached version of each uri (withdrawn ones too); absent when never seen."""
+        if not uris:
+            return {}
+        found = await self._redis.hmget(self._prefix + "version", list(uris))
+        return {u: int(v) for u, v in zip(uris, found, strict=True) if v is not None}
+
     async def mark_built(self) -> None:
         await self._redis.set(self._prefix + "built", "1")
 

@@ -143,6 +143,10 @@ class Fanout:
         """Cache, then hand jobs to Kafka; returns once both are durable."""
         if not items:
             return
+        # Stories that were ever released (a withdrawal of one never released, e.g. still
+        # under embargo, goes only to who got it: nobody, so nothing leaks).
+        released = set(await self._cache.versions([i.story.uri for i in items]))
+        released |= {i.story.uri for i in items if i.event_type is not EventType.WITHDRAWN}
         async with self._cache_lock:
             await self._cache.apply([_cached(o) for o in items])
         self._metrics.cached.inc(len(items))
@@ -154,6 +158,8 @@ class Fanout:
             if item.event_type is EventType.WITHDRAWN:
                 # Everyone who got the story hears of its withdrawal, whatever the filters.
                 got = await self._state.receivers(item.story.uri)
+                if item.story.uri not in released:
+                    targets = set()
                 targets |= {s.id for s in subscriptions if s.id in got}
             jobs.extend(
                 Job(sub_id, item.story.uri, item.story.version, item.event_type, 1, now,
@@ -162,6 +168,12 @@ class Fanout:
             )  # fmt: skip
         await self._state.queued(jobs)
         await self._queue.put(jobs)
+
+    async def not_overtaken(self, items: Sequence[Outgoing]) -> list[Outgoing]:
+        """Drops versions older than what the cache already holds (e.g. a story withdrawn while
+        it was under embargo is never released)."""
+        cached = await self._cache.versions([i.story.uri for i in items])
+        return [i for i in items if i.story.version >= cached.get(i.story.uri, 0)]
 
     async def schedule_embargoed(self, items: Sequence[Outgoing]) -> None:
         for item in items:
@@ -212,7 +224,7 @@ async def release_embargoes(
             for record in due:
                 found = json.loads(record)
                 items.append(_outgoing(found["story"].encode(), found["type"]))
-            await fanout.publish(items)
+            await fanout.publish(await fanout.not_overtaken(items))
             await state.released(due)
             log.info("embargo lifted", stories=len(items))
             continue
@@ -285,6 +297,14 @@ class _Offsets:
         return min(self.in_flight) if self.in_flight else self.next
 
 
+@dataclass
+class _Gate:
+    """One endpoint's concurrency limit, and how many jobs queue for it."""
+
+    semaphore: asyncio.Semaphore
+    waiting: int = 0
+
+
 class Sender:
     """Consumes the outbox and the retry tiers. Each job runs as its own task (global cap,
     per-endpoint cap, circuit breaker), so a slow endpoint never holds up the others; an offset
@@ -316,7 +336,7 @@ class Sender:
         self._tier_of: dict[str, int | None] = {topics.outbox: None}
         self._tier_of.update({topics.retry(t): t for t in RETRY_TIERS_S})
         self._slots = asyncio.Semaphore(settings.delivery_max_in_flight)
-        self._per_endpoint: dict[str, int] = {}
+        self._per_endpoint: dict[str, _Gate] = {}
         self._breaker = Breaker(
             settings.delivery_breaker_failures, settings.delivery_breaker_cooldown_s
         )
@@ -440,14 +460,21 @@ class Sender:
         if open_until is not None:
             await self._defer(job, open_until - time.time(), "breaker")
             return
-        if self._per_endpoint.get(endpoint, 0) >= self._settings.delivery_per_endpoint_in_flight:
+        limit = self._settings.delivery_per_endpoint_in_flight
+        gate = self._per_endpoint.setdefault(endpoint, _Gate(asyncio.Semaphore(limit)))
+        if gate.waiting >= 2 * limit:
+            # A backlog for this endpoint: park the job on a retry tier, keep the slot free.
             await self._defer(job, 1.0, "endpoint_busy")
             return
-        self._per_endpoint[endpoint] = self._per_endpoint.get(endpoint, 0) + 1
+        gate.waiting += 1
+        try:
+            await gate.semaphore.acquire()
+        finally:
+            gate.waiting -= 1
         try:
             await self._attempt(subscription, job, endpoint)
         finally:
-            self._per_endpoint[endpoint] -= 1
+            gate.semaphore.release()
 
     async def _attempt(self, subscription: Subscription, job: Job, endpoint: str) -> None:
         now = datetime.now(UTC)

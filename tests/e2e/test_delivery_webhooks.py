@@ -523,3 +523,18 @@ def test_partner_guide_snippets_verify_a_real_webhook(
         assert (run.returncode == 0) is ok, run.stderr
         if ok:
             assert run.stdout.strip() == item.uri
+
+
+def test_a_story_withdrawn_under_embargo_never_goes_out(
+    delivery: Delivery, receiver: WebhookReceiver
+) -> None:
+    subscribe(delivery, receiver)
+    item = story(embargoed=(datetime.now(UTC) + timedelta(seconds=1)).isoformat())
+    killed = item.model_copy(update={"version": 2, "pubstatus": "canceled"})
+    delivery.publish((item, EventType.PUBLISHED), (killed, EventType.WITHDRAWN))
+    witness = story()
+    time.sleep(2)
+    delivery.publish((witness, EventType.PUBLISHED))
+    receiver.wait_for(about(witness.uri))
+    assert not [r for r in receiver.received if about(item.uri)(r)]
+    assert delivery.api("GET", f"/v1/stories/{quote(item.uri, safe='')}")[0] == 404
