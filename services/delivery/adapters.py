@@ -23,6 +23,7 @@ from services.delivery.domain import (
     Resolver,
     Subscription,
     check_addresses,
+    fanout_headers,
     tier_for,
 )
 from shared.events import DeliveryAttempt, EventMeta, Headers, Topics, encode
@@ -257,6 +258,45 @@ async def scan_topic(
         await consumer.stop()
 
 
+PipelineOps = Callable[[Any], int]
+
+
+class _Coalescer:
+    """Runs the Redis commands of many concurrent callers in one pipeline per loop tick, each
+    caller getting its own replies: one round trip for hundreds of jobs."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._ops: list[tuple[PipelineOps, asyncio.Future[list[Any]]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def run(self, ops: PipelineOps) -> list[Any]:
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._ops.append((ops, future))
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the callers of this loop tick join the batch
+        batch, self._ops = self._ops, []
+        self._flushing = None
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                counts = [ops(pipe) for ops, _ in batch]
+                replies = await pipe.execute()
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        start = 0
+        for (_, future), count in zip(batch, counts, strict=True):
+            if not future.done():
+                future.set_result(replies[start : start + count])
+            start += count
+
+
 class RedisDeliveryState:
     """What delivery remembers per subscription in Redis, under `<prefix>delivery:`:
 
@@ -273,6 +313,7 @@ class RedisDeliveryState:
         self._redis = redis
         self._prefix = f"{key_prefix}delivery:"
         self._attempts_kept = attempts_kept
+        self._coalesced = _Coalescer(redis)
 
     def _pending(self, subscription_id: str, uri: str) -> str:
         return f"{self._prefix}pending:{subscription_id}:{uri}"
@@ -288,37 +329,46 @@ class RedisDeliveryState:
             await pipe.execute()
 
     async def oldest_pending(self, job: Job) -> int | None:
-        found = await self._redis.zrange(
-            self._pending(job.subscription_id, job.story_uri), 0, 0, withscores=True
-        )
+        """The lowest version of this story still queued for this subscription."""
+        key = self._pending(job.subscription_id, job.story_uri)
+
+        def ops(pipe: Any) -> int:
+            pipe.zrange(key, 0, 0, withscores=True)
+            return 1
+
+        [found] = await self._coalesced.run(ops)
         return int(found[0][1]) if found else None
 
     async def settled(
         self, job: Job, attempt: DeliveryAttempt | None, delivered: bool, dead: bool
     ) -> None:
-        """One round trip: the job leaves the order guard; its attempt and fate are kept."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        """The job leaves the order guard; its attempt and fate are kept (coalesced)."""
+
+        def ops(pipe: Any) -> int:
             pipe.zrem(self._pending(job.subscription_id, job.story_uri), str(job.version))
+            count = 1
             if delivered:
                 pipe.sadd(f"{self._prefix}got:{job.story_uri}", job.subscription_id)
                 pipe.expire(f"{self._prefix}got:{job.story_uri}", 30 * 86_400)
+                count += 2
             if dead:
-                pipe.hset(
-                    f"{self._prefix}dead:{job.subscription_id}", job.message_id, job.to_json()
-                )
+                dead_key = f"{self._prefix}dead:{job.subscription_id}"
+                pipe.hset(dead_key, job.message_id, job.to_json())
+                count += 1
             if attempt is not None:
-                self._push_attempt(pipe, attempt)
-            await pipe.execute()
+                count += self._push_attempt(pipe, attempt)
+            return count
+
+        await self._coalesced.run(ops)
 
     async def attempted(self, attempt: DeliveryAttempt) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            self._push_attempt(pipe, attempt)
-            await pipe.execute()
+        await self._coalesced.run(lambda pipe: self._push_attempt(pipe, attempt))
 
-    def _push_attempt(self, pipe: Any, attempt: DeliveryAttempt) -> None:
+    def _push_attempt(self, pipe: Any, attempt: DeliveryAttempt) -> int:
         key = f"{self._prefix}attempts:{attempt.subscription_id}"
         pipe.lpush(key, attempt.model_dump_json(exclude_none=True))
         pipe.ltrim(key, 0, self._attempts_kept - 1)
+        return 2
 
     async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
         found = await self._redis.lrange(f"{self._prefix}attempts:{subscription_id}", 0, limit - 1)
@@ -361,6 +411,21 @@ class KafkaJobQueue:
     def topic_for(self, job: Job, now: float) -> str:
         tier = tier_for(job.due - now)
         return self._topics.outbox if tier is None else self._topics.retry(tier)
+
+    async def put_fanout(self, groups: Sequence[Sequence[Job]]) -> None:
+        """One outbox record per story version, naming every subscription it goes to
+        (key = story uri, so one story's versions stay in order on one partition)."""
+        futures = [
+            await self._producer.send(
+                self._topics.outbox,
+                group[0].story_json,
+                key=group[0].story_uri.encode(),
+                headers=fanout_headers(group),
+            )
+            for group in groups
+            if group
+        ]
+        await asyncio.gather(*futures)
 
     async def put(self, jobs: Sequence[Job]) -> None:
         """Returns once the broker has every job (acks=all)."""

@@ -152,7 +152,7 @@ class Fanout:
         self._metrics.cached.inc(len(items))
         subscriptions = [s for s in await self._subscriptions.all() if s.active]
         now = time.time()
-        jobs: list[Job] = []
+        groups: list[list[Job]] = []
         for item in items:
             targets = {s.id for s in subscriptions if s.wants(item.story, item.event_type)}
             if item.event_type is EventType.WITHDRAWN:
@@ -161,13 +161,15 @@ class Fanout:
                 if item.story.uri not in released:
                     targets = set()
                 targets |= {s.id for s in subscriptions if s.id in got}
-            jobs.extend(
+            group = [
                 Job(sub_id, item.story.uri, item.story.version, item.event_type, 1, now,
                     item.story_json)
                 for sub_id in sorted(targets)
-            )  # fmt: skip
-        await self._state.queued(jobs)
-        await self._queue.put(jobs)
+            ]  # fmt: skip
+            if group:
+                groups.append(group)
+        await self._state.queued([job for group in groups for job in group])
+        await self._queue.put_fanout(groups)
 
     async def not_overtaken(self, items: Sequence[Outgoing]) -> list[Outgoing]:
         """Drops versions older than what the cache already holds (e.g. a story withdrawn while
@@ -336,6 +338,7 @@ class Sender:
         self._tier_of: dict[str, int | None] = {topics.outbox: None}
         self._tier_of.update({topics.retry(t): t for t in RETRY_TIERS_S})
         self._slots = asyncio.Semaphore(settings.delivery_max_in_flight)
+        self._records = asyncio.Semaphore(settings.delivery_max_in_flight)
         self._per_endpoint: dict[str, _Gate] = {}
         self._breaker = Breaker(
             settings.delivery_breaker_failures, settings.delivery_breaker_cooldown_s
@@ -380,31 +383,45 @@ class Sender:
         tier = self._tier_of.get(tp.topic)
         for message in messages:
             try:
-                job = Job.from_record(message.headers, message.value)
+                jobs = Job.from_record(message.headers, message.value)
             except (KeyError, ValueError) as exc:
+                jobs = []
                 log.warning("unreadable job skipped", topic=tp.topic, error=str(exc))
+            if not jobs:
                 offsets.next = message.offset + 1
                 continue
-            wait = job.due - time.time()
+            due = jobs[0].due
+            wait = due - time.time()
             if wait > 0 and not should_hop(tier, wait):
                 # Not due yet: wait here without reading on (the tier is ordered by due time).
                 self._consumer.seek(tp, message.offset)
                 self._consumer.pause(tp)
-                self._paused_until[tp] = job.due
+                self._paused_until[tp] = due
                 return
-            await self._slots.acquire()
+            await self._records.acquire()
             offsets.in_flight.add(message.offset)
             offsets.next = message.offset + 1
-            task = asyncio.create_task(self._settle(job, requeue=wait > 0))
+            task = asyncio.create_task(self._settle_record(jobs, requeue=wait > 0))
             self._tasks.add(task)
             task.add_done_callback(functools.partial(self._done, offsets, message.offset))
 
-    async def _settle(self, job: Job, requeue: bool) -> None:
-        """Until the job is settled: if Redis or the broker is down, try again (the offset stays
-        uncommitted meanwhile, so a crash here means the job is sent again after restart)."""
+    async def _settle_record(self, jobs: list[Job], requeue: bool) -> None:
+        if requeue:
+            await self._settle(jobs[0], hop=jobs)
+            return
+        await asyncio.gather(*(self._settle(job) for job in jobs))
+
+    async def _settle(self, job: Job, hop: list[Job] | None = None) -> None:
+        """Until the job is settled (sent, or handed on to a slower tier when `hop`): if Redis or
+        the broker is down, try again. The offset stays uncommitted meanwhile, so a crash here
+        means the job is sent again after restart."""
         while True:
             try:
-                await (self._requeue(job) if requeue else self._handle(job))
+                if hop is not None:
+                    await self._queue.put(hop)
+                    return
+                async with self._slots:
+                    await self._handle(job)
                 return
             except asyncio.CancelledError:
                 raise
@@ -414,7 +431,7 @@ class Sender:
 
     def _done(self, offsets: _Offsets, offset: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        self._records.release()
         if not task.cancelled():
             offsets.in_flight.discard(offset)
 
@@ -437,9 +454,6 @@ class Sender:
             return
         for tp, position in ready.items():
             self._offsets[tp].committed = position
-
-    async def _requeue(self, job: Job) -> None:
-        await self._queue.put([job])
 
     async def _defer(self, job: Job, wait_s: float, reason: str) -> None:
         self._metrics.deferred.labels(reason).inc()

@@ -444,17 +444,26 @@ class Job:
         ]
 
     @classmethod
-    def from_record(cls, headers: Iterable[tuple[str, bytes]], value: bytes) -> Job:
+    def from_record(cls, headers: Iterable[tuple[str, bytes]], value: bytes) -> list[Job]:
+        """A record holds one job, or one story version for several subscriptions (the
+        fan-out: `nf_subscriptions`, comma-separated), so a story is written once, not once
+        per subscription."""
         found = {name: raw.decode() for name, raw in headers}
-        return cls(
-            subscription_id=found["nf_subscription"],
-            story_uri=found["nf_uri"],
-            version=int(found["nf_version"]),
-            event_type=EventType(found["nf_event"]),
-            attempt=int(found["nf_attempt"]),
-            due=float(found["nf_due"]),
-            story_json=value,
-        )
+        many = found.get("nf_subscriptions")
+        ids = many.split(",") if many is not None else [found["nf_subscription"]]
+        return [
+            cls(
+                subscription_id=sub_id,
+                story_uri=found["nf_uri"],
+                version=int(found["nf_version"]),
+                event_type=EventType(found["nf_event"]),
+                attempt=int(found["nf_attempt"]),
+                due=float(found["nf_due"]),
+                story_json=value,
+            )
+            for sub_id in ids
+            if sub_id
+        ]
 
     def to_json(self) -> str:
         return json.dumps(
@@ -482,6 +491,15 @@ class Job:
             due=float(found["due"]),
             story_json=found["story"].encode(),
         )
+
+
+def fanout_headers(jobs: Sequence[Job]) -> list[tuple[str, bytes]]:
+    """Headers of one record carrying the same story version for every job in `jobs`."""
+    first = jobs[0]
+    return [
+        ("nf_subscriptions", ",".join(j.subscription_id for j in jobs).encode()),
+        *(h for h in first.to_headers() if h[0] != "nf_subscription"),
+    ]
 
 
 # --- SSRF ----------------------------------------------------------------------------------

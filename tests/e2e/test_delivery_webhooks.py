@@ -347,7 +347,7 @@ def test_410_disables_at_once_and_records_an_event(
     assert not [r for r in receiver.received if about(later.uri)(r)]
 
 
-def test_auto_disable_then_dead_letters_resend_and_recover(
+def test_auto_disable_after_continuous_failure_then_recover_resends_what_was_missed(
     delivery: Delivery, receiver: WebhookReceiver
 ) -> None:
     receiver.status = 500
@@ -365,21 +365,59 @@ def test_auto_disable_then_dead_letters_resend_and_recover(
     wait_until(keep_failing, timeout=20, what="auto-disable")
     _, view = delivery.api("GET", path)
     assert "failed" in view["disabled_reason"]
-    _, dead = delivery.api("GET", f"{path}/dead-letters")
-    assert dead["items"] and dead["items"][0]["attempts"] == 4
+    events = asyncio.run(read_records(delivery.kafka, delivery.topics.subscription_events, 1))
+    assert any(e.key == sub["id"].encode() for e in events)
+    missed = story()
+    delivery.publish((missed, EventType.PUBLISHED))  # while disabled: not sent
+    sent.append(missed)
+    time.sleep(1)
+    assert not [r for r in receiver.received if about(missed.uri)(r)]
 
     receiver.status = 200
     assert delivery.api("POST", f"{path}/resume")[1]["status"] == "active"
     status, recovered = delivery.api("POST", f"{path}/recover?since={quote(since.isoformat())}")
     assert status == 202 and recovered["queued"] >= len(sent)
-    for item in sent:
-        receiver.wait_for(lambda r, uri=item.uri: about(uri)(r) and r in receiver.received[-200:])
-    delivered = {json.loads(r.body)["data"]["uri"] for r in receiver.received[-len(sent) * 3 :]}
-    assert {s.uri for s in sent} <= delivered
+    receiver.wait_for(about(missed.uri))
 
+    def delivered_all() -> bool:
+        ok = {
+            json.loads(r.body)["data"]["uri"]
+            for r in receiver.received[-len(sent) * 2 :]
+            if about(json.loads(r.body)["data"]["uri"])(r)
+        }
+        return {s.uri for s in sent} <= ok
+
+    wait_until(delivered_all, what="every missed story re-sent")
+    for hook in receiver.received[-len(sent) :]:
+        verified(sub["secret"], hook)
+
+
+def test_exhausted_messages_go_to_dead_letters_and_can_be_resent(
+    delivery: Delivery, receiver: WebhookReceiver
+) -> None:
+    receiver.status = 500
+    sub = subscribe(delivery, receiver)
+    path = f"/v1/subscriptions/{sub['id']}"
+    item = story()
+    delivery.publish((item, EventType.PUBLISHED))
+    receiver.wait_for(about(item.uri), count=4)
+
+    def dead() -> list[dict[str, Any]]:
+        return list(delivery.api("GET", f"{path}/dead-letters")[1]["items"])
+
+    [letter] = wait_until(dead, what="a dead letter")
+    assert letter["story_uri"] == item.uri and letter["attempts"] == 4
+    _, attempts = delivery.api("GET", f"{path}/attempts")
+    assert attempts["items"][0]["outcome"] == "gave_up"
+    assert delivery.api("GET", path)[1]["status"] == "active"
+
+    receiver.status = 200
     status, resent = delivery.api("POST", f"{path}/dead-letters/resend")
-    assert status == 202 and resent["queued"] == len(dead["items"])
-    wait_until(lambda: not delivery.api("GET", f"{path}/dead-letters")[1]["items"])
+    assert status == 202 and resent["queued"] == 1
+    hooks = receiver.wait_for(about(item.uri), count=5)
+    assert hooks[-1].headers["webhook-id"] == letter["webhook_id"]
+    verified(sub["secret"], hooks[-1])
+    assert dead() == []
 
 
 def test_a_dead_endpoint_does_not_hold_up_the_others(
