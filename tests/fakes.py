@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from aiokafka.errors import KafkaConnectionError
 
-from services.delivery.domain import Subscription
+from services.delivery.domain import Job, Subscription
 from services.ingest.domain import LedgerEntry
 from shared.events import Article, EventMeta
 
@@ -46,3 +49,54 @@ class FakeSubscriptionStore:
 
     async def all(self) -> list[Subscription]:
         return list(self.items.values())
+
+
+class FakeStoryCache:
+    """delivery's StoryCache port: stories by uri, newest-first by insertion."""
+
+    def __init__(self) -> None:
+        self.stories: dict[str, bytes] = {}
+
+    async def latest(
+        self, section_id: str | None, limit: int, before: float | None = None
+    ) -> tuple[list[bytes], float | None]:
+        values = list(reversed(self.stories.values()))
+        start = 0 if before is None else int(before)
+        page = values[start : start + limit]
+        more = start + limit < len(values)
+        return page, float(start + limit) if more else None
+
+    async def story(self, uri: str) -> bytes | None:
+        return self.stories.get(uri)
+
+    async def sections(self) -> list[dict[str, Any]]:
+        return [{"id": "world", "name": "International", "stories": len(self.stories)}]
+
+
+class FakeDeliveryOperations:
+    """delivery's Operations port: records what the API asked for."""
+
+    def __init__(self) -> None:
+        self.pinged: list[str] = []
+        self.recovered: list[tuple[str, datetime]] = []
+        self.events: list[tuple[str, str]] = []
+
+    async def ping(self, subscription: Subscription) -> dict[str, Any]:
+        self.pinged.append(subscription.id)
+        return {"webhook_id": "msg_ping", "status_code": 204, "error": None}
+
+    async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
+        return []
+
+    async def recover(self, subscription: Subscription, since: datetime) -> int:
+        self.recovered.append((subscription.id, since))
+        return 3
+
+    async def dead_letters(self, subscription_id: str) -> list[Job]:
+        return []
+
+    async def resend(self, subscription_id: str, message_ids: list[str] | None) -> int:
+        return 0
+
+    async def record_event(self, kind: str, subscription: Subscription, reason: str) -> None:
+        self.events.append((kind, subscription.id))
