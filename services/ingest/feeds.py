@@ -136,7 +136,9 @@ def entry_uri(namespace: str, guid: str) -> str:
 def _images(entry: Any) -> list[dict[str, Any]]:
     credits = [c.get("content") for c in entry.get("media_credit", []) if c.get("content")]
     credit = credits[0] if credits else None
-    caption = entry.get("media_description") or None
+    # feedparser files <media:description> under `content` as text/plain.
+    plain = [c.get("value") for c in entry.get("content", []) if c.get("type") == "text/plain"]
+    caption = entry.get("media_description") or (plain[0] if plain else None)
     hrefs: list[str] = []
     for media in entry.get("media_content", []):
         kind = media.get("type", "") or ""
@@ -158,10 +160,12 @@ def entry_to_article(
     Raises `ValidationError` when the entry cannot make a valid article.
     """
     guid = entry.get("id") or entry.get("link") or entry.get("title") or ""
-    updated = entry.get("updated_parsed") or entry.get("published_parsed")
+    # dict.get: feedparser's own get() maps updated->published with a DeprecationWarning.
+    published = dict.get(entry, "published_parsed")
+    updated = dict.get(entry, "updated_parsed") or published
     terms = [t.get("term") for t in entry.get("tags", []) if t.get("term")]
     summary_html = sanitise_html(entry.get("summary", "") or "")
-    contents = entry.get("content") or []
+    contents = [c for c in entry.get("content", []) if "html" in (c.get("type") or "")]
     body_html = contents[0].get("value", "") if contents else summary_html
     headline = (entry.get("title") or "").strip()
     if len(headline) > limits.max_headline_chars:
@@ -169,7 +173,7 @@ def entry_to_article(
     payload: dict[str, Any] = {
         "uri": entry_uri(uri_namespace(namespace_template, feed.provider), guid),
         "version": _epoch(updated) or 1,
-        "firstcreated": _when(entry.get("published_parsed")),
+        "firstcreated": _when(published),
         "headline": headline,
         "summary": html_to_text(summary_html) or None,
         "body_html": body_html,
