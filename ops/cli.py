@@ -344,3 +344,33 @@ def subs_recover(subscription_id: str, since: str) -> None:
 @subs_app.command("delete")
 def subs_delete(subscription_id: str) -> None:
     _subs_call("DELETE", f"/{subscription_id}")
+import_app = typer.Typer(help="Import content into ingest.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("page")
+def import_page(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A plain-text page.")],
+    provider: Annotated[str, typer.Option(help="Provider the articles are filed under.")],
+    section: Annotated[str | None, typer.Option(help="Section hint (default: the page's).")] = None,
+    ingest_url: Annotated[str, typer.Option(envvar="NEWSFLOW_INGEST_URL")] = (
+        "http://127.0.0.1:8001"
+    ),
+    api_key: Annotated[
+        str, typer.Option(envvar="NEWSFLOW_INGEST_API_KEY", help="The provider's key.")
+    ] = "",
+    image_url: Annotated[str | None, typer.Option(help="Photo the credit belongs to.")] = None,
+    namespace: Annotated[str, typer.Option(help="uri prefix")] = "urn:newsflow:{provider}:",
+) -> None:
+    """Post a page's main story and each "More from" story (idempotent on re-import)."""
+    from ops.page_import import page_articles, parse_page, post_batch
+
+    page = parse_page(file.read_text(encoding="utf-8"))
+    articles = page_articles(
+        page, provider, section, namespace.format(provider=provider), image_url
+    )
+    result = post_batch(ingest_url, api_key, articles)
+    for item in result["results"]:
+        typer.echo(f"{item['status']:9} {item.get('uri', '-')}  {item.get('detail', '')}".rstrip())
+    if result["rejected"] or result["failed"]:
+        raise typer.Exit(1)

@@ -73,6 +73,10 @@ class Article(ContractModel):
     subheadline: str | None = None
     summary: str | None = None
     body_html: str = ""
+    body_text: str | None = Field(
+        default=None,
+        description="Plain-text rendering of `body_html`, made by ingest (for enrichment).",
+    )
     byline: str | None = None
     provider: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     url: AnyHttpUrl | None = None

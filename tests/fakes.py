@@ -8,7 +8,8 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError
 
 from services.delivery.domain import Job, Subscription
-from services.ingest.domain import LedgerEntry
+from services.ingest.domain import LedgerEntry, StoredResponse
+from services.ingest.feeds import FeedIn, FeedState, FeedStatus
 from shared.events import Article, EventMeta
 
 
@@ -100,3 +101,51 @@ class FakeDeliveryOperations:
 
     async def record_event(self, kind: str, subscription: Subscription, reason: str) -> None:
         self.events.append((kind, subscription.id))
+class FakeRateLimiter:
+    """Counts articles per key with no window: over `limit` every hit waits `wait_s`."""
+
+    def __init__(self, limit: int = 1_000_000, wait_s: float = 7.0) -> None:
+        self.limit = limit
+        self.wait_s = wait_s
+        self.counts: dict[str, int] = {}
+
+    async def hit(self, key_id: str, cost: int) -> float | None:
+        self.counts[key_id] = self.counts.get(key_id, 0) + cost
+        return self.wait_s if self.counts[key_id] > self.limit else None
+
+
+class FakeIdempotencyStore:
+    def __init__(self) -> None:
+        self.items: dict[str, StoredResponse] = {}
+
+    async def get(self, scope: str) -> StoredResponse | None:
+        return self.items.get(scope)
+
+    async def put(self, scope: str, response: StoredResponse) -> None:
+        self.items[scope] = response
+
+
+class FakeFeedRegistry:
+    def __init__(self) -> None:
+        self.feeds: dict[str, FeedIn] = {}
+        self.states: dict[str, FeedState] = {}
+
+    async def add(self, feed: FeedIn) -> None:
+        self.feeds[feed.id] = feed
+
+    async def remove(self, feed_id: str) -> bool:
+        self.states.pop(feed_id, None)
+        return self.feeds.pop(feed_id, None) is not None
+
+    async def all(self) -> list[FeedStatus]:
+        return [
+            FeedStatus(id=i, feed=f, state=self.states.get(i, FeedState()))
+            for i, f in sorted(self.feeds.items())
+        ]
+
+    async def save_state(self, feed_id: str, state: FeedState) -> None:
+        if feed_id in self.feeds:
+            self.states[feed_id] = state
+
+    async def claim(self, feed_id: str, for_s: float) -> bool:
+        return True
