@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CODE   := services shared ops tests $(wildcard bench)
 
-.PHONY: install run test lint typecheck unit integration e2e bench clean
+.PHONY: install run test lint typecheck unit integration e2e bench eval clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ integration: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -m e2e
+
+# Enrichment quality on the labelled corpus (tests/data/corpus): sections, related, duplicates.
+eval: $(STAMP)
+	$(BIN)/python -m services.enrichment.evaluation tests/data/corpus/stories.jsonl
 
 clean:
 	rm -rf $(VENV) .newsflow .pytest_cache .mypy_cache .ruff_cache
