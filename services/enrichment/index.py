@@ -40,6 +40,7 @@ class IndexSettings:
     half_life_s: float = 3 * 24 * 3600.0  # recency decay: an older story counts half after this
     duplicate_similarity: float = 0.7  # estimated Jaccard of word-pair shingles
     candidates: int = 50
+    average_length: float = 80.0  # BM25's average story length, in counted terms
 
 
 @dataclass(frozen=True)
@@ -129,14 +130,11 @@ class StoryIndex:
     def _reset(self) -> None:
         self._terms: dict[str, int] = {}
         self._postings: list[_Postings] = []
-        self._df: IntArray = np.zeros(1024, dtype=np.int64)
         self._slots: dict[str, int] = {}  # uri -> slot of its live version
         self._features: list[Features | None] = []
-        self._term_ids: list[IntArray] = []
         self._times: FloatArray = np.zeros(1024)
-        self._self_scores: FloatArray = np.ones(1024)
+        self._sizes: FloatArray = np.ones(1024)  # distinct terms of each story
         self._alive: npt.NDArray[np.bool_] = np.zeros(1024, dtype=bool)
-        self._total_length = 0.0
         self._dead = 0
         self._newest = -math.inf
         self._lsh = MinHashLSH(threshold=self.settings.duplicate_similarity, num_perm=NUM_PERM)
@@ -178,17 +176,10 @@ class StoryIndex:
         self._times[slot] = features.time
         self._alive[slot] = True
         self._newest = max(self._newest, features.time)
-        self._total_length += features.length
-        average = self._total_length / len(self._slots)
-        norm = _K1 * (1 - _B + _B * features.length / average)
-        ids = np.empty(len(features.term_counts), dtype=np.int64)
-        for i, (term, count) in enumerate(features.term_counts.items()):
-            term_id = self._term_id(term)
-            ids[i] = term_id
-            self._postings[term_id].append(slot, count * (_K1 + 1) / (count + norm))
-        self._df[ids] += 1
-        self._term_ids.append(ids)
-        self._self_scores[slot] = self._self_score(features, ids)
+        self._sizes[slot] = max(1, len(features.term_counts))
+        norm = self._length_norm(features)
+        for term, count in features.term_counts.items():
+            self._postings[self._term_id(term)].append(slot, count * (_K1 + 1) / (count + norm))
         self._lsh.insert(_lsh_key(slot), _as_minhash(features.signature, self.shingler))
         self._evict()
 
@@ -199,8 +190,6 @@ class StoryIndex:
         features = self._features[slot]
         assert features is not None
         self._alive[slot] = False
-        self._df[self._term_ids[slot]] -= 1
-        self._total_length -= features.length
         self._features[slot] = None
         self._lsh.remove(_lsh_key(slot))
         self._dead += 1
@@ -221,13 +210,9 @@ class StoryIndex:
         duplicates = self._duplicates(features, me, earlier)
         duplicate_of = min(duplicates, key=self._order_key, default=None)
 
-        scores, candidates = self._bm25(features, me)
+        scores, candidates = self._bm25(features, earlier)
         if candidates.size == 0:
             return Neighbours([], self._uri(duplicate_of))
-        keep = earlier[candidates]
-        if me >= 0:
-            keep &= candidates != me
-        candidates = candidates[keep]
         base = scores[candidates]
         if candidates.size > self.settings.candidates:
             top = np.argpartition(-base, self.settings.candidates)[: self.settings.candidates]
@@ -268,46 +253,44 @@ class StoryIndex:
             related.append(Match(other.uri, other.headline, other.url, round(score, 4)))
         return Neighbours(related, self._uri(duplicate_of))
 
-    def _idf(self, ids: IntArray) -> FloatArray:
-        live = len(self._slots) or 1
-        df = self._df[ids]
-        return np.asarray(np.log(1.0 + (live - df + 0.5) / (df + 0.5)), dtype=np.float64)
+    def _length_norm(self, features: Features) -> float:
+        # A fixed average length, not the index's: a story's weights must not depend on what else
+        # an instance had read when it indexed it.
+        return _K1 * (1 - _B + _B * features.length / self.settings.average_length)
 
-    def _weights(self, features: Features, counts: FloatArray) -> FloatArray:
-        average = self._total_length / (len(self._slots) or 1) or 1.0
-        norm = _K1 * (1 - _B + _B * features.length / average)
-        return np.asarray(counts * (_K1 + 1) / (counts + norm), dtype=np.float64)
+    def _bm25(
+        self, features: Features, earlier: npt.NDArray[np.bool_]
+    ) -> tuple[FloatArray, IntArray]:
+        """BM25 of the earlier stories against this one, relative to this one's own score.
 
-    def _self_score(self, features: Features, ids: IntArray) -> float:
-        counts = np.fromiter(features.term_counts.values(), dtype=np.float64, count=len(ids))
-        return float((self._idf(ids) * self._weights(features, counts)).sum()) or 1.0
-
-    def _bm25(self, features: Features, me: int) -> tuple[FloatArray, IntArray]:
-        """BM25 over the heaviest shared terms, relative to both stories' scores against
-        themselves: 1.0 is the same text.
+        Document frequencies count earlier stories only, and the query terms are chosen without
+        looking at the index: two instances that read different amounts past this story score
+        it alike. Scores are divided by both stories' own scores (the other's estimated from its
+        size); a long article and its short teaser are not punished below a floor.
         """
-        known = [(self._terms[t], c) for t, c in features.term_counts.items() if t in self._terms]
-        if not known:
-            return np.zeros(0), np.zeros(0, dtype=np.int64)
-        ids = np.fromiter((i for i, _ in known), dtype=np.int64, count=len(known))
-        counts = np.fromiter((c for _, c in known), dtype=np.float64, count=len(known))
-        idf = self._idf(ids)
-        weights = idf * self._weights(features, counts)
-        own = float(weights.sum()) if me < 0 else float(self._self_scores[me])
-        # Terms no other story has cannot link anything; of the rest, the heaviest rank.
-        others = self._df[ids] - (1 if me >= 0 else 0)
-        useful = np.flatnonzero(others > 0)
-        if len(useful) > self.settings.query_terms:
-            heaviest = np.argpartition(-weights[useful], self.settings.query_terms)
-            useful = useful[heaviest[: self.settings.query_terms]]
+        selected = sorted(features.term_counts.items(), key=lambda tc: (-tc[1], tc[0]))
+        selected = selected[: self.settings.query_terms]
+        stories = float(np.count_nonzero(earlier)) + 1.0
+        norm = self._length_norm(features)
         scores = np.zeros(len(self._features))
-        for term_id, weight in zip(ids[useful].tolist(), idf[useful].tolist(), strict=True):
-            postings = self._postings[term_id]
-            docs = postings.docs[: postings.size]
-            scores[docs] += weight * postings.weights[: postings.size]
+        own = 0.0
+        for term, count in selected:
+            term_id = self._terms.get(term)
+            matched: IntArray = np.zeros(0, dtype=np.int64)
+            if term_id is not None:
+                postings = self._postings[term_id]
+                docs = postings.docs[: postings.size]
+                mask = earlier[docs]
+                matched = docs[mask]
+            df = len(matched) + 1.0
+            idf = math.log(1.0 + (stories - df + 0.5) / (df + 0.5))
+            own += idf * count * (_K1 + 1) / (count + norm)
+            if len(matched):
+                scores[matched] += idf * postings.weights[: postings.size][mask]
         candidates = np.flatnonzero(scores)
-        candidates = candidates[self._alive[candidates]]
-        theirs = self._self_scores[candidates]
+        if candidates.size == 0 or own <= 0:
+            return scores, candidates
+        theirs = own * self._sizes[candidates] / max(1, len(features.term_counts))
         scores[candidates] /= np.maximum(
             np.sqrt(own * theirs), _LENGTH_MISMATCH_FLOOR * np.maximum(own, theirs)
         )
@@ -359,8 +342,6 @@ class StoryIndex:
         if term_id is None:
             term_id = self._terms[term] = len(self._postings)
             self._postings.append(_Postings())
-            if term_id >= len(self._df):
-                self._df = np.concatenate([self._df, np.zeros(len(self._df), dtype=np.int64)])
         return term_id
 
     def _ensure_slot(self, slot: int) -> None:
@@ -368,7 +349,7 @@ class StoryIndex:
             grow = len(self._times)
             self._times = np.concatenate([self._times, np.zeros(grow)])
             self._alive = np.concatenate([self._alive, np.zeros(grow, dtype=bool)])
-            self._self_scores = np.concatenate([self._self_scores, np.ones(grow)])
+            self._sizes = np.concatenate([self._sizes, np.ones(grow)])
 
     def _evict(self) -> None:
         """Stories past the window or beyond the capacity leave, oldest first."""
