@@ -43,6 +43,7 @@ def make_consumer(settings: NewsflowSettings, topic: str, group_id: str) -> AIOK
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=500,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         session_timeout_ms=10_000,
         heartbeat_interval_ms=3_000,
     )

@@ -27,6 +27,11 @@ class NewsflowSettings(BaseSettings):
     kafka_max_batch_bytes: int = Field(
         262_144, description="Producer batch size; the client default (16 KiB) holds 5 stories."
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        20,
+        description="Longest a consumer's fetch waits for records. The embedded Tansu broker "
+        "answers only when this runs out, even with records waiting: it bounds each hop's latency.",
+    )
     kafka_compression: Literal["gzip", "none"] = Field("gzip", description="Record compression.")
     topic_prefix: str = Field("", description="Prepended to every topic name.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis server.")

@@ -1,0 +1,1 @@
+"""Benchmarks that drive the real services (`make bench`)."""

@@ -1,0 +1,626 @@
+"""End-to-end benchmark: the real three services on the embedded broker and Redis, against a raw
+three-hop aiokafka passthrough measured in the same run (`make bench`).
+
+Every story carries a `bench-<token>` keyword; the receiver (its own process) records the token and
+the time each webhook arrived, the load client the time each story was sent, so latency is
+ingest-request -> webhook-received across processes on one clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import uvloop
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench.stories import SECTIONS, Item, stream
+from ops.devrun import http_json, wait_ready
+from ops.embedded import ChildProcess, free_port, spawn, start_kafka, start_redis, wait_for_port
+from shared.events import Topics
+from shared.kafka import ensure_topics
+
+SUBSCRIPTIONS = 20
+API_KEY = "bench-ingest-key"
+ADMIN_TOKEN = "bench-admin-token"  # noqa: S105 (a local run's own)
+
+
+@dataclass
+class Result:
+    name: str
+    mode: str
+    stories: int
+    accepted: int
+    webhooks: int
+    expected_webhooks: int
+    seconds: float
+    latencies_ms: list[float]
+    cache_ms: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        p50, p99 = percentile(self.latencies_ms, 50), percentile(self.latencies_ms, 99)
+        text = (
+            f"{self.name:<28} {self.mode:<10} {self.rate:8.0f} stories/s  "
+            f"webhooks {self.webhooks}/{self.expected_webhooks}  "
+            f"latency p50 {p50:6.1f} ms p99 {p99:7.1f} ms"
+        )
+        if self.cache_ms:
+            text += (
+                f"  cache-visible p50 {percentile(self.cache_ms, 50):.1f} ms "
+                f"p99 {percentile(self.cache_ms, 99):.1f} ms (n={len(self.cache_ms)})"
+            )
+        if set(self.statuses) - {200, 202}:
+            text += f"  statuses {dict(self.statuses)}"
+        return text
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+@dataclass
+class Infra:
+    kafka: ChildProcess
+    redis: ChildProcess
+    children: list[ChildProcess] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.redis.stop()
+        self.kafka.stop()
+
+
+@contextmanager
+def infra(logs: Path, tag: str) -> Iterator[Infra]:
+    """A fresh broker and Redis per scenario: Tansu's memory storage never frees."""
+    kafka = start_kafka(log_path=logs / f"{tag}-tansu.log")
+    redis = start_redis(log_path=logs / f"{tag}-redis.log")
+    running = Infra(kafka, redis)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def start_receiver(logs: Path) -> ChildProcess:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.processes", "receiver", "--port", str(port)]
+    child = spawn("receiver", argv, f"http://127.0.0.1:{port}", logs / "receiver.log", None)
+    wait_for_port("127.0.0.1", port, 15, child)
+    return child
+
+
+def receiver_get(receiver: str, path: str) -> Any:
+    with urllib.request.urlopen(f"{receiver}{path}", timeout=30) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
+def receiver_reset(receiver: str) -> None:
+    request = urllib.request.Request(f"{receiver}/reset", method="POST")  # noqa: S310
+    with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+        pass
+
+
+def subscriber_urls(receiver: str) -> dict[str, list[str]]:
+    """20 subscriptions, each to one section: a story goes to 2 or 3 of them."""
+    ids = list(SECTIONS.values())
+    urls: dict[str, list[str]] = {}
+    for n in range(SUBSCRIPTIONS):
+        urls.setdefault(ids[n % len(ids)], []).append(f"{receiver}/s/{n}")
+    return urls
+
+
+def service_env(infra_: Infra, prefix: str, extra: dict[str, str]) -> dict[str, str]:
+    return {
+        **os.environ,
+        "NEWSFLOW_KAFKA_BOOTSTRAP_SERVERS": infra_.kafka.address,
+        "NEWSFLOW_REDIS_URL": infra_.redis.address,
+        "NEWSFLOW_TOPIC_PREFIX": prefix,
+        "NEWSFLOW_REDIS_KEY_PREFIX": prefix,
+        "NEWSFLOW_INGEST_API_KEYS": API_KEY,
+        "NEWSFLOW_ADMIN_TOKEN": ADMIN_TOKEN,
+        "NEWSFLOW_DELIVERY_ALLOW_PRIVATE_TARGETS": "true",
+        "NEWSFLOW_LOG_FORMAT": "json",
+        "NEWSFLOW_ENRICHMENT_GROUP_ID": f"{prefix}enrichment",
+        "NEWSFLOW_DELIVERY_GROUP_ID": f"{prefix}delivery",
+        "NEWSFLOW_DELIVERY_SENDER_GROUP_ID": f"{prefix}delivery-sender",
+        **extra,
+    }
+
+
+@dataclass
+class Services:
+    ingest: str
+    delivery: str
+    pids: dict[str, int]
+
+
+def start_services(
+    infra_: Infra, logs: Path, tag: str, enrichers: int, deliverers: int, extra: dict[str, str]
+) -> Services:
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    asyncio.run(ensure_topics(infra_.kafka.address, Topics(prefix).all()))
+    env = service_env(infra_, prefix, extra)
+    plan = [("ingest", 0)] + [("enrichment", i) for i in range(enrichers)]
+    plan += [("delivery", i) for i in range(deliverers)]
+    started: list[ChildProcess] = []
+    for name, index in plan:
+        port = free_port()
+        child = spawn(
+            f"{name}-{index}",
+            [sys.executable, "-m", f"services.{name}"],
+            f"http://127.0.0.1:{port}",
+            logs / f"{tag}-{name}-{index}.log",
+            {**env, f"NEWSFLOW_{name.upper()}_PORT": str(port)},
+        )
+        infra_.children.append(child)
+        started.append(child)
+    for child in started:
+        wait_ready(child.name, f"{child.address}/readyz", child, timeout=90)
+    by_name = {c.name: c for c in started}
+    return Services(
+        by_name["ingest-0"].address,
+        by_name["delivery-0"].address,
+        {c.name: c.pid for c in started},
+    )
+
+
+def subscribe_all(services: Services, urls: dict[str, list[str]]) -> None:
+    for section_id, section_urls in urls.items():
+        for url in section_urls:
+            status, body = http_json(
+                "POST",
+                f"{services.delivery}/v1/subscriptions",
+                {"url": url, "sections": [section_id]},
+                token=ADMIN_TOKEN,
+            )
+            if status != 201:
+                raise RuntimeError(f"cannot subscribe {url}: {status} {body}")
+
+
+def start_baseline(infra_: Infra, logs: Path, urls: dict[str, list[str]]) -> str:
+    prefix = f"raw{uuid.uuid4().hex[:6]}."
+    hops = [f"{prefix}a", f"{prefix}b", f"{prefix}c"]
+    asyncio.run(_create_plain_topics(infra_.kafka.address, hops))
+    targets: list[str | None] = [hops[1], hops[2], None]
+    for index, (source, target) in enumerate(zip(hops, targets, strict=True)):
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.processes",
+            "hop",
+            "--bootstrap",
+            infra_.kafka.address,
+            "--source",
+            source,
+            "--urls",
+            json.dumps(urls),
+        ]
+        if target is not None:
+            argv += ["--target", target]
+        infra_.children.append(spawn(f"hop-{index}", argv, "", logs / f"hop-{index}.log", None))
+    return hops[0]
+
+
+async def _create_plain_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 6, 1) for name in names])
+    finally:
+        await admin.close()
+
+
+# --- load -------------------------------------------------------------------------------------
+
+Send = Callable[[Item], Awaitable[int]]
+
+
+async def offer(
+    items: list[Item], send: Send, rate: float | None, concurrency: int
+) -> tuple[dict[int, float], Counter[int], float]:
+    """Sends every item: as fast as `concurrency` allows, or paced at `rate` per second."""
+    sent: dict[int, float] = {}
+    statuses: Counter[int] = Counter()
+    refused: set[int] = set()
+    queue = iter(enumerate(items))
+    start = time.monotonic()
+
+    async def worker() -> None:
+        for index, item in queue:
+            if rate is not None:
+                delay = start + index / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            sent[item.token] = time.time()
+            status = await send(item)
+            statuses[status] += 1
+            if status not in (200, 202):
+                refused.add(item.token)
+
+    first = time.time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    for token in refused:
+        del sent[token]
+    return sent, statuses, first
+
+
+def ingest_sender(session: aiohttp.ClientSession, ingest: str) -> Send:
+    headers = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
+
+    async def send(item: Item) -> int:
+        url = f"{ingest}/v1/articles"
+        if item.kind == "withdraw":
+            url = f"{ingest}/v1/articles/{quote(item.uri, safe='')}/withdraw"
+        for _ in range(50):
+            async with session.post(url, data=item.body, headers=headers) as response:
+                await response.read()
+                if response.status != 503:
+                    return response.status
+            await asyncio.sleep(0.1)
+        return 503
+
+    return send
+
+
+def producer_sender(producer: AIOKafkaProducer, topic: str) -> Send:
+    async def send(item: Item) -> int:
+        headers = [("section", item.section_id.encode())]
+        await (await producer.send(topic, item.body, key=item.uri.encode(), headers=headers))
+        return 202
+
+    return send
+
+
+def expected_webhooks(items: list[Item], urls: dict[str, list[str]]) -> int:
+    return sum(len(urls.get(item.section_id, [])) for item in items)
+
+
+async def wait_delivered(receiver: str, expected: int, stall_s: float = 15.0) -> None:
+    last, since = -1, time.monotonic()
+    while True:
+        count = (await asyncio.to_thread(receiver_get, receiver, "/count"))["count"]
+        if count >= expected:
+            return
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since > stall_s:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def cache_probe(
+    session: aiohttp.ClientSession, delivery: str, uri: str, sent_at: float, out: list[float]
+) -> None:
+    url = f"{delivery}/v1/stories/{quote(uri, safe='')}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        async with session.get(url) as response:
+            await response.read()
+            if response.status == 200:
+                out.append((time.time() - sent_at) * 1000)
+                return
+        await asyncio.sleep(0.01)
+
+
+def measure(
+    name: str,
+    mode: str,
+    items: list[Item],
+    sent: dict[int, float],
+    statuses: Counter[int],
+    first: float,
+    receiver: str,
+    expected: int,
+) -> Result:
+    marks = receiver_get(receiver, "/dump")["marks"]
+    seen: set[tuple[int, int]] = set()
+    latencies: list[float] = []
+    last = first
+    for sub, token, at, withdrawn in marks:
+        last = max(last, at)
+        if token in sent and not withdrawn and (sub, token) not in seen:
+            seen.add((sub, token))
+            latencies.append((at - sent[token]) * 1000)
+    accepted = sum(n for status, n in statuses.items() if status in (200, 202))
+    return Result(
+        name,
+        mode,
+        len(items),
+        accepted,
+        len(marks),
+        expected,
+        last - first,
+        latencies,
+        statuses=statuses,
+    )
+
+
+async def run_load(
+    name: str,
+    items: list[Item],
+    send: Send,
+    receiver: str,
+    urls: dict[str, list[str]],
+    rate: float | None,
+    concurrency: int,
+    probe: tuple[aiohttp.ClientSession, str] | None = None,
+) -> Result:
+    await asyncio.to_thread(receiver_reset, receiver)
+    cache_ms: list[float] = []
+    probes: list[asyncio.Task[None]] = []
+    if probe is not None:
+        session, delivery = probe
+        inner = send
+
+        async def send_and_probe(item: Item) -> int:
+            status = await inner(item)
+            if item.kind == "publish" and item.token % 100 == 0:
+                at = time.time()
+                probes.append(
+                    asyncio.create_task(cache_probe(session, delivery, item.uri, at, cache_ms))
+                )
+            return status
+
+        send = send_and_probe
+    sent, statuses, first = await offer(items, send, rate, concurrency)
+    expected = expected_webhooks([i for i in items if i.token in sent], urls)
+    await wait_delivered(receiver, expected)
+    await asyncio.gather(*probes)
+    mode = "max" if rate is None else f"{rate:.0f}/s"
+    result = await asyncio.to_thread(
+        measure, name, mode, items, sent, statuses, first, receiver, expected
+    )
+    result.cache_ms = cache_ms
+    print(result.line(), flush=True)
+    return result
+
+
+# --- scenarios --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    stories: int
+    rate: float
+    paced_seconds: float
+    concurrency: int
+    profile: bool
+    logs: Path
+
+
+async def _baseline(opts: Options, receiver: str, bootstrap: str, topic: str) -> list[Result]:
+    urls = subscriber_urls(receiver)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=262_144,
+        compression_type="gzip",
+    )
+    await producer.start()
+    try:
+        send = producer_sender(producer, topic)
+        await run_load("warm-up", stream(200, "rw"), send, receiver, urls, None, 32)
+        results = [
+            await run_load(
+                "baseline (raw 3 hops)",
+                stream(opts.stories, "r1"),
+                send,
+                receiver,
+                urls,
+                None,
+                opts.concurrency,
+            ),
+            await run_load(
+                "baseline (raw 3 hops)",
+                stream(int(opts.rate * opts.paced_seconds), "r2"),
+                send,
+                receiver,
+                urls,
+                opts.rate,
+                opts.concurrency,
+            ),
+        ]
+    finally:
+        await producer.stop()
+    return results
+
+
+async def _ours(
+    opts: Options, name: str, receiver: str, services: Services, on_max: Callable[[], None]
+) -> list[Result]:
+    urls = subscriber_urls(receiver)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        send = ingest_sender(session, services.ingest)
+        await run_load(
+            "warm-up", stream(200, f"w{uuid.uuid4().hex[:4]}"), send, receiver, urls, None, 32
+        )
+        on_max()
+        tag = uuid.uuid4().hex[:4]
+        results = [
+            await run_load(
+                name, stream(opts.stories, f"m{tag}"), send, receiver, urls, None, opts.concurrency
+            ),
+        ]
+        results.append(
+            await run_load(
+                name,
+                stream(int(opts.rate * opts.paced_seconds), f"p{tag}"),
+                send,
+                receiver,
+                urls,
+                opts.rate,
+                opts.concurrency,
+                probe=(session, services.delivery),
+            )
+        )
+    return results
+
+
+def profile(pids: dict[str, int], seconds: int, logs: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy on every service for `seconds`, in the background (raw collapsed stacks)."""
+    spies = []
+    for name, pid in pids.items():
+        out = logs / f"profile-{name}.txt"
+        spies.append(
+            subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--duration",
+                    str(seconds),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(out),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+    return spies
+
+
+def summarise_profile(path: Path, top: int = 12) -> str:
+    """Top functions by own samples and by inclusive samples, from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [
+            f.split(" (")[0] + " " + f.split(" (")[-1].split(":")[0].split("/")[-1]
+            for f in stack.split(";")
+        ]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    lines = [f"{path.name}: {total} samples"]
+    lines += [f"  self {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
+    framework = ("<module>", "run ", "_run", "run_until", "run_forever")
+    busiest = [(f, n) for f, n in inclusive.most_common(top * 3) if not f.startswith(framework)]
+    lines += [f"  incl {100 * n / total:5.1f}%  {f}" for f, n in busiest[:top]]
+    return "\n".join(lines)
+
+
+def scenario_ours(
+    opts: Options, receiver: str, enrichers: int, deliverers: int, extra: dict[str, str]
+) -> list[Result]:
+    name = f"newsflow {enrichers}E/{deliverers}D"
+    tag = f"ours{enrichers}{deliverers}"
+    with infra(opts.logs, tag) as running:
+        services = start_services(running, opts.logs, tag, enrichers, deliverers, extra)
+        subscribe_all(services, subscriber_urls(receiver))
+        spies: list[subprocess.Popen[bytes]] = []
+
+        def on_max() -> None:
+            if opts.profile:
+                spies.extend(profile(services.pids, 15, opts.logs))
+
+        results = asyncio.run(_ours(opts, name, receiver, services, on_max))
+        for spy in spies:
+            spy.wait(60)
+        if spies:
+            for pid_name in services.pids:
+                path = opts.logs / f"profile-{pid_name}.txt"
+                if path.exists():
+                    print(summarise_profile(path), flush=True)
+        return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stories", type=int, default=20_000, help="stories in the max-rate run")
+    parser.add_argument("--rate", type=float, default=1000, help="offered rate of the paced run")
+    parser.add_argument("--paced-seconds", type=float, default=15)
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    parser.add_argument("--profile", action="store_true", help="py-spy the services (max run)")
+    parser.add_argument(
+        "--scenarios",
+        default="raw,1x1,2x2",
+        help="raw (baseline), 1x1, 2x2 (enrichers x deliverers)",
+    )
+    parser.add_argument("--logs", type=Path, default=None)
+    args = parser.parse_args()
+    logs = args.logs or Path(tempfile.mkdtemp(prefix="newsflow-bench-"))
+    opts = Options(
+        args.stories, args.rate, args.paced_seconds, args.concurrency, args.profile, logs
+    )
+    uvloop.install()
+    print(f"logs in {logs}; {os.cpu_count()} cores", flush=True)
+    receiver = start_receiver(logs)
+    results: list[Result] = []
+    try:
+        for scenario in args.scenarios.split(","):
+            if scenario == "raw":
+                with infra(logs, "raw") as running:
+                    topic = start_baseline(running, logs, subscriber_urls(receiver.address))
+                    time.sleep(6)  # the hops join their groups
+                    kafka = running.kafka.address
+                    results += asyncio.run(_baseline(opts, receiver.address, kafka, topic))
+            else:
+                enrichers, deliverers = (int(n) for n in scenario.split("x"))
+                results += scenario_ours(opts, receiver.address, enrichers, deliverers, {})
+    finally:
+        receiver.stop()
+    report(results)
+
+
+def report(results: list[Result]) -> None:
+    print("\n== summary ==")
+    baseline = {r.mode: r for r in results if r.name.startswith("baseline")}
+    for result in results:
+        line = result.line()
+        base = baseline.get(result.mode)
+        if base is not None and result is not base and base.rate:
+            line += f"  ratio {result.rate / base.rate:.2f}"
+            p99 = percentile(result.latencies_ms, 99)
+            base_p99 = percentile(base.latencies_ms, 99)
+            line += f" (p99 {p99 / base_p99:.1f}x baseline)" if base_p99 else ""
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
