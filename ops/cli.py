@@ -271,6 +271,8 @@ def dlq_replay(
         )
     verb = "would replay" if dry_run else "replayed"
     typer.echo(f"{verb} {count} record(s) from {dlq}")
+
+
 # --- delivery: the latest-news cache and subscriptions -------------------------------------
 
 cache_app = typer.Typer(help="The latest-news cache in Redis.", no_args_is_help=True)
@@ -344,6 +346,8 @@ def subs_recover(subscription_id: str, since: str) -> None:
 @subs_app.command("delete")
 def subs_delete(subscription_id: str) -> None:
     _subs_call("DELETE", f"/{subscription_id}")
+
+
 import_app = typer.Typer(help="Import content into ingest.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 

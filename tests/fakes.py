@@ -101,6 +101,8 @@ class FakeDeliveryOperations:
 
     async def record_event(self, kind: str, subscription: Subscription, reason: str) -> None:
         self.events.append((kind, subscription.id))
+
+
 class FakeRateLimiter:
     """Counts articles per key with no window: over `limit` every hit waits `wait_s`."""
 
