@@ -139,12 +139,12 @@ IntakeFactory = Callable[[IngestSettings], Any]
 """`factory(settings)` is an async context manager yielding an `IngestRuntime`."""
 
 
-def get_runtime(request: Request) -> IngestRuntime:
+async def get_runtime(request: Request) -> IngestRuntime:
     runtime: IngestRuntime = request.app.state.runtime
     return runtime
 
 
-def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+async def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
     """The key on `Authorization: Bearer <key>`; never logged, compared as a digest."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -489,6 +489,7 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
         response_model=Accepted,
         responses={
             200: {"description": "Already withdrawn: the original withdrawal event"},
+            400: _problem_content("The body is not valid JSON"),
             404: _problem_content("No article with this uri was accepted"),
             **AUTH_ERRORS,
             **BODY_ERRORS,
@@ -514,6 +515,7 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
         return _json(status, body)
 
     feed_errors: dict[int | str, dict[str, Any]] = {
+        400: _problem_content("The body is not valid JSON"),
         401: AUTH_ERRORS[401],
         403: AUTH_ERRORS[403],
         422: _problem_content("Invalid fields, or a feed URL that is refused"),

@@ -52,8 +52,11 @@ _UNWANTED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 
 def clean_text(text: str) -> str:
     """NFC text without control characters or invalid code points; CR/CRLF become LF."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return unicodedata.normalize("NFC", _UNWANTED.sub("", text))
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if _UNWANTED.search(text):
+        text = _UNWANTED.sub("", text)
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
 def clean_payload(value: Any) -> Any:
@@ -219,7 +222,8 @@ class LedgerEntry:
 
 
 class Ledger(Protocol):
-    async def get(self, uri: str) -> LedgerEntry | None: ...
+    async def get(self, uri: str, with_article: bool = True) -> LedgerEntry | None:
+        """`article_json` is left empty when not `with_article` (it is large)."""
 
     async def put(self, uri: str, entry: LedgerEntry) -> None: ...
 
@@ -266,7 +270,7 @@ class Intake:
 
     async def accept(self, article: Article) -> Receipt:
         article = prepare(article)
-        previous = await self._ledger.get(article.uri)
+        previous = await self._ledger.get(article.uri, with_article=False)
         digest = fingerprint(article)
         if previous is not None:
             if previous.fingerprint == digest:
