@@ -40,9 +40,8 @@ _SPACES = re.compile(r"[ \t\u00a0]+")
 def html_to_text(body_html: str) -> str:
     """The plain text of a sanitised body: one paragraph per line, entities decoded."""
     marked = _BLOCK_END.sub("\n", body_html)
-    text = html.unescape(_TAG.sub("", marked))
-    lines = (_SPACES.sub(" ", line).strip() for line in text.splitlines())
-    return "\n".join(line for line in lines if line)
+    text = _SPACES.sub(" ", html.unescape(_TAG.sub("", marked)))
+    return "\n".join(stripped for line in text.splitlines() if (stripped := line.strip()))
 
 
 # C0/C1 controls (except tab and newline), lone surrogates and the two noncharacters that
