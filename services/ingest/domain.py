@@ -32,16 +32,33 @@ def sanitise_html(body_html: str) -> str:
     )
 
 
-_BLOCK_END = re.compile(r"</(p|li|h[2-6]|blockquote|figcaption|figure|ul|ol)>|<br\s*/?>", re.I)
+# nh3's output is normalised (lower-case tags, `<br>`), so plain replaces find every block end.
+_BLOCK_TAGS = [
+    "p",
+    "li",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "blockquote",
+    "figcaption",
+    "figure",
+    "ul",
+    "ol",
+]
+_BLOCK_ENDS = (*(f"</{tag}>" for tag in _BLOCK_TAGS), "<br>")
 _TAG = re.compile(r"<[^>]*>")
-_SPACES = re.compile(r"[ \t\u00a0]+")
 
 
 def html_to_text(body_html: str) -> str:
     """The plain text of a sanitised body: one paragraph per line, entities decoded."""
-    marked = _BLOCK_END.sub("\n", body_html)
-    text = _SPACES.sub(" ", html.unescape(_TAG.sub("", marked)))
-    return "\n".join(stripped for line in text.splitlines() if (stripped := line.strip()))
+    for end in _BLOCK_ENDS:
+        if end in body_html:
+            body_html = body_html.replace(end, "\n")
+    text = html.unescape(_TAG.sub("", body_html)) if "<" in body_html else html.unescape(body_html)
+    lines = (" ".join(line.split()) for line in text.split("\n"))
+    return "\n".join(line for line in lines if line)
 
 
 # C0/C1 controls (except tab and newline), lone surrogates and the two noncharacters that
