@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -61,15 +61,14 @@ async def fake_runtime(_: IngestSettings) -> AsyncIterator[IngestRuntime]:
 app = create_app(
     IngestSettings(ingest_api_keys="internal-key", ingest_max_body_bytes=200_000), fake_runtime
 )
-client = TestClient(app)
-client.__enter__()  # the lifespan opens the fake runtime for the whole module
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _close_client() -> object:
-    yield None
-    client.__exit__(None, None, None)
+def _lifespan() -> Iterator[None]:
+    """The lifespan opens the fake runtime once for every generated case."""
+    with TestClient(app):
+        yield
 
 
 @schema.parametrize()
