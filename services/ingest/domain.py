@@ -33,22 +33,11 @@ def sanitise_html(body_html: str) -> str:
 
 
 # nh3's output is normalised (lower-case tags, `<br>`), so plain replaces find every block end.
-_BLOCK_TAGS = [
-    "p",
-    "li",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "blockquote",
-    "figcaption",
-    "figure",
-    "ul",
-    "ol",
-]
-_BLOCK_ENDS = (*(f"</{tag}>" for tag in _BLOCK_TAGS), "<br>")
+_BLOCK_TAGS = ["p", "li", "h2", "h3", "h4", "h5", "h6", "blockquote", "figcaption", "figure"]
+_BLOCK_ENDS = (*(f"</{tag}>" for tag in [*_BLOCK_TAGS, "ul", "ol"]), "<br>")
 _TAG = re.compile(r"<[^>]*>")
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u3000]+")
+_ODD_SPACE = re.compile(r"[\u00a0\u2000-\u200a\u3000]")
 
 
 def html_to_text(body_html: str) -> str:
@@ -56,9 +45,10 @@ def html_to_text(body_html: str) -> str:
     for end in _BLOCK_ENDS:
         if end in body_html:
             body_html = body_html.replace(end, "\n")
-    text = html.unescape(_TAG.sub("", body_html)) if "<" in body_html else html.unescape(body_html)
-    lines = (" ".join(line.split()) for line in text.split("\n"))
-    return "\n".join(line for line in lines if line)
+    text = html.unescape(_TAG.sub("", body_html))
+    if "  " in text or "\t" in text or (not text.isascii() and _ODD_SPACE.search(text)):
+        text = _SPACES.sub(" ", text)
+    return "\n".join(filter(None, (line.strip(" ") for line in text.split("\n"))))
 
 
 # C0/C1 controls (except tab and newline), lone surrogates and the two noncharacters that
