@@ -6,7 +6,8 @@ version on the ingested topic; `Enrichment.enrich` reads that state to enrich on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -105,7 +106,15 @@ class StoryEnricher:
         if article.section and (hinted := self.rules.taxonomy.by_hint(article.section)):
             self.classifier.learn(features.term_counts, hinted.id)
 
-    def enrich(self, article: Article, now: datetime | None = None) -> Story:
+    def enrich(
+        self,
+        article: Article,
+        now: datetime | None = None,
+        lookup_timer: Callable[[float], None] | None = None,
+    ) -> Story:
+        """Enrich one version from the current state; `lookup_timer` gets the related lookup's
+        duration in seconds (a metric; the domain itself does no I/O).
+        """
         rules = self.rules
         if article.is_withdrawn:
             section = assign_section(
@@ -121,7 +130,10 @@ class StoryEnricher:
             rules.min_section_confidence,
             features.term_counts,
         )
+        started = time.perf_counter()
         found = self.index.neighbours(article, rules.related_limit, rules.related_min_score)
+        if lookup_timer is not None:
+            lookup_timer(time.perf_counter() - started)
         related = [
             RelatedStory.model_validate(
                 {"uri": m.uri, "headline": m.headline, "url": m.url, "score": m.score}

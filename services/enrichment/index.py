@@ -10,8 +10,8 @@ from __future__ import annotations
 import heapq
 import math
 import zlib
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +29,7 @@ _K1 = 1.2
 _B = 0.75
 _SHINGLE = 2
 _INDEXED_TERMS = 80
+_RECENT_WITH_TERMS = 20_000
 _SHINGLED_CHARS = 1500
 _ENTITY_CHARS = 2000
 # A teaser and a long article about one event share only a small part of the long one's weight;
@@ -106,6 +107,13 @@ class _Postings:
             self._flush()
         return self._docs[: self._size], self._weights[: self._size]
 
+    def keep(self, alive: npt.NDArray[np.bool_]) -> int:
+        docs, weights = self.arrays()
+        mask = alive[docs]
+        self._docs, self._weights = docs[mask].copy(), weights[mask].copy()
+        self._size = len(self._docs)
+        return self._size
+
     def _flush(self) -> None:
         end = self._size + len(self._pending_docs)
         if end > len(self._docs):
@@ -176,6 +184,7 @@ class StoryIndex:
         self._alive: npt.NDArray[np.bool_] = np.zeros(1024, dtype=bool)
         self._dead = 0
         self._newest = -math.inf
+        self._recent: OrderedDict[str, Features] = OrderedDict()
         self._by_age: list[tuple[float, int]] = []  # (first time, slot), dead ones left lazily
         self._lsh = MinHashLSH(threshold=self.settings.duplicate_similarity, num_perm=NUM_PERM)
 
@@ -189,9 +198,13 @@ class StoryIndex:
         """The indexed features of this exact version if held, else computed fresh."""
         slot = self._slots.get(article.uri)
         if slot is not None:
-            held = self._features[slot]
+            held = self._recent.get(article.uri)
             if held is not None and held.version == article.version:
                 return held
+            slim = self._features[slot]
+            if slim is not None and slim.version == article.version:
+                fresh = features_of(article, self.shingler)
+                return _with_time(fresh, slim.time)  # keeps the first time of a corrected story
         return features_of(article, self.shingler)
 
     # --- keeping it current -------------------------------------------------------------------
@@ -212,7 +225,12 @@ class StoryIndex:
             return  # older than the window: it would be evicted straight away
         slot = len(self._features)
         self._ensure_slot(slot)
-        self._features.append(features)
+        # Term counts are only needed again to enrich this very version, which happens soon after
+        # it is read: keep them for the most recent stories only (they are most of the memory).
+        self._features.append(replace(features, term_counts={}))
+        self._recent[features.uri] = features
+        if len(self._recent) > _RECENT_WITH_TERMS:
+            self._recent.popitem(last=False)
         self._slots[features.uri] = slot
         self._times[slot] = features.time
         self._alive[slot] = True
@@ -237,6 +255,7 @@ class StoryIndex:
         assert features is not None
         self._alive[slot] = False
         self._features[slot] = None
+        self._recent.pop(uri, None)
         self._lsh.remove(_lsh_key(slot))
         self._dead += 1
         if self._dead > max(1024, len(self._features) // 3):
@@ -446,15 +465,14 @@ class StoryIndex:
             self.remove(features.uri)
 
     def _compact(self) -> None:
-        """Rebuild postings without dead slots (removals only mark them)."""
-        live = [f for f in self._features if f is not None]
-        self._reset()
-        for features in sorted(live, key=lambda f: (f.time, f.uri)):
-            self._insert(features)
+        """Drop dead stories from the postings (removals only mark them)."""
+        for term_id, postings in enumerate(self._postings):
+            self._postings_per_term[term_id] = postings.keep(self._alive)
+        self._dead = 0
 
 
 def _with_time(features: Features, time: float) -> Features:
-    return Features(**{**features.__dict__, "time": time})
+    return replace(features, time=time)
 
 
 def _lsh_key(slot: int) -> str:
