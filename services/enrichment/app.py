@@ -42,6 +42,12 @@ class EnrichmentMetrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
             registry=self.registry,
         )
+        self.lookup = Histogram(
+            "newsflow_enrichment_related_lookup_seconds",
+            "Time to find one story's related stories and duplicate in the index",
+            buckets=(0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1),
+            registry=self.registry,
+        )
         self.indexed = Gauge(
             "newsflow_enrichment_index_stories",
             "Live stories in this instance's related-story index",
@@ -83,7 +89,7 @@ class Enricher:
                 await self._dead_letters.park(record, str(exc))
                 continue
             started = time.perf_counter()
-            story = self._enricher.enrich(article)
+            story = self._enricher.enrich(article, lookup_timer=self._metrics.lookup.observe)
             self._metrics.latency.observe(time.perf_counter() - started)
             section = story.enrichment.section
             self._metrics.stories.labels(section.id, section.method).inc()

@@ -43,7 +43,7 @@ def build_enricher(settings: EnrichmentSettings) -> StoryEnricher:
     )
     enricher = StoryEnricher(rules)
     path = settings.enrichment_training_path
-    if path is not None and str(path):
+    if path is not None and str(path) not in ("", "."):
         stories = parse_corpus(path.read_text(encoding="utf-8").splitlines())
         enricher.train((s.article(TRAINED_AT), s.section) for s in stories)
         log.info("section classifier trained", stories=len(stories), path=str(path))
