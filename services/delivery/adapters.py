@@ -60,6 +60,7 @@ class RedisStoryCache:
         self._redis = redis
         self._prefix = f"{key_prefix}cache:"
         self._per_section = per_section
+        self._page = redis.register_script(self._PAGE)
 
     def _story_key(self, uri: str) -> str:
         return f"{self._prefix}story:{uri}"
@@ -119,22 +120,32 @@ class RedisStoryCache:
     async def is_built(self) -> bool:
         return bool(await self._redis.exists(self._prefix + "built"))
 
+    # One round trip per page: the newest uris before the cursor, then their stories.
+    _PAGE = """
+    local found = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES',
+                             'LIMIT', 0, tonumber(ARGV[2]) + 1)
+    local reply = {}
+    local n = math.min(#found / 2, tonumber(ARGV[2]))
+    for i = 1, n do
+        reply[#reply + 1] = redis.call('GET', ARGV[3] .. found[2 * i - 1]) or false
+    end
+    local more = ''
+    if #found / 2 > n then more = found[2 * n] end
+    reply[#reply + 1] = more
+    return reply
+    """
+
     async def latest(
         self, section_id: str | None, limit: int, before: float | None = None
     ) -> tuple[list[bytes], float | None]:
         """Newest first; `before` is the cursor (exclusive). Returns the stories and the next
         cursor (None at the end)."""
         key = self._latest_key(section_id or self.ALL)
-        high: str | float = "+inf" if before is None else f"({before!r}"
-        found = await self._redis.zrevrangebyscore(
-            key, high, "-inf", start=0, num=limit + 1, withscores=True
-        )
-        page = found[:limit]
-        if not page:
-            return [], None
-        values = await self._redis.mget([self._story_key(text(entry[0])) for entry in page])
-        cursor = float(page[-1][1]) if len(found) > limit else None
-        return [raw(v) for v in values if v is not None], cursor
+        high = "+inf" if before is None else f"({before!r}"
+        reply = await self._page(keys=[key], args=[high, limit, self._prefix + "story:"])
+        *values, more = reply
+        cursor = float(more) if more else None
+        return [raw(v) for v in values if v], cursor
 
     async def story(self, uri: str) -> bytes | None:
         value = await self._redis.get(self._story_key(uri))

@@ -40,7 +40,7 @@ class DeliverySettings(NewsflowSettings):
     delivery_order_recheck_s: float = 2.0
     delivery_attempts_kept: int = 1000
     delivery_commit_interval_s: float = 0.5
-    delivery_fetch_max_wait_ms: int = 20
+    delivery_fetch_max_wait_ms: int = 100
     embargo_poll_s: float = 1.0
     cache_per_section: int = 1000
     cache_check_interval_s: float = 2.0
