@@ -27,11 +27,11 @@ class DeliverySettings(NewsflowSettings):
     delivery_max_retry_after_s: float = 6 * 3600.0
     delivery_auto_disable_after_s: float = 5 * DAY_S
     delivery_rotation_overlap_s: float = DAY_S
-    delivery_max_in_flight: int = 1000
+    delivery_max_in_flight: int = 256
     # Outbox/retry records being worked on; must stay well above the per-endpoint queue so one
     # slow endpoint can never hold every record.
     delivery_max_records_in_flight: int = 5000
-    delivery_per_endpoint_in_flight: int = 32
+    delivery_per_endpoint_in_flight: int = 16
     # Jobs queued for one endpoint beyond its in-flight limit; more are parked on a retry tier.
     delivery_per_endpoint_queue: int = 500
     delivery_breaker_failures: int = 5
