@@ -220,16 +220,21 @@ async def release_embargoes(
 ) -> None:
     """Polls the embargo schedule; a story is cached and sent once its time has come."""
     while stop is None or not stop.is_set():
-        due = await state.due_embargoes(time.time())
-        if due:
-            items = []
-            for record in due:
-                found = json.loads(record)
-                items.append(_outgoing(found["story"].encode(), found["type"]))
-            await fanout.publish(await fanout.not_overtaken(items))
-            await state.released(due)
-            log.info("embargo lifted", stories=len(items))
-            continue
+        try:
+            due = await state.due_embargoes(time.time())
+            if due:
+                items = []
+                for record in due:
+                    found = json.loads(record)
+                    items.append(_outgoing(found["story"].encode(), found["type"]))
+                await fanout.publish(await fanout.not_overtaken(items))
+                await state.released(due)
+                log.info("embargo lifted", stories=len(items))
+                continue
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Redis or the broker away: the schedule is still there, try again
+            log.exception("embargo release failed; trying again")
         await asyncio.sleep(poll_s)
 
 
@@ -272,15 +277,19 @@ async def keep_cache_built(
 ) -> None:
     """Rebuilds the cache whenever it is found empty (at start, or Redis flushed/replaced)."""
     while True:
-        if not await cache.is_built():
-            async with lock:
-                started = time.perf_counter()
-                count = await rebuild()
-                await cache.mark_built()
-            log.info(
-                "cache rebuilt", stories=count, seconds=round(time.perf_counter() - started, 2)
-            )
-        built.set()
+        try:
+            if not await cache.is_built():
+                async with lock:
+                    started = time.perf_counter()
+                    count = await rebuild()
+                    await cache.mark_built()
+                seconds = round(time.perf_counter() - started, 2)
+                log.info("cache rebuilt", stories=count, seconds=seconds)
+            built.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Redis or the broker away: keep checking
+            log.exception("cache check failed; trying again")
         await asyncio.sleep(interval_s)
 
 
