@@ -34,18 +34,24 @@ def make_producer(settings: NewsflowSettings) -> AIOKafkaProducer:
     )
 
 
-def make_consumer(settings: NewsflowSettings, topic: str, group_id: str) -> AIOKafkaConsumer:
-    """A group member that commits by hand, only once its work is durable."""
+def make_consumer(
+    settings: NewsflowSettings, topic: str, group_id: str, **options: Any
+) -> AIOKafkaConsumer:
+    """A group member that commits by hand, only once its work is durable (`options` override
+    the defaults, e.g. `fetch_max_wait_ms`)."""
     return AIOKafkaConsumer(
         topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=500,
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=3_000,
+        **{
+            "bootstrap_servers": settings.kafka_bootstrap_servers,
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_poll_records": 500,
+            "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+            "session_timeout_ms": 10_000,
+            "heartbeat_interval_ms": 3_000,
+            **options,
+        },
     )
 
 

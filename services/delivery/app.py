@@ -220,16 +220,21 @@ async def release_embargoes(
 ) -> None:
     """Polls the embargo schedule; a story is cached and sent once its time has come."""
     while stop is None or not stop.is_set():
-        due = await state.due_embargoes(time.time())
-        if due:
-            items = []
-            for record in due:
-                found = json.loads(record)
-                items.append(_outgoing(found["story"].encode(), found["type"]))
-            await fanout.publish(await fanout.not_overtaken(items))
-            await state.released(due)
-            log.info("embargo lifted", stories=len(items))
-            continue
+        try:
+            due = await state.due_embargoes(time.time())
+            if due:
+                items = []
+                for record in due:
+                    found = json.loads(record)
+                    items.append(_outgoing(found["story"].encode(), found["type"]))
+                await fanout.publish(await fanout.not_overtaken(items))
+                await state.released(due)
+                log.info("embargo lifted", stories=len(items))
+                continue
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Redis or the broker away: the schedule is still there, try again
+            log.exception("embargo release failed; trying again")
         await asyncio.sleep(poll_s)
 
 
@@ -272,15 +277,19 @@ async def keep_cache_built(
 ) -> None:
     """Rebuilds the cache whenever it is found empty (at start, or Redis flushed/replaced)."""
     while True:
-        if not await cache.is_built():
-            async with lock:
-                started = time.perf_counter()
-                count = await rebuild()
-                await cache.mark_built()
-            log.info(
-                "cache rebuilt", stories=count, seconds=round(time.perf_counter() - started, 2)
-            )
-        built.set()
+        try:
+            if not await cache.is_built():
+                async with lock:
+                    started = time.perf_counter()
+                    count = await rebuild()
+                    await cache.mark_built()
+                seconds = round(time.perf_counter() - started, 2)
+                log.info("cache rebuilt", stories=count, seconds=seconds)
+            built.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Redis or the broker away: keep checking
+            log.exception("cache check failed; trying again")
         await asyncio.sleep(interval_s)
 
 
@@ -338,7 +347,7 @@ class Sender:
         self._tier_of: dict[str, int | None] = {topics.outbox: None}
         self._tier_of.update({topics.retry(t): t for t in RETRY_TIERS_S})
         self._slots = asyncio.Semaphore(settings.delivery_max_in_flight)
-        self._records = asyncio.Semaphore(settings.delivery_max_in_flight)
+        self._records = asyncio.Semaphore(settings.delivery_max_records_in_flight)
         self._per_endpoint: dict[str, _Gate] = {}
         self._breaker = Breaker(
             settings.delivery_breaker_failures, settings.delivery_breaker_cooldown_s
@@ -420,8 +429,7 @@ class Sender:
                 if hop is not None:
                     await self._queue.put(hop)
                     return
-                async with self._slots:
-                    await self._handle(job)
+                await self._handle(job)
                 return
             except asyncio.CancelledError:
                 raise
@@ -465,7 +473,8 @@ class Sender:
             # Deleted, paused or disabled: not sent; `recover` re-sends what was missed.
             await self._state.settled(job, None, delivered=False, dead=False)
             return
-        oldest = await self._state.oldest_pending(job)
+        # Version 1 has nothing before it; later versions wait for any older one still queued.
+        oldest = None if job.version <= 1 else await self._state.oldest_pending(job)
         if oldest is not None and oldest < job.version:
             await self._defer(job, self._settings.delivery_order_recheck_s, "order")
             return
@@ -476,7 +485,7 @@ class Sender:
             return
         limit = self._settings.delivery_per_endpoint_in_flight
         gate = self._per_endpoint.setdefault(endpoint, _Gate(asyncio.Semaphore(limit)))
-        if gate.waiting >= 2 * limit:
+        if gate.waiting >= self._settings.delivery_per_endpoint_queue:
             # A backlog for this endpoint: park the job on a retry tier, keep the slot free.
             await self._defer(job, 1.0, "endpoint_busy")
             return
@@ -486,7 +495,9 @@ class Sender:
         finally:
             gate.waiting -= 1
         try:
-            await self._attempt(subscription, job, endpoint)
+            # The global cap counts requests on the wire, not jobs queued for a slow endpoint.
+            async with self._slots:
+                await self._attempt(subscription, job, endpoint)
         finally:
             gate.semaphore.release()
 

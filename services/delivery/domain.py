@@ -5,6 +5,7 @@ No I/O."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -189,11 +190,15 @@ def webhook_id(subscription_id: str, story_uri: str, version: int, event_type: s
     return "msg_" + hashlib.sha256(seed).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=4096)
+def _key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+
+
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     """`v1,<base64 HMAC-SHA256 of "id.timestamp.body">` keyed by the decoded secret."""
-    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
     signed = f"{message_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    digest = hmac.new(_key(secret), signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
 
 
@@ -410,8 +415,10 @@ class Breaker:
 
 
 def endpoint_of(url: str) -> str:
+    """What the concurrency limit and the breaker count by: the endpoint URL (one partner host
+    may serve several endpoints; one failing path does not hold up its siblings)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}"
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
 # --- Jobs ----------------------------------------------------------------------------------

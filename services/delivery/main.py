@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -41,6 +42,14 @@ from shared.logging import configure_logging
 from shared.serve import serve
 
 
+def _consumer(settings: DeliverySettings, topic: str, group_id: str) -> AIOKafkaConsumer:
+    # A short fetch wait: jobs should go out at once, and a fetch over many partitions may
+    # otherwise be held for the broker's whole max wait.
+    return make_consumer(
+        settings, topic, group_id, fetch_max_wait_ms=settings.delivery_fetch_max_wait_ms
+    )
+
+
 def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -> DepsFactory:
     @asynccontextmanager
     async def open_deps(metrics: DeliveryMetrics) -> AsyncIterator[DeliveryDeps]:
@@ -55,8 +64,10 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
             subscriptions = KafkaSubscriptionStore(
                 producer, settings.kafka_bootstrap_servers, topics.subscriptions, source
             )
-            stories = make_consumer(settings, topics.enriched, settings.delivery_group_id)
-            jobs = make_consumer(settings, topics.outbox, settings.delivery_sender_group_id)
+            # Groups carry the topic prefix too, so environments sharing a cluster stay apart.
+            group = settings.topic_prefix + settings.delivery_group_id
+            stories = _consumer(settings, topics.enriched, group)
+            jobs = _consumer(settings, topics.outbox, group + "-sender")
             session = await stack.enter_async_context(
                 webhook_session(resolve_host, settings.delivery_allow_private_targets)
             )

@@ -13,7 +13,6 @@ class DeliverySettings(NewsflowSettings):
     delivery_host: str = "127.0.0.1"
     delivery_port: int = 8003
     delivery_group_id: str = "newsflow-delivery"
-    delivery_sender_group_id: str = "newsflow-delivery-sender"
     admin_token: str = ""
     # Loopback/private webhook targets are refused unless this is on (local demos and tests).
     delivery_allow_private_targets: bool = False
@@ -28,14 +27,20 @@ class DeliverySettings(NewsflowSettings):
     delivery_max_retry_after_s: float = 6 * 3600.0
     delivery_auto_disable_after_s: float = 5 * DAY_S
     delivery_rotation_overlap_s: float = DAY_S
-    delivery_max_in_flight: int = 500
-    delivery_per_endpoint_in_flight: int = 32
+    delivery_max_in_flight: int = 256
+    # Outbox/retry records being worked on; must stay well above the per-endpoint queue so one
+    # slow endpoint can never hold every record.
+    delivery_max_records_in_flight: int = 5000
+    delivery_per_endpoint_in_flight: int = 16
+    # Jobs queued for one endpoint beyond its in-flight limit; more are parked on a retry tier.
+    delivery_per_endpoint_queue: int = 500
     delivery_breaker_failures: int = 5
     delivery_breaker_cooldown_s: float = 30.0
     # How soon a newer version of a story waiting behind an older, undelivered one looks again.
     delivery_order_recheck_s: float = 2.0
     delivery_attempts_kept: int = 1000
     delivery_commit_interval_s: float = 0.5
+    delivery_fetch_max_wait_ms: int = 100
     embargo_poll_s: float = 1.0
     cache_per_section: int = 1000
     cache_check_interval_s: float = 2.0
