@@ -50,7 +50,9 @@ from services.delivery.domain import (
     vet_target,
     webhook_headers,
 )
+from services.delivery.ops_page import add_ops_routes, sample_forever
 from services.delivery.settings import DeliverySettings
+from services.delivery.status_page import Pulse
 from shared.events import (
     RETRY_TIERS_S,
     DeliveryAttempt,
@@ -61,9 +63,11 @@ from shared.events import (
     decode_story,
 )
 from shared.http import BearerTokens, Problem, add_health_routes, install_problem_handlers
-from shared.kafka import DeadLetters, IncomingRecord
+from shared.kafka import DeadLetters, IncomingRecord, observe_lag
 from shared.logging import get_logger
+from shared.metrics import ConsumerMetrics
 from shared.serve import background
+from shared.tracing import record_context
 
 log = get_logger(__name__)
 
@@ -83,9 +87,14 @@ class DeliveryMetrics:
         self.cached = Counter(
             "newsflow_delivery_cache_writes", "Stories written to the cache", registry=self.registry
         )
-        self.parked = Counter(
-            "newsflow_delivery_parked_records", "Records sent to the DLQ", registry=self.registry
+        self.cache_reads = Counter(
+            "newsflow_delivery_cache_reads",
+            "Story lookups on the read API, by result (hit ratio = hit / all)",
+            ["result"],
+            registry=self.registry,
         )
+        # Lag of the story topic, and of the outbox and each retry tier: the retry backlog.
+        self.consumer = ConsumerMetrics(self.registry, "delivery")
         self.deferred = Counter(
             "newsflow_delivery_deferred_jobs",
             "Jobs put back without an attempt, by reason",
@@ -198,13 +207,14 @@ class StoryConsumer:
         ready: list[Outgoing] = []
         held: list[Outgoing] = []
         for record in records:
-            try:
-                item = _outgoing(record.value, record.meta.type)
-            except (InvalidEvent, ValueError) as exc:
-                self._metrics.parked.inc()
-                await self._dead_letters.park(record, str(exc))
-                continue
-            (held if _under_embargo(item, now) else ready).append(item)
+            with record_context(record.meta):
+                try:
+                    item = _outgoing(record.value, record.meta.type)
+                except (InvalidEvent, ValueError) as exc:
+                    await self._dead_letters.park(record, str(exc))
+                    continue
+                (held if _under_embargo(item, now) else ready).append(item)
+                log.debug("story received", article_uri=item.story.uri, version=item.story.version)
         await self._fanout.schedule_embargoed(held)
         await self._fanout.publish(ready)
 
@@ -371,6 +381,7 @@ class Sender:
                     await self._take(tp, messages)
                 if time.monotonic() - last_commit >= self._settings.delivery_commit_interval_s:
                     await self._commit()
+                    await observe_lag(self._consumer, self._metrics.consumer)
                     last_commit = time.monotonic()
         finally:
             if self._tasks:
@@ -759,6 +770,29 @@ class DeliveryDeps:
 DepsFactory = Callable[[DeliveryMetrics], AbstractAsyncContextManager[DeliveryDeps]]
 
 
+class DepsStatus:
+    """What the /ops page reads, from the service's own ports."""
+
+    def __init__(self, deps: DeliveryDeps) -> None:
+        self._deps = deps
+
+    async def subscriptions(self) -> list[Subscription]:
+        return await self._deps.subscriptions.all()
+
+    async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
+        return await self._deps.operations.attempts(subscription_id, limit)
+
+    async def dead_letters(self, subscription_id: str) -> int:
+        return len(await self._deps.operations.dead_letters(subscription_id))
+
+    async def sections(self) -> list[str]:
+        return [str(section["id"]) for section in await self._deps.cache.sections()]
+
+    async def latest(self, section_id: str, limit: int) -> list[bytes]:
+        stories, _ = await self._deps.cache.latest(section_id, limit, None)
+        return stories
+
+
 def get_deps(request: Request) -> DeliveryDeps:
     deps: DeliveryDeps = request.app.state.deps
     return deps
@@ -791,6 +825,8 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
             app.state.deps = deps
             for i, work in enumerate(deps.background):
                 tasks.append(await stack.enter_async_context(background(work, f"delivery-{i}")))
+            sampler = sample_forever(pulse, metrics.registry, "delivery")
+            await stack.enter_async_context(background(sampler, "status-sampler"))
             yield
 
     app = FastAPI(
@@ -808,6 +844,8 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         return deps is not None and running and await deps.ready()
 
     add_health_routes(app, metrics.registry, is_ready)
+    pulse = Pulse()
+    add_ops_routes(app, settings.admin_token, lambda r: DepsStatus(get_deps(r)), pulse)
 
     async def vetted(url: str, deps: DeliveryDeps) -> None:
         try:
@@ -998,6 +1036,7 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
     ) -> Response:
         """One story by its uri (URL-encoded); 404 when unknown or withdrawn."""
         body = await deps.cache.story(uri)
+        metrics.cache_reads.labels("miss" if body is None else "hit").inc()
         if body is None:
             raise Problem(404, "unknown_story", f"no live story with uri {uri}")
         return _etagged(body, if_none_match, settings.cache_max_age_s)

@@ -40,6 +40,7 @@ from services.delivery.settings import DeliverySettings
 from shared.kafka import DeadLetters, consume_forever, make_consumer, make_producer
 from shared.logging import configure_logging
 from shared.serve import serve
+from shared.tracing import with_tracing
 
 
 def _consumer(settings: DeliverySettings, topic: str, group_id: str) -> AIOKafkaConsumer:
@@ -79,7 +80,7 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
             queue = KafkaJobQueue(producer, topics)
             events = KafkaSubscriptionEvents(producer, topics.subscription_events, source)
             attempt_log = KafkaAttemptLog(producer, topics.attempts, source)
-            dead_letters = DeadLetters(producer, topics.dlq)
+            dead_letters = DeadLetters(producer, topics.dlq, metrics.consumer)
             cache_lock = asyncio.Lock()
             fanout = Fanout(cache, cache_lock, subscriptions, state, queue, metrics)
             job_sender = Sender(
@@ -100,7 +101,10 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
                 await stories.start()
                 try:
                     await consume_forever(
-                        stories, StoryConsumer(fanout, dead_letters, metrics).handle, dead_letters
+                        stories,
+                        StoryConsumer(fanout, dead_letters, metrics).handle,
+                        dead_letters,
+                        metrics=metrics.consumer,
                     )
                 finally:
                     await stories.stop()
@@ -172,12 +176,14 @@ def create() -> FastAPI:
     """The app factory (`uvicorn --factory services.delivery.main:create --workers N`)."""
     settings = DeliverySettings()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings, deps_factory(settings))
+    return with_tracing(create_app(settings, deps_factory(settings)), settings)
 
 
 def main() -> None:
     settings = DeliverySettings()
     configure_logging(settings.log_level, settings.log_format)
     serve(
-        create_app(settings, deps_factory(settings)), settings.delivery_host, settings.delivery_port
+        with_tracing(create_app(settings, deps_factory(settings)), settings),
+        settings.delivery_host,
+        settings.delivery_port,
     )
