@@ -20,15 +20,14 @@ from redis.asyncio import Redis
 from services.delivery.domain import (
     Answer,
     Job,
-    Resolver,
     Subscription,
-    check_addresses,
     fanout_headers,
     tier_for,
 )
 from shared.events import DeliveryAttempt, EventMeta, EventType, Headers, Topics, encode
 from shared.logging import get_logger
 from shared.redis import raw, text
+from shared.ssrf import Resolver, check_addresses
 
 log = get_logger(__name__)
 

@@ -33,21 +33,18 @@ from services.delivery.adapters import (
 from services.delivery.domain import (
     Breaker,
     Job,
-    Resolver,
     RotationRequest,
     StoryCache,
     Subscription,
     SubscriptionRequest,
     SubscriptionStore,
     SubscriptionUpdate,
-    TargetRefused,
     endpoint_of,
     judge,
     new_secret,
     ping_body,
     render,
     should_hop,
-    vet_target,
     webhook_headers,
 )
 from services.delivery.ops_page import add_ops_routes, sample_forever
@@ -67,6 +64,7 @@ from shared.kafka import DeadLetters, IncomingRecord, observe_lag
 from shared.logging import get_logger
 from shared.metrics import ConsumerMetrics
 from shared.serve import background
+from shared.ssrf import Resolver, TargetRefused, vet_target
 from shared.tracing import record_context
 
 log = get_logger(__name__)

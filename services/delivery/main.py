@@ -35,11 +35,11 @@ from services.delivery.app import (
     rebuild_cache,
     release_embargoes,
 )
-from services.delivery.domain import Resolver
 from services.delivery.settings import DeliverySettings
 from shared.kafka import DeadLetters, consume_forever, make_consumer, make_producer
 from shared.logging import configure_logging
 from shared.serve import serve
+from shared.ssrf import Resolver
 from shared.tracing import with_tracing
 
 

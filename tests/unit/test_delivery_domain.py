@@ -12,16 +12,13 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.delivery.domain import (
     SubscriptionRequest,
-    TargetRefused,
-    check_addresses,
-    check_scheme,
     new_secret,
     sign,
-    vet_target,
     webhook_body,
     webhook_id,
 )
 from shared.events import EventType
+from shared.ssrf import TargetRefused, check_addresses, check_scheme, vet_target
 
 pytestmark = pytest.mark.unit
 
