@@ -203,6 +203,9 @@ class Topics:
             TopicSpec(self.attempts),
             TopicSpec(self.dlq(self.ingested)),
             TopicSpec(self.dlq(self.enriched)),
+            # Delivery's own poison: unreadable jobs (outbox and retry tiers), subscriptions.
+            TopicSpec(self.dlq(self.outbox)),
+            TopicSpec(self.dlq(self.subscriptions)),
             TopicSpec(self.outbox),
             *(TopicSpec(self.retry(delay)) for delay in RETRY_TIERS_S),
             TopicSpec(self.subscriptions, compacted=True),

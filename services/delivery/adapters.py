@@ -25,6 +25,7 @@ from services.delivery.domain import (
     tier_for,
 )
 from shared.events import DeliveryAttempt, EventMeta, EventType, Headers, Topics, encode
+from shared.kafka import DeadLetters
 from shared.logging import get_logger
 from shared.redis import raw, text
 from shared.ssrf import Resolver, check_addresses
@@ -171,11 +172,19 @@ class KafkaSubscriptionStore:
 
     EVENT_TYPE = "newsflow.subscription.changed"
 
-    def __init__(self, producer: AIOKafkaProducer, bootstrap: str, topic: str, source: str):
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        bootstrap: str,
+        topic: str,
+        source: str,
+        dead_letters: DeadLetters | None = None,
+    ):
         self._producer = producer
         self._bootstrap = bootstrap
         self._topic = topic
         self._source = source
+        self._dead_letters = dead_letters
         self._items: dict[str, Subscription] = {}
         self._caught_up = asyncio.Event()
 
@@ -218,17 +227,29 @@ class KafkaSubscriptionStore:
                 batches = await consumer.getmany(timeout_ms=200)
                 for messages in batches.values():
                     for message in messages:
-                        key = text(message.key)
-                        if message.value is None:
-                            self._items.pop(key, None)
-                        else:
-                            self._items[key] = Subscription.model_validate_json(message.value)
+                        await self._apply(message)
                 if not self._caught_up.is_set():
                     positions = [await consumer.position(tp) for tp in ends]
                     if all(p >= end for p, end in zip(positions, ends.values(), strict=True)):
                         self._caught_up.set()
         finally:
             await consumer.stop()
+
+    async def _apply(self, message: Any) -> None:
+        key = text(message.key)
+        if message.value is None:
+            self._items.pop(key, None)
+            return
+        try:
+            self._items[key] = Subscription.model_validate_json(message.value)
+        except ValueError as exc:
+            # Not written by newsflow. While replaying at start-up it was met before (and parked
+            # by whoever ran then), so it is only logged; met live, it is parked.
+            error = f"not a valid Subscription: {' '.join(str(exc).split())[:300]}"
+            if self._caught_up.is_set() and self._dead_letters is not None:
+                await self._dead_letters.park(message, error)
+            else:
+                log.warning("unreadable subscription record skipped", offset=message.offset)
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:

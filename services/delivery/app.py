@@ -341,8 +341,10 @@ class Sender:
         events: KafkaSubscriptionEvents,
         metrics: DeliveryMetrics,
         settings: DeliverySettings,
+        dead_letters: DeadLetters,
     ) -> None:
         self._consumer = consumer
+        self._dead_letters = dead_letters
         self._subscriptions = subscriptions
         self._state = state
         self._queue = queue
@@ -404,7 +406,7 @@ class Sender:
                 jobs = Job.from_record(message.headers, message.value)
             except (KeyError, ValueError) as exc:
                 jobs = []
-                log.warning("unreadable job skipped", topic=tp.topic, error=str(exc))
+                await self._dead_letters.park(message, f"unreadable job: {exc}")
             if not jobs:
                 offsets.next = message.offset + 1
                 continue

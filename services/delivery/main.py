@@ -62,8 +62,13 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
             producer = make_producer(settings)
             await producer.start()
             stack.push_async_callback(producer.stop)
+            dead_letters = DeadLetters(producer, topics.dlq, metrics.consumer)
             subscriptions = KafkaSubscriptionStore(
-                producer, settings.kafka_bootstrap_servers, topics.subscriptions, source
+                producer,
+                settings.kafka_bootstrap_servers,
+                topics.subscriptions,
+                source,
+                dead_letters,
             )
             # Groups carry the topic prefix too, so environments sharing a cluster stay apart.
             group = settings.topic_prefix + settings.delivery_group_id
@@ -80,12 +85,13 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
             queue = KafkaJobQueue(producer, topics)
             events = KafkaSubscriptionEvents(producer, topics.subscription_events, source)
             attempt_log = KafkaAttemptLog(producer, topics.attempts, source)
-            dead_letters = DeadLetters(producer, topics.dlq, metrics.consumer)
             cache_lock = asyncio.Lock()
             fanout = Fanout(cache, cache_lock, subscriptions, state, queue, metrics)
             job_sender = Sender(
                 jobs, topics, subscriptions, state, queue, sender.post, attempt_log, events,
                 metrics, settings,
+                # Jobs of the outbox and of every retry tier are parked in one place.
+                DeadLetters(producer, lambda _: topics.dlq(topics.outbox), metrics.consumer),
             )  # fmt: skip
             jobs.subscribe(job_sender.topics)
             cache_built = asyncio.Event()
