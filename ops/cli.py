@@ -150,7 +150,21 @@ SERVICE_URLS = {
     "enrichment": "http://127.0.0.1:8002",
     "delivery": "http://127.0.0.1:8003",
 }
-CONSUMER_GROUPS = (("newsflow-enrichment", "ingested"), ("newsflow-delivery", "enriched"))
+
+
+def consumer_groups(settings: NewsflowSettings) -> list[tuple[str, str]]:
+    """(group, topic) of every consumer group, incl. delivery's sender on the outbox and on
+    each retry tier (the retry backlog). Groups carry the topic prefix."""
+    from shared.events import RETRY_TIERS_S
+
+    topics, prefix = settings.topics, settings.topic_prefix
+    sender = prefix + "newsflow-delivery-sender"
+    return [
+        (prefix + "newsflow-enrichment", topics.ingested),
+        (prefix + "newsflow-delivery", topics.enriched),
+        (sender, topics.outbox),
+        *((sender, topics.retry(tier)) for tier in RETRY_TIERS_S),
+    ]
 
 
 @app.command()
@@ -189,8 +203,7 @@ def status(
 
     async def kafka_figures() -> tuple[list[tuple[str, str, int]], list[tuple[str, int]]]:
         lags = []
-        for group, attribute in CONSUMER_GROUPS:
-            topic = getattr(topics, attribute)
+        for group, topic in consumer_groups(settings):
             lag = await group_lag(settings.kafka_bootstrap_servers, group, topic)
             lags.append((group, topic, lag.lag))
         dlqs = [
@@ -325,11 +338,14 @@ def subs_show(subscription_id: str) -> None:
 
 
 @subs_app.command("pause")
+@subs_app.command("disable")
 def subs_pause(subscription_id: str) -> None:
+    """Stop sending to it (`disable` and `pause` are the same); `enable` or `resume` undoes it."""
     _subs_call("POST", f"/{subscription_id}/pause")
 
 
 @subs_app.command("resume")
+@subs_app.command("enable")
 def subs_resume(subscription_id: str) -> None:
     """Resume (also re-enables a disabled subscription)."""
     _subs_call("POST", f"/{subscription_id}/resume")

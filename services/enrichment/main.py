@@ -65,7 +65,9 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
             )
             await table.start()
             stack.push_async_callback(table.stop)
-            consumer = make_consumer(settings, topics.ingested, settings.enrichment_group_id)
+            # The group carries the topic prefix, so environments sharing a cluster stay apart.
+            group = settings.topic_prefix + settings.enrichment_group_id
+            consumer = make_consumer(settings, topics.ingested, group)
             dead_letters = DeadLetters(producer, topics.dlq, metrics.consumer)
             handler = Enricher(
                 producer,
