@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
@@ -34,6 +35,8 @@ from shared.kafka import ensure_topics
 API_KEY = "faults-ingest-key-6f1c"
 ADMIN_TOKEN = "faults-admin-token-93ad"
 SERVICES = ("ingest", "enrichment", "delivery")
+# `make soak` runs the suite with ten times the stories.
+SCALE = int(os.environ.get("NEWSFLOW_FAULTS_SCALE", "1"))
 
 
 @dataclass
@@ -425,3 +428,18 @@ def cache_mismatches(stack: Stack, latest: dict[str, Enriched]) -> list[str]:
         if (status, version) != expected:
             wrong.append(f"{uri}: cache {status} v{version}, topic v{item.version}")
     return wrong
+
+
+def delivery_has_durable_retries() -> bool:
+    """True once the delivery branch (retry topics, subscriptions on a topic) is merged."""
+    from services.delivery.settings import DeliverySettings
+
+    return "delivery_retry_jitter" in DeliverySettings.model_fields
+
+
+needs_delivery_merge = pytest.mark.xfail(
+    not delivery_has_durable_retries(),
+    reason="needs the delivery branch: per-endpoint retries on Kafka retry topics and "
+    "subscriptions on a compacted topic (main retries in-process and keeps subscriptions in Redis)",
+    strict=True,
+)

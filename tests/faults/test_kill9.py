@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from tests.faults.harness import (
+    SCALE,
     Infra,
     Partner,
     Sent,
@@ -24,8 +25,8 @@ from tests.faults.harness import (
 
 pytestmark = pytest.mark.faults
 
-STORIES = 1800
-CORRECTIONS = 200  # 2,000 versions in all
+STORIES = 1800 * SCALE
+CORRECTIONS = 200 * SCALE  # 2,000 versions in all (20,000 in `make soak`)
 
 
 def test_kill_minus_nine_each_service_mid_stream(infra: Infra, partner: Partner) -> None:
@@ -64,7 +65,7 @@ def test_kill_minus_nine_each_service_mid_stream(infra: Infra, partner: Partner)
         # Every accepted version reaches the subscriber of everything.
         partner.wait(
             lambda: {(h.uri, h.version) for h in partner.delivered("all")} >= set(sent.accepted),
-            within_s=180,
+            within_s=180 * SCALE,
             what="every accepted version delivered to the subscriber of everything",
         )
         enriched = enriched_stories(stack)
