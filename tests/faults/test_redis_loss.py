@@ -12,6 +12,7 @@ import redis
 
 from ops.devrun import http_json
 from tests.faults.harness import (
+    ADMIN_TOKEN,
     Infra,
     Partner,
     Sent,
@@ -19,6 +20,7 @@ from tests.faults.harness import (
     cache_mismatches,
     enriched_stories,
     latest_versions,
+    needs_delivery_merge,
     post_stories,
     stories,
 )
@@ -26,10 +28,11 @@ from tests.faults.harness import (
 pytestmark = pytest.mark.faults
 
 
+@needs_delivery_merge
 def test_redis_flushed_and_restarted_mid_stream(infra: Infra, partner: Partner) -> None:
     stack = Stack(infra).start()
     try:
-        stack.subscribe(partner.url("all"), [])
+        subscription = stack.subscribe(partner.url("all"), [])
         sent = Sent()
         events: list[str] = []
 
@@ -52,6 +55,8 @@ def test_redis_flushed_and_restarted_mid_stream(infra: Infra, partner: Partner) 
         assert len(sent.accepted) == len(payloads)
         for name in ("ingest", "enrichment", "delivery"):
             stack.wait_ready(name, timeout=60)
+        _, listed = http_json("GET", f"{stack.url('delivery')}/v1/subscriptions", token=ADMIN_TOKEN)
+        assert subscription["id"] in [s["id"] for s in listed["items"]], "subscription lost"
 
         partner.wait(
             lambda: {(h.uri, h.version) for h in partner.delivered("all")} >= set(sent.accepted),
