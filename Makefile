@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CODE   := services shared ops tests $(wildcard bench)
 
-.PHONY: install run test lint typecheck browser unit integration e2e faults soak bench clean up down logs docs
+.PHONY: install run test lint typecheck browser unit integration e2e faults soak bench eval clean up down logs docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ down:
 
 logs:
 	docker compose logs --follow --tail=100
+
+# Enrichment quality on the labelled corpus (tests/data/corpus): sections, related, duplicates.
+eval: $(STAMP)
+	$(BIN)/python -m services.enrichment.evaluation tests/data/corpus/stories.jsonl
 
 clean:
 	rm -rf $(VENV) .newsflow .pytest_cache .mypy_cache .ruff_cache

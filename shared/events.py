@@ -73,6 +73,10 @@ class Article(ContractModel):
     subheadline: str | None = None
     summary: str | None = None
     body_html: str = ""
+    body_text: str | None = Field(
+        default=None,
+        description="Plain-text rendering of `body_html`, made by ingest (for enrichment).",
+    )
     byline: str | None = None
     provider: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     url: AnyHttpUrl | None = None
@@ -135,6 +139,8 @@ class DeliveryAttempt(ContractModel):
     duration_ms: float
     error: str | None = None
     attempted_at: datetime
+    next_retry_at: datetime | None = None
+    response_body: str | None = Field(default=None, description="First 4 KB of the answer.")
 
 
 class WebhookPayload(BaseModel):
@@ -163,6 +169,25 @@ class Topics:
     def attempts(self) -> str:
         return f"{self.prefix}deliveries.attempts.v1"
 
+    @property
+    def outbox(self) -> str:
+        """Webhook jobs ready to send (key = subscription id)."""
+        return f"{self.prefix}deliveries.outbox.v1"
+
+    def retry(self, delay_s: int) -> str:
+        """Webhook jobs waiting about `delay_s` seconds (one topic per tier in RETRY_TIERS_S)."""
+        return f"{self.prefix}deliveries.retry.{delay_s}s.v1"
+
+    @property
+    def subscriptions(self) -> str:
+        """Every subscription's latest state (compacted, key = subscription id)."""
+        return f"{self.prefix}subscriptions.v1"
+
+    @property
+    def subscription_events(self) -> str:
+        """What happened to subscriptions: disabled after failures, 410 Gone, re-enabled."""
+        return f"{self.prefix}subscriptions.events.v1"
+
     def dlq(self, topic: str) -> str:
         """`articles.ingested.v1` -> `articles.ingested.dlq.v1`."""
         stem = topic.removesuffix(".v1")
@@ -175,7 +200,16 @@ class Topics:
             TopicSpec(self.attempts),
             TopicSpec(self.dlq(self.ingested)),
             TopicSpec(self.dlq(self.enriched)),
+            TopicSpec(self.outbox),
+            *(TopicSpec(self.retry(delay)) for delay in RETRY_TIERS_S),
+            TopicSpec(self.subscriptions, compacted=True),
+            TopicSpec(self.subscription_events),
         ]
+
+
+# Delay tiers of the webhook retry topics, in seconds: a job waits in the largest tier not
+# longer than its remaining wait, so no job blocks one due much sooner behind it.
+RETRY_TIERS_S = (1, 5, 30, 120, 600, 1800, 7200, 21600)
 
 
 @dataclass(frozen=True)

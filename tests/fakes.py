@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from aiokafka.errors import KafkaConnectionError
 
-from services.delivery.domain import Subscription
-from services.ingest.domain import LedgerEntry
+from services.delivery.domain import Job, Subscription
+from services.ingest.domain import LedgerEntry, StoredResponse
+from services.ingest.feeds import FeedIn, FeedState, FeedStatus
 from shared.events import Article, EventMeta
 
 
@@ -46,3 +50,104 @@ class FakeSubscriptionStore:
 
     async def all(self) -> list[Subscription]:
         return list(self.items.values())
+
+
+class FakeStoryCache:
+    """delivery's StoryCache port: stories by uri, newest-first by insertion."""
+
+    def __init__(self) -> None:
+        self.stories: dict[str, bytes] = {}
+
+    async def latest(
+        self, section_id: str | None, limit: int, before: float | None = None
+    ) -> tuple[list[bytes], float | None]:
+        values = list(reversed(self.stories.values()))
+        start = 0 if before is None else int(before)
+        page = values[start : start + limit]
+        more = start + limit < len(values)
+        return page, float(start + limit) if more else None
+
+    async def story(self, uri: str) -> bytes | None:
+        return self.stories.get(uri)
+
+    async def sections(self) -> list[dict[str, Any]]:
+        return [{"id": "world", "name": "International", "stories": len(self.stories)}]
+
+
+class FakeDeliveryOperations:
+    """delivery's Operations port: records what the API asked for."""
+
+    def __init__(self) -> None:
+        self.pinged: list[str] = []
+        self.recovered: list[tuple[str, datetime]] = []
+        self.events: list[tuple[str, str]] = []
+
+    async def ping(self, subscription: Subscription) -> dict[str, Any]:
+        self.pinged.append(subscription.id)
+        return {"webhook_id": "msg_ping", "status_code": 204, "error": None}
+
+    async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
+        return []
+
+    async def recover(self, subscription: Subscription, since: datetime) -> int:
+        self.recovered.append((subscription.id, since))
+        return 3
+
+    async def dead_letters(self, subscription_id: str) -> list[Job]:
+        return []
+
+    async def resend(self, subscription_id: str, message_ids: list[str] | None) -> int:
+        return 0
+
+    async def record_event(self, kind: str, subscription: Subscription, reason: str) -> None:
+        self.events.append((kind, subscription.id))
+
+
+class FakeRateLimiter:
+    """Counts articles per key with no window: over `limit` every hit waits `wait_s`."""
+
+    def __init__(self, limit: int = 1_000_000, wait_s: float = 7.0) -> None:
+        self.limit = limit
+        self.wait_s = wait_s
+        self.counts: dict[str, int] = {}
+
+    async def hit(self, key_id: str, cost: int) -> float | None:
+        self.counts[key_id] = self.counts.get(key_id, 0) + cost
+        return self.wait_s if self.counts[key_id] > self.limit else None
+
+
+class FakeIdempotencyStore:
+    def __init__(self) -> None:
+        self.items: dict[str, StoredResponse] = {}
+
+    async def get(self, scope: str) -> StoredResponse | None:
+        return self.items.get(scope)
+
+    async def put(self, scope: str, response: StoredResponse) -> None:
+        self.items[scope] = response
+
+
+class FakeFeedRegistry:
+    def __init__(self) -> None:
+        self.feeds: dict[str, FeedIn] = {}
+        self.states: dict[str, FeedState] = {}
+
+    async def add(self, feed: FeedIn) -> None:
+        self.feeds[feed.id] = feed
+
+    async def remove(self, feed_id: str) -> bool:
+        self.states.pop(feed_id, None)
+        return self.feeds.pop(feed_id, None) is not None
+
+    async def all(self) -> list[FeedStatus]:
+        return [
+            FeedStatus(id=i, feed=f, state=self.states.get(i, FeedState()))
+            for i, f in sorted(self.feeds.items())
+        ]
+
+    async def save_state(self, feed_id: str, state: FeedState) -> None:
+        if feed_id in self.feeds:
+            self.states[feed_id] = state
+
+    async def claim(self, feed_id: str, for_s: float) -> bool:
+        return True

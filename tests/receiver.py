@@ -21,20 +21,33 @@ class WebhookReceiver:
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.status = 200
+        # Optional: decides the answer (status, headers) per request; runs after recording it.
+        self.answer: Callable[[Received], tuple[int, dict[str, str]]] | None = None
+        self.delay_s = 0.0
         lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                received = Received(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                )
                 with lock:
-                    outer.received.append(
-                        Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                    )
-                    status = outer.status
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
+                    outer.received.append(received)
+                    status, extra = outer.status, {}
+                    if outer.answer is not None:
+                        status, extra = outer.answer(received)
+                if outer.delay_s:
+                    time.sleep(outer.delay_s)
+                try:
+                    self.send_response(status)
+                    for name, value in extra.items():
+                        self.send_header(name, value)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass  # the sender gave up waiting (timeout tests)
 
             def log_message(self, *_: Any) -> None:
                 pass

@@ -1,20 +1,36 @@
-"""delivery's adapters: Redis (story cache, subscriptions), aiohttp (webhooks), DNS, Kafka log."""
+"""delivery's adapters: Redis (story cache, delivery state), Kafka (subscriptions, job queue,
+attempt log, topic scans), aiohttp (webhooks with the vetted address pinned), DNS."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaProducer
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from redis.asyncio import Redis
 
-from services.delivery.domain import Subscription
-from shared.events import DeliveryAttempt, EventMeta, encode
+from services.delivery.domain import (
+    Answer,
+    Job,
+    Resolver,
+    Subscription,
+    check_addresses,
+    fanout_headers,
+    tier_for,
+)
+from shared.events import DeliveryAttempt, EventMeta, Headers, Topics, encode
+from shared.logging import get_logger
 from shared.redis import raw, text
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,12 +40,18 @@ class CachedStory:
     versioncreated: float  # epoch seconds: the order of the latest-news lists
     withdrawn: bool
     story_json: bytes
+    section_name: str = ""
+    version: int = 0
 
 
 class RedisStoryCache:
-    """Stories by uri, plus a capped newest-first list per section and one across all sections.
+    """The latest-news cache. Key layout under `<prefix>cache:` (see docs/partners.md):
 
-    Values are stored as the exact JSON bytes from the topic, so reads never re-parse them.
+    - `story:<uri>`        the story's exact JSON bytes from the topic (never re-encoded)
+    - `latest:<section>`   sorted set uri -> first publication time (epoch s); `latest:all` too
+    - `sections`           hash section id -> name
+    - `version`            hash uri -> cached version (a late older version never wins)
+    - `built`              marker: present once the cache was built; absent = rebuild
     """
 
     ALL = "all"
@@ -46,95 +68,378 @@ class RedisStoryCache:
         return f"{self._prefix}latest:{section_id}"
 
     async def apply(self, stories: Sequence[CachedStory]) -> None:
-        """One pipeline for the whole batch; a withdrawn story leaves every list."""
-        known = {text(s) for s in await self._redis.smembers(self._prefix + "sections")}
-        known |= {s.section_id for s in stories} | {self.ALL}
+        """One pipeline for the whole batch; a correction replaces its story in place, a
+        withdrawn story leaves every list. Versions older than the cached one are ignored."""
+        if not stories:
+            return
+        latest: dict[str, CachedStory] = {}
+        for story in stories:
+            seen = latest.get(story.uri)
+            if seen is None or story.version >= seen.version:
+                latest[story.uri] = story
+        uris = list(latest)
+        cached_versions = await self._redis.hmget(self._prefix + "version", uris)
+        known = {text(s) for s in await self._redis.hkeys(self._prefix + "sections")}
+        known |= {s.section_id for s in latest.values()} | {self.ALL}
         async with self._redis.pipeline(transaction=False) as pipe:
-            for story in stories:
+            for story, cached in zip(latest.values(), cached_versions, strict=True):
+                if cached is not None and int(cached) > story.version:
+                    continue
                 for section_id in known:
                     pipe.zrem(self._latest_key(section_id), story.uri)
+                pipe.hset(self._prefix + "version", story.uri, story.version)
                 if story.withdrawn:
                     pipe.delete(self._story_key(story.uri))
                     continue
                 pipe.set(self._story_key(story.uri), story.story_json)
-                pipe.sadd(self._prefix + "sections", story.section_id)
+                pipe.hset(self._prefix + "sections", story.section_id, story.section_name)
                 for section_id in (story.section_id, self.ALL):
                     key = self._latest_key(section_id)
                     pipe.zadd(key, {story.uri: story.versioncreated})
                     pipe.zremrangebyrank(key, 0, -(self._per_section + 1))
             await pipe.execute()
 
-    async def latest(self, section_id: str | None, limit: int) -> list[bytes]:
-        uris = await self._redis.zrevrange(self._latest_key(section_id or self.ALL), 0, limit - 1)
+    async def versions(self, uris: Sequence[str]) -> dict[str, int]:
+        """The cached version of each uri (withdrawn ones too); absent when never seen."""
         if not uris:
-            return []
-        values = await self._redis.mget([self._story_key(text(u)) for u in uris])
-        return [raw(v) for v in values if v is not None]
+            return {}
+        found = await self._redis.hmget(self._prefix + "version", list(uris))
+        return {u: int(v) for u, v in zip(uris, found, strict=True) if v is not None}
+
+    async def mark_built(self) -> None:
+        await self._redis.set(self._prefix + "built", "1")
+
+    async def clear(self) -> int:
+        """Deletes every cache key (for a forced rebuild)."""
+        deleted = 0
+        async for key in self._redis.scan_iter(match=self._prefix + "*", count=1000):
+            deleted += await self._redis.delete(key)
+        return deleted
+
+    async def is_built(self) -> bool:
+        return bool(await self._redis.exists(self._prefix + "built"))
+
+    async def latest(
+        self, section_id: str | None, limit: int, before: float | None = None
+    ) -> tuple[list[bytes], float | None]:
+        """Newest first; `before` is the cursor (exclusive). Returns the stories and the next
+        cursor (None at the end)."""
+        key = self._latest_key(section_id or self.ALL)
+        high: str | float = "+inf" if before is None else f"({before!r}"
+        found = await self._redis.zrevrangebyscore(
+            key, high, "-inf", start=0, num=limit + 1, withscores=True
+        )
+        page = found[:limit]
+        if not page:
+            return [], None
+        values = await self._redis.mget([self._story_key(text(entry[0])) for entry in page])
+        cursor = float(page[-1][1]) if len(found) > limit else None
+        return [raw(v) for v in values if v is not None], cursor
 
     async def story(self, uri: str) -> bytes | None:
         value = await self._redis.get(self._story_key(uri))
         return None if value is None else raw(value)
 
+    async def sections(self) -> list[dict[str, Any]]:
+        names = await self._redis.hgetall(self._prefix + "sections")
+        ids = sorted(text(k) for k in names)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for section_id in ids:
+                pipe.zcard(self._latest_key(section_id))
+            counts = await pipe.execute()
+        return [
+            {"id": s, "name": text(names[s.encode()]) or s, "stories": n}
+            for s, n in zip(ids, counts, strict=True)
+            if n
+        ]
 
-class RedisSubscriptionStore:
-    """All subscriptions in one Redis hash, so every delivery instance sees the same set."""
 
-    def __init__(self, redis: Redis, key_prefix: str) -> None:
-        self._redis = redis
-        self._key = f"{key_prefix}subscriptions"
+class KafkaSubscriptionStore:
+    """Subscriptions live on the compacted `subscriptions.v1` topic (key = id, tombstone =
+    deleted). Every instance tails it into memory: all see the same set, a restart replays it,
+    and flushing Redis loses none of them. A write is acknowledged once the broker has it."""
+
+    EVENT_TYPE = "newsflow.subscription.changed"
+
+    def __init__(self, producer: AIOKafkaProducer, bootstrap: str, topic: str, source: str):
+        self._producer = producer
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._source = source
+        self._items: dict[str, Subscription] = {}
+        self._caught_up = asyncio.Event()
 
     async def add(self, subscription: Subscription) -> None:
-        await self._redis.hset(self._key, subscription.id, subscription.model_dump_json())
+        meta = EventMeta.new(self.EVENT_TYPE, self._source)
+        await self._producer.send_and_wait(
+            self._topic,
+            subscription.model_dump_json().encode(),
+            key=subscription.id.encode(),
+            headers=meta.to_headers(),
+        )
+        self._items[subscription.id] = subscription
 
     async def remove(self, subscription_id: str) -> bool:
-        return bool(await self._redis.hdel(self._key, subscription_id))
+        if subscription_id not in self._items:
+            return False
+        await self._producer.send_and_wait(self._topic, None, key=subscription_id.encode())
+        self._items.pop(subscription_id, None)
+        return True
 
     async def get(self, subscription_id: str) -> Subscription | None:
-        raw = await self._redis.hget(self._key, subscription_id)
-        return Subscription.model_validate_json(raw) if raw else None
+        return self._items.get(subscription_id)
 
     async def all(self) -> list[Subscription]:
-        raw = await self._redis.hvals(self._key)
-        return sorted(
-            (Subscription.model_validate_json(value) for value in raw), key=lambda s: s.created_at
-        )
+        return sorted(self._items.values(), key=lambda s: s.created_at)
 
+    async def wait_caught_up(self) -> None:
+        await self._caught_up.wait()
 
-async def resolve(host: str) -> list[str]:
-    """Every address `host` resolves to (what the SSRF policy checks)."""
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        return []
-    return sorted({str(info[4][0]) for info in infos})
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int | None
-    error: str | None
-    duration_ms: float
-
-
-class AiohttpWebhookSender:
-    """POSTs signed webhooks; redirects are not followed (a 3xx is a failure)."""
-
-    def __init__(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Response:
-        started = time.perf_counter()
+    async def tail(self) -> None:
+        """Reads the topic from the beginning, then follows it (no consumer group)."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        await consumer.start()
         try:
-            async with self._session.post(
-                url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
-            ) as response:
-                await response.content.read(4096)
-                status = response.status
-            error = None if 200 <= status < 300 else f"HTTP {status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            status, error = None, f"{type(exc).__name__}: {exc}"[:300]
-        return Response(status, error, round((time.perf_counter() - started) * 1000, 2))
+            partitions = await _partitions(consumer, self._topic)
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            while True:
+                batches = await consumer.getmany(timeout_ms=200)
+                for messages in batches.values():
+                    for message in messages:
+                        key = text(message.key)
+                        if message.value is None:
+                            self._items.pop(key, None)
+                        else:
+                            self._items[key] = Subscription.model_validate_json(message.value)
+                if not self._caught_up.is_set():
+                    positions = [await consumer.position(tp) for tp in ends]
+                    if all(p >= end for p, end in zip(positions, ends.values(), strict=True)):
+                        self._caught_up.set()
+        finally:
+            await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    for _ in range(50):
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return [TopicPartition(topic, p) for p in sorted(found)]
+        await consumer.force_metadata_update()
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} does not exist; run `newsflow topics create`")
+
+
+async def scan_topic(
+    bootstrap: str, topic: str, since_ms: int | None = None
+) -> AsyncIterator[tuple[int, bytes | None, bytes | None, Headers]]:
+    """Every record of `topic` up to its current end, from the beginning, filtered by record
+    timestamp >= `since_ms` (Tansu's offsets_for_times is broken, so we scan instead)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = await _partitions(consumer, topic)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        remaining = {tp for tp, end in ends.items() if end > 0}
+        idle = 0
+        while remaining and idle < 10:
+            batches = await consumer.getmany(*remaining, timeout_ms=300, max_records=2000)
+            idle = 0 if batches else idle + 1
+            for tp, messages in batches.items():
+                for m in messages:
+                    if since_ms is None or m.timestamp >= since_ms:
+                        yield m.timestamp, m.key, m.value, list(m.headers)
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+PipelineOps = Callable[[Any], int]
+
+
+class _Coalescer:
+    """Runs the Redis commands of many concurrent callers in one pipeline per loop tick, each
+    caller getting its own replies: one round trip for hundreds of jobs."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._ops: list[tuple[PipelineOps, asyncio.Future[list[Any]]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def run(self, ops: PipelineOps) -> list[Any]:
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._ops.append((ops, future))
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the callers of this loop tick join the batch
+        batch, self._ops = self._ops, []
+        self._flushing = None
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                counts = [ops(pipe) for ops, _ in batch]
+                replies = await pipe.execute()
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        start = 0
+        for (_, future), count in zip(batch, counts, strict=True):
+            if not future.done():
+                future.set_result(replies[start : start + count])
+            start += count
+
+
+class RedisDeliveryState:
+    """What delivery remembers per subscription in Redis, under `<prefix>delivery:`:
+
+    - `pending:<sub>:<uri>`   sorted set of versions queued and not yet settled (order guard)
+    - `got:<uri>`             set of subscription ids that received the story (withdrawals)
+    - `attempts:<sub>`        newest-first list of attempt records (capped)
+    - `dead:<sub>`            hash webhook id -> job JSON of messages whose attempts ran out
+    - `embargo`               sorted set story record -> release time (epoch s)
+    """
+
+    PENDING_TTL_S = 7 * 86_400
+
+    def __init__(self, redis: Redis, key_prefix: str, attempts_kept: int) -> None:
+        self._redis = redis
+        self._prefix = f"{key_prefix}delivery:"
+        self._attempts_kept = attempts_kept
+        self._coalesced = _Coalescer(redis)
+
+    def _pending(self, subscription_id: str, uri: str) -> str:
+        return f"{self._prefix}pending:{subscription_id}:{uri}"
+
+    async def queued(self, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                key = self._pending(job.subscription_id, job.story_uri)
+                pipe.zadd(key, {str(job.version): job.version})
+                pipe.expire(key, self.PENDING_TTL_S)
+            await pipe.execute()
+
+    async def oldest_pending(self, job: Job) -> int | None:
+        """The lowest version of this story still queued for this subscription."""
+        key = self._pending(job.subscription_id, job.story_uri)
+
+        def ops(pipe: Any) -> int:
+            pipe.zrange(key, 0, 0, withscores=True)
+            return 1
+
+        [found] = await self._coalesced.run(ops)
+        return int(found[0][1]) if found else None
+
+    async def settled(
+        self, job: Job, attempt: DeliveryAttempt | None, delivered: bool, dead: bool
+    ) -> None:
+        """The job leaves the order guard; its attempt and fate are kept (coalesced)."""
+
+        def ops(pipe: Any) -> int:
+            pipe.zrem(self._pending(job.subscription_id, job.story_uri), str(job.version))
+            count = 1
+            if delivered:
+                pipe.sadd(f"{self._prefix}got:{job.story_uri}", job.subscription_id)
+                pipe.expire(f"{self._prefix}got:{job.story_uri}", 30 * 86_400)
+                count += 2
+            if dead:
+                dead_key = f"{self._prefix}dead:{job.subscription_id}"
+                pipe.hset(dead_key, job.message_id, job.to_json())
+                count += 1
+            if attempt is not None:
+                count += self._push_attempt(pipe, attempt)
+            return count
+
+        await self._coalesced.run(ops)
+
+    async def attempted(self, attempt: DeliveryAttempt) -> None:
+        await self._coalesced.run(lambda pipe: self._push_attempt(pipe, attempt))
+
+    def _push_attempt(self, pipe: Any, attempt: DeliveryAttempt) -> int:
+        key = f"{self._prefix}attempts:{attempt.subscription_id}"
+        pipe.lpush(key, attempt.model_dump_json(exclude_none=True))
+        pipe.ltrim(key, 0, self._attempts_kept - 1)
+        return 2
+
+    async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
+        found = await self._redis.lrange(f"{self._prefix}attempts:{subscription_id}", 0, limit - 1)
+        return [json.loads(v) for v in found]
+
+    async def receivers(self, uri: str) -> set[str]:
+        return {text(s) for s in await self._redis.smembers(f"{self._prefix}got:{uri}")}
+
+    async def dead_letters(self, subscription_id: str) -> list[Job]:
+        found = await self._redis.hvals(f"{self._prefix}dead:{subscription_id}")
+        return sorted((Job.from_json(v) for v in found), key=lambda j: (j.story_uri, j.version))
+
+    async def forget_dead(self, subscription_id: str, message_ids: Sequence[str]) -> None:
+        if message_ids:
+            await self._redis.hdel(f"{self._prefix}dead:{subscription_id}", *message_ids)
+
+    async def embargo(self, record: bytes, release_at: float) -> None:
+        await self._redis.zadd(f"{self._prefix}embargo", {record: release_at})
+
+    async def due_embargoes(self, now: float, limit: int = 500) -> list[bytes]:
+        found = await self._redis.zrangebyscore(
+            f"{self._prefix}embargo", "-inf", now, start=0, num=limit
+        )
+        return [raw(v) for v in found]
+
+    async def released(self, records: Sequence[bytes]) -> None:
+        if records:
+            await self._redis.zrem(f"{self._prefix}embargo", *records)
+
+
+class KafkaJobQueue:
+    """Puts webhook jobs on the outbox (due now) or on the retry tier that fits their wait.
+
+    The key is the subscription id, so one subscription's jobs keep their order per tier."""
+
+    def __init__(self, producer: AIOKafkaProducer, topics: Topics) -> None:
+        self._producer = producer
+        self._topics = topics
+
+    def topic_for(self, job: Job, now: float) -> str:
+        tier = tier_for(job.due - now)
+        return self._topics.outbox if tier is None else self._topics.retry(tier)
+
+    async def put_fanout(self, groups: Sequence[Sequence[Job]]) -> None:
+        """One outbox record per story version, naming every subscription it goes to
+        (key = story uri, so one story's versions stay in order on one partition)."""
+        futures = [
+            await self._producer.send(
+                self._topics.outbox,
+                group[0].story_json,
+                key=group[0].story_uri.encode(),
+                headers=fanout_headers(group),
+            )
+            for group in groups
+            if group
+        ]
+        await asyncio.gather(*futures)
+
+    async def put(self, jobs: Sequence[Job]) -> None:
+        """Returns once the broker has every job (acks=all)."""
+        now = time.time()
+        futures = [
+            await self._producer.send(
+                self.topic_for(job, now),
+                job.story_json,
+                key=job.subscription_id.encode(),
+                headers=job.to_headers(),
+            )
+            for job in jobs
+        ]
+        await asyncio.gather(*futures)
 
 
 class KafkaAttemptLog:
@@ -159,3 +464,106 @@ class KafkaAttemptLog:
     async def flush(self) -> None:
         """Waits until every attempt recorded so far is acknowledged by the broker."""
         await self._producer.flush()
+
+
+class KafkaSubscriptionEvents:
+    """What happened to a subscription (disabled, re-enabled) on `subscriptions.events.v1`."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, source: str) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._source = source
+
+    async def record(self, kind: str, subscription: Subscription, reason: str) -> None:
+        meta = EventMeta.new(f"newsflow.subscription.{kind}", self._source)
+        body = {
+            "subscription_id": subscription.id,
+            "url": subscription.url,
+            "reason": reason,
+            "at": datetime.now(UTC).isoformat(),
+        }
+        await self._producer.send_and_wait(
+            self._topic,
+            json.dumps(body).encode(),
+            key=subscription.id.encode(),
+            headers=meta.to_headers(),
+        )
+
+
+async def resolve(host: str) -> list[str]:
+    """Every address `host` resolves to (what the SSRF policy checks)."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return []
+    return sorted({str(info[4][0]) for info in infos})
+
+
+class VettedResolver(AbstractResolver):
+    """aiohttp resolver that judges every address before use: the connection goes to exactly
+    the address that was checked (no DNS rebinding between check and connect)."""
+
+    def __init__(self, resolve_host: Resolver, allow_private: bool) -> None:
+        self._resolve = resolve_host
+        self._allow_private = allow_private
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = await self._resolve(host)
+        check_addresses(host, addresses, self._allow_private)  # raises TargetRefused
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+def webhook_session(resolve_host: Resolver, allow_private: bool) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=0, resolver=VettedResolver(resolve_host, allow_private), use_dns_cache=False
+    )
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
+BODY_KEPT = 4096
+
+
+class AiohttpWebhookSender:
+    """POSTs signed webhooks; redirects are not followed (a 3xx is a failure)."""
+
+    def __init__(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
+        started = time.perf_counter()
+        kept: str | None = None
+        retry_after: str | None = None
+        try:
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as response:
+                content = await response.content.read(BODY_KEPT)
+                kept = content.decode("utf-8", "replace") or None
+                status: int | None = response.status
+                retry_after = response.headers.get("retry-after")
+            error = None if status and 200 <= status < 300 else f"HTTP {status}"
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            # ValueError covers TargetRefused from the vetted resolver.
+            status, error = None, f"{type(exc).__name__}: {exc}"[:300]
+        return Answer(
+            status, error, round((time.perf_counter() - started) * 1000, 2), kept, retry_after
+        )
+
+
+Poster = Callable[[str, bytes, dict[str, str]], Awaitable[Answer]]

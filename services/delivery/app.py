@@ -1,39 +1,65 @@
-"""delivery's entrypoints: the consumer that caches and fans out stories, and the HTTP API."""
+"""delivery's entrypoints: the story consumer (cache + fan-out into durable jobs), the sender
+(jobs -> signed webhooks, retries on Kafka tiers), the embargo and cache-rebuild loops, the API."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
+import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal, Protocol
 
 import structlog
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
 
 from services.delivery.adapters import (
-    AiohttpWebhookSender,
     CachedStory,
     KafkaAttemptLog,
+    KafkaJobQueue,
+    KafkaSubscriptionEvents,
+    Poster,
+    RedisDeliveryState,
     RedisStoryCache,
+    scan_topic,
 )
 from services.delivery.domain import (
+    Breaker,
+    Job,
     Resolver,
+    RotationRequest,
     StoryCache,
     Subscription,
     SubscriptionRequest,
     SubscriptionStore,
+    SubscriptionUpdate,
     TargetRefused,
-    sign,
+    endpoint_of,
+    judge,
+    new_secret,
+    ping_body,
+    render,
+    should_hop,
     vet_target,
-    webhook_body,
-    webhook_id,
+    webhook_headers,
 )
 from services.delivery.settings import DeliverySettings
-from shared.events import DeliveryAttempt, EventType, InvalidEvent, Story, decode_story
+from shared.events import (
+    RETRY_TIERS_S,
+    DeliveryAttempt,
+    EventType,
+    InvalidEvent,
+    Story,
+    Topics,
+    decode_story,
+)
 from shared.http import BearerTokens, Problem, add_health_routes, install_problem_handlers
 from shared.kafka import DeadLetters, IncomingRecord
 from shared.logging import get_logger
@@ -60,6 +86,12 @@ class DeliveryMetrics:
         self.parked = Counter(
             "newsflow_delivery_parked_records", "Records sent to the DLQ", registry=self.registry
         )
+        self.deferred = Counter(
+            "newsflow_delivery_deferred_jobs",
+            "Jobs put back without an attempt, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
 
 
 @dataclass(frozen=True)
@@ -69,116 +101,587 @@ class Outgoing:
     event_type: EventType
 
 
-class Dispatcher:
-    """Handles a batch of enriched stories: cache first, then every matching subscription.
+def _cached(item: Outgoing) -> CachedStory:
+    story = item.story
+    return CachedStory(
+        uri=story.uri,
+        section_id=story.enrichment.section.id,
+        # First publication time, so a correction keeps its place in the lists.
+        versioncreated=(story.firstcreated or story.versioncreated).timestamp(),
+        withdrawn=story.is_withdrawn or item.event_type is EventType.WITHDRAWN,
+        story_json=item.story_json,
+        section_name=story.enrichment.section.name,
+        version=story.version,
+    )
 
-    Per subscription, stories go out one after another in topic order, so a correction never
-    overtakes its original; different subscriptions are served concurrently.
-    """
+
+def _under_embargo(item: Outgoing, now: datetime) -> bool:
+    embargo = item.story.embargoed
+    return embargo is not None and embargo > now and item.event_type is not EventType.WITHDRAWN
+
+
+class Fanout:
+    """Turns story versions into cache writes and one durable job per matching subscription."""
 
     def __init__(
         self,
         cache: RedisStoryCache,
+        cache_lock: asyncio.Lock,
         subscriptions: SubscriptionStore,
-        sender: AiohttpWebhookSender,
-        attempts: KafkaAttemptLog,
-        dead_letters: DeadLetters,
+        state: RedisDeliveryState,
+        queue: KafkaJobQueue,
         metrics: DeliveryMetrics,
-        settings: DeliverySettings,
     ) -> None:
         self._cache = cache
+        self._cache_lock = cache_lock
         self._subscriptions = subscriptions
-        self._sender = sender
-        self._attempts = attempts
+        self._state = state
+        self._queue = queue
+        self._metrics = metrics
+
+    async def publish(self, items: Sequence[Outgoing]) -> None:
+        """Cache, then hand jobs to Kafka; returns once both are durable."""
+        if not items:
+            return
+        # Stories that were ever released (a withdrawal of one never released, e.g. still
+        # under embargo, goes only to who got it: nobody, so nothing leaks).
+        released = set(await self._cache.versions([i.story.uri for i in items]))
+        released |= {i.story.uri for i in items if i.event_type is not EventType.WITHDRAWN}
+        async with self._cache_lock:
+            await self._cache.apply([_cached(o) for o in items])
+        self._metrics.cached.inc(len(items))
+        subscriptions = [s for s in await self._subscriptions.all() if s.active]
+        now = time.time()
+        groups: list[list[Job]] = []
+        for item in items:
+            targets = {s.id for s in subscriptions if s.wants(item.story, item.event_type)}
+            if item.event_type is EventType.WITHDRAWN:
+                # Everyone who got the story hears of its withdrawal, whatever the filters.
+                got = await self._state.receivers(item.story.uri)
+                if item.story.uri not in released:
+                    targets = set()
+                targets |= {s.id for s in subscriptions if s.id in got}
+            group = [
+                Job(sub_id, item.story.uri, item.story.version, item.event_type, 1, now,
+                    item.story_json)
+                for sub_id in sorted(targets)
+            ]  # fmt: skip
+            if group:
+                groups.append(group)
+        await self._state.queued([job for group in groups for job in group])
+        await self._queue.put_fanout(groups)
+
+    async def not_overtaken(self, items: Sequence[Outgoing]) -> list[Outgoing]:
+        """Drops versions older than what the cache already holds (e.g. a story withdrawn while
+        it was under embargo is never released)."""
+        cached = await self._cache.versions([i.story.uri for i in items])
+        return [i for i in items if i.story.version >= cached.get(i.story.uri, 0)]
+
+    async def schedule_embargoed(self, items: Sequence[Outgoing]) -> None:
+        for item in items:
+            assert item.story.embargoed is not None
+            record = json.dumps({"type": item.event_type.value, "story": item.story_json.decode()})
+            await self._state.embargo(record.encode(), item.story.embargoed.timestamp())
+
+
+class StoryConsumer:
+    """Handles a batch of `stories.enriched.v1`: embargoed stories wait on a durable schedule,
+    the rest are cached and fanned out; the batch commits once the jobs are on the outbox."""
+
+    def __init__(self, fanout: Fanout, dead_letters: DeadLetters, metrics: DeliveryMetrics):
+        self._fanout = fanout
         self._dead_letters = dead_letters
         self._metrics = metrics
-        self._retry_delays = settings.delivery_retry_delays_s or [0.0]
-        self._in_flight = asyncio.Semaphore(settings.delivery_max_in_flight)
 
     async def handle(self, records: list[IncomingRecord]) -> None:
-        outgoing: list[Outgoing] = []
+        now = datetime.now(UTC)
+        ready: list[Outgoing] = []
+        held: list[Outgoing] = []
         for record in records:
             try:
-                story = decode_story(record.value)
-                event_type = EventType(record.meta.type)
+                item = _outgoing(record.value, record.meta.type)
             except (InvalidEvent, ValueError) as exc:
                 self._metrics.parked.inc()
                 await self._dead_letters.park(record, str(exc))
                 continue
-            assert record.value is not None
-            outgoing.append(Outgoing(story, record.value, event_type))
-        if not outgoing:
-            return
-        await self._cache.apply([_cached(o) for o in outgoing])
-        self._metrics.cached.inc(len(outgoing))
-        subscriptions = await self._subscriptions.all()
-        await asyncio.gather(
-            *(self._deliver_in_order(sub, outgoing) for sub in subscriptions if sub.active)
-        )
-        await self._attempts.flush()
+            (held if _under_embargo(item, now) else ready).append(item)
+        await self._fanout.schedule_embargoed(held)
+        await self._fanout.publish(ready)
 
-    async def _deliver_in_order(
-        self, subscription: Subscription, batch: Sequence[Outgoing]
-    ) -> None:
-        for item in batch:
-            if subscription.wants(item.story.enrichment.section.id):
-                await self._deliver(subscription, item)
 
-    async def _deliver(self, subscription: Subscription, item: Outgoing) -> None:
-        message_id = webhook_id(
-            subscription.id, item.story.uri, item.story.version, item.event_type
-        )
-        with structlog.contextvars.bound_contextvars(
-            subscription_id=subscription.id, article_uri=item.story.uri, webhook_id=message_id
-        ):
-            for attempt, delay in enumerate(self._retry_delays, start=1):
-                await asyncio.sleep(delay)
-                now = datetime.now(UTC)
-                body = webhook_body(item.event_type, now, item.story_json)
-                timestamp = int(now.timestamp())
-                headers = {
-                    "content-type": "application/json",
-                    "user-agent": "newsflow-webhooks/1",
-                    "webhook-id": message_id,
-                    "webhook-timestamp": str(timestamp),
-                    "webhook-signature": sign(subscription.secret, message_id, timestamp, body),
-                }
-                async with self._in_flight:
-                    response = await self._sender.post(subscription.url, body, headers)
-                last = attempt == len(self._retry_delays)
-                outcome = "delivered" if response.error is None else "gave_up" if last else "failed"
-                self._metrics.webhooks.labels(outcome).inc()
-                self._metrics.webhook_latency.observe(response.duration_ms / 1000)
-                await self._attempts.record(
-                    DeliveryAttempt(
-                        subscription_id=subscription.id,
-                        webhook_id=message_id,
-                        story_uri=item.story.uri,
-                        story_version=item.story.version,
-                        event_type=item.event_type.webhook_type,
-                        url=subscription.url,
-                        attempt=attempt,
-                        status_code=response.status,
-                        outcome=outcome,
-                        duration_ms=response.duration_ms,
-                        error=response.error,
-                        attempted_at=now,
-                    )
+def _outgoing(value: bytes | None, event_type: str) -> Outgoing:
+    story = decode_story(value)
+    assert value is not None
+    return Outgoing(story, value, EventType(event_type))
+
+
+async def release_embargoes(
+    fanout: Fanout, state: RedisDeliveryState, poll_s: float, stop: asyncio.Event | None = None
+) -> None:
+    """Polls the embargo schedule; a story is cached and sent once its time has come."""
+    while stop is None or not stop.is_set():
+        due = await state.due_embargoes(time.time())
+        if due:
+            items = []
+            for record in due:
+                found = json.loads(record)
+                items.append(_outgoing(found["story"].encode(), found["type"]))
+            await fanout.publish(await fanout.not_overtaken(items))
+            await state.released(due)
+            log.info("embargo lifted", stories=len(items))
+            continue
+        await asyncio.sleep(poll_s)
+
+
+async def rebuild_cache(
+    cache: RedisStoryCache, state: RedisDeliveryState, bootstrap: str, topic: str
+) -> int:
+    """Rebuilds the cache from the compacted story topic (last version of each uri wins);
+    stories still under embargo go back on the embargo schedule instead."""
+    latest: dict[str, Outgoing] = {}
+    async for _, _, value, headers in scan_topic(bootstrap, topic):
+        meta = dict(headers).get("ce_type")
+        try:
+            item = _outgoing(value, meta.decode() if meta else "")
+        except (InvalidEvent, ValueError):
+            continue
+        seen = latest.get(item.story.uri)
+        if seen is None or item.story.version >= seen.story.version:
+            latest[item.story.uri] = item
+    now = datetime.now(UTC)
+    items = list(latest.values())
+    for start in range(0, len(items), 500):
+        chunk = items[start : start + 500]
+        for item in chunk:
+            if _under_embargo(item, now):
+                assert item.story.embargoed is not None
+                record = json.dumps(
+                    {"type": item.event_type.value, "story": item.story_json.decode()}
                 )
-                if response.error is None:
-                    log.info("webhook delivered", attempt=attempt, status=response.status)
+                await state.embargo(record.encode(), item.story.embargoed.timestamp())
+        await cache.apply([_cached(i) for i in chunk if not _under_embargo(i, now)])
+    return len(items)
+
+
+async def keep_cache_built(
+    cache: RedisStoryCache,
+    lock: asyncio.Lock,
+    rebuild: Callable[[], Awaitable[int]],
+    interval_s: float,
+    built: asyncio.Event,
+) -> None:
+    """Rebuilds the cache whenever it is found empty (at start, or Redis flushed/replaced)."""
+    while True:
+        if not await cache.is_built():
+            async with lock:
+                started = time.perf_counter()
+                count = await rebuild()
+                await cache.mark_built()
+            log.info(
+                "cache rebuilt", stories=count, seconds=round(time.perf_counter() - started, 2)
+            )
+        built.set()
+        await asyncio.sleep(interval_s)
+
+
+# --- The sender ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Offsets:
+    """Offsets of one partition: which are in flight, and where to resume after them."""
+
+    in_flight: set[int] = field(default_factory=set)
+    next: int = -1
+    committed: int = -1
+
+    def committable(self) -> int:
+        return min(self.in_flight) if self.in_flight else self.next
+
+
+@dataclass
+class _Gate:
+    """One endpoint's concurrency limit, and how many jobs queue for it."""
+
+    semaphore: asyncio.Semaphore
+    waiting: int = 0
+
+
+class Sender:
+    """Consumes the outbox and the retry tiers. Each job runs as its own task (global cap,
+    per-endpoint cap, circuit breaker), so a slow endpoint never holds up the others; an offset
+    is committed once every job up to it was settled or handed on to a retry tier."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        topics: Topics,
+        subscriptions: SubscriptionStore,
+        state: RedisDeliveryState,
+        queue: KafkaJobQueue,
+        post: Poster,
+        attempt_log: KafkaAttemptLog,
+        events: KafkaSubscriptionEvents,
+        metrics: DeliveryMetrics,
+        settings: DeliverySettings,
+    ) -> None:
+        self._consumer = consumer
+        self._subscriptions = subscriptions
+        self._state = state
+        self._queue = queue
+        self._post = post
+        self._attempt_log = attempt_log
+        self._events = events
+        self._metrics = metrics
+        self._settings = settings
+        self._schedule = settings.delivery_retry_delays_s
+        self._tier_of: dict[str, int | None] = {topics.outbox: None}
+        self._tier_of.update({topics.retry(t): t for t in RETRY_TIERS_S})
+        self._slots = asyncio.Semaphore(settings.delivery_max_in_flight)
+        self._records = asyncio.Semaphore(settings.delivery_max_in_flight)
+        self._per_endpoint: dict[str, _Gate] = {}
+        self._breaker = Breaker(
+            settings.delivery_breaker_failures, settings.delivery_breaker_cooldown_s
+        )
+        self._offsets: dict[TopicPartition, _Offsets] = {}
+        self._paused_until: dict[TopicPartition, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._marked_failing: set[str] = set()
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self._tier_of)
+
+    async def run(self) -> None:
+        last_commit = time.monotonic()
+        try:
+            while True:
+                self._resume_due()
+                batches = await self._consumer.getmany(timeout_ms=100, max_records=1000)
+                for tp, messages in batches.items():
+                    await self._take(tp, messages)
+                if time.monotonic() - last_commit >= self._settings.delivery_commit_interval_s:
+                    await self._commit()
+                    last_commit = time.monotonic()
+        finally:
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=5)
+            await self._commit()
+
+    def _resume_due(self) -> None:
+        now = time.time()
+        assigned = self._consumer.assignment()
+        for tp, until in list(self._paused_until.items()):
+            if tp not in assigned:
+                del self._paused_until[tp]
+            elif until <= now:
+                self._consumer.resume(tp)
+                del self._paused_until[tp]
+
+    async def _take(self, tp: TopicPartition, messages: list[Any]) -> None:
+        offsets = self._offsets.setdefault(tp, _Offsets())
+        tier = self._tier_of.get(tp.topic)
+        for message in messages:
+            try:
+                jobs = Job.from_record(message.headers, message.value)
+            except (KeyError, ValueError) as exc:
+                jobs = []
+                log.warning("unreadable job skipped", topic=tp.topic, error=str(exc))
+            if not jobs:
+                offsets.next = message.offset + 1
+                continue
+            due = jobs[0].due
+            wait = due - time.time()
+            if wait > 0 and not should_hop(tier, wait):
+                # Not due yet: wait here without reading on (the tier is ordered by due time).
+                self._consumer.seek(tp, message.offset)
+                self._consumer.pause(tp)
+                self._paused_until[tp] = due
+                return
+            await self._records.acquire()
+            offsets.in_flight.add(message.offset)
+            offsets.next = message.offset + 1
+            task = asyncio.create_task(self._settle_record(jobs, requeue=wait > 0))
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._done, offsets, message.offset))
+
+    async def _settle_record(self, jobs: list[Job], requeue: bool) -> None:
+        if requeue:
+            await self._settle(jobs[0], hop=jobs)
+            return
+        await asyncio.gather(*(self._settle(job) for job in jobs))
+
+    async def _settle(self, job: Job, hop: list[Job] | None = None) -> None:
+        """Until the job is settled (sent, or handed on to a slower tier when `hop`): if Redis or
+        the broker is down, try again. The offset stays uncommitted meanwhile, so a crash here
+        means the job is sent again after restart."""
+        while True:
+            try:
+                if hop is not None:
+                    await self._queue.put(hop)
                     return
-                log.warning("webhook attempt failed", attempt=attempt, error=response.error)
+                async with self._slots:
+                    await self._handle(job)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("job not settled; trying again", webhook_id=job.message_id)
+                await asyncio.sleep(1.0)
+
+    def _done(self, offsets: _Offsets, offset: int, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._records.release()
+        if not task.cancelled():
+            offsets.in_flight.discard(offset)
+
+    async def _commit(self) -> None:
+        assigned = self._consumer.assignment()
+        ready = {}
+        for tp, offsets in list(self._offsets.items()):
+            if tp not in assigned:
+                del self._offsets[tp]
+                continue
+            position = offsets.committable()
+            if position > offsets.committed and position >= 0:
+                ready[tp] = position
+        if not ready:
+            return
+        try:
+            await self._consumer.commit(ready)
+        except Exception as exc:  # a rebalance: the new owner resends what was not committed
+            log.warning("commit failed", error=str(exc))
+            return
+        for tp, position in ready.items():
+            self._offsets[tp].committed = position
+
+    async def _defer(self, job: Job, wait_s: float, reason: str) -> None:
+        self._metrics.deferred.labels(reason).inc()
+        await self._queue.put([replace(job, due=time.time() + wait_s)])
+
+    async def _handle(self, job: Job) -> None:
+        subscription = await self._subscriptions.get(job.subscription_id)
+        if subscription is None or not subscription.active:
+            # Deleted, paused or disabled: not sent; `recover` re-sends what was missed.
+            await self._state.settled(job, None, delivered=False, dead=False)
+            return
+        oldest = await self._state.oldest_pending(job)
+        if oldest is not None and oldest < job.version:
+            await self._defer(job, self._settings.delivery_order_recheck_s, "order")
+            return
+        endpoint = endpoint_of(subscription.url)
+        open_until = self._breaker.open_until(endpoint, time.time())
+        if open_until is not None:
+            await self._defer(job, open_until - time.time(), "breaker")
+            return
+        limit = self._settings.delivery_per_endpoint_in_flight
+        gate = self._per_endpoint.setdefault(endpoint, _Gate(asyncio.Semaphore(limit)))
+        if gate.waiting >= 2 * limit:
+            # A backlog for this endpoint: park the job on a retry tier, keep the slot free.
+            await self._defer(job, 1.0, "endpoint_busy")
+            return
+        gate.waiting += 1
+        try:
+            await gate.semaphore.acquire()
+        finally:
+            gate.waiting -= 1
+        try:
+            await self._attempt(subscription, job, endpoint)
+        finally:
+            gate.semaphore.release()
+
+    async def _attempt(self, subscription: Subscription, job: Job, endpoint: str) -> None:
+        now = datetime.now(UTC)
+        body = render(subscription.format, job.event_type, now, job.story_json)
+        headers = webhook_headers(subscription, job.message_id, now, body)
+        answer = await self._post(subscription.url, body, headers)
+        verdict = judge(
+            answer,
+            job.attempt,
+            self._schedule,
+            now,
+            self._settings.delivery_retry_jitter,
+            self._settings.delivery_max_retry_after_s,
+        )
+        delivered = verdict.outcome == "delivered"
+        self._breaker.record(endpoint, delivered, time.time())
+        next_at = (
+            now + timedelta(seconds=verdict.delay_s)
+            if verdict.outcome == "retry" and verdict.delay_s is not None
+            else None
+        )
+        outcome: Literal["delivered", "failed", "gave_up"] = (
+            "delivered" if delivered else "failed" if verdict.outcome == "retry" else "gave_up"
+        )
+        attempt = DeliveryAttempt(
+            subscription_id=subscription.id,
+            webhook_id=job.message_id,
+            story_uri=job.story_uri,
+            story_version=job.version,
+            event_type=job.event_type.webhook_type,
+            url=subscription.url,
+            attempt=job.attempt,
+            status_code=answer.status,
+            outcome=outcome,
+            duration_ms=answer.duration_ms,
+            error=answer.error,
+            attempted_at=now,
+            next_retry_at=next_at,
+            response_body=answer.body,
+        )
+        self._metrics.webhooks.labels(outcome).inc()
+        self._metrics.webhook_latency.observe(answer.duration_ms / 1000)
+        await self._attempt_log.record(attempt)
+        with structlog.contextvars.bound_contextvars(
+            subscription_id=subscription.id, article_uri=job.story_uri, webhook_id=job.message_id
+        ):
+            if delivered:
+                await self._state.settled(job, attempt, delivered=True, dead=False)
+                await self._succeeded(subscription)
+                return
+            log.warning("webhook attempt failed", attempt=job.attempt, error=answer.error)
+            if verdict.outcome == "retry":
+                assert next_at is not None
+                await self._queue.put(
+                    [replace(job, attempt=job.attempt + 1, due=next_at.timestamp())]
+                )
+                await self._state.attempted(attempt)
+                await self._failed(subscription, now)
+                return
+            await self._state.settled(job, attempt, delivered=False, dead=True)
+            if verdict.outcome == "gone":
+                await self._disable(subscription.id, "the endpoint answered 410 Gone", "gone")
+            else:
+                await self._failed(subscription, now)
+
+    async def _succeeded(self, subscription: Subscription) -> None:
+        if subscription.failing_since is None and subscription.id not in self._marked_failing:
+            return
+        self._marked_failing.discard(subscription.id)
+        current = await self._subscriptions.get(subscription.id)
+        if current is not None and current.failing_since is not None:
+            await self._subscriptions.add(current.model_copy(update={"failing_since": None}))
+
+    async def _failed(self, subscription: Subscription, now: datetime) -> None:
+        current = await self._subscriptions.get(subscription.id)
+        if current is None or not current.active:
+            return
+        if current.failing_since is None:
+            if current.id not in self._marked_failing:
+                self._marked_failing.add(current.id)
+                await self._subscriptions.add(current.model_copy(update={"failing_since": now}))
+            return
+        failing_for = (now - current.failing_since).total_seconds()
+        if failing_for >= self._settings.delivery_auto_disable_after_s:
+            await self._disable(
+                current.id,
+                f"every attempt failed for {failing_for:.0f} s "
+                f"(since {current.failing_since.isoformat()})",
+                "disabled",
+            )
+
+    async def _disable(self, subscription_id: str, reason: str, kind: str) -> None:
+        current = await self._subscriptions.get(subscription_id)
+        if current is None or current.disabled_at is not None:
+            return
+        disabled = current.model_copy(
+            update={"disabled_at": datetime.now(UTC), "disabled_reason": reason}
+        )
+        await self._subscriptions.add(disabled)
+        self._marked_failing.discard(subscription_id)
+        await self._events.record(kind, disabled, reason)
+        log.warning("subscription disabled", subscription_id=subscription_id, reason=reason)
 
 
-def _cached(item: Outgoing) -> CachedStory:
-    return CachedStory(
-        uri=item.story.uri,
-        section_id=item.story.enrichment.section.id,
-        versioncreated=item.story.versioncreated.timestamp(),
-        withdrawn=item.story.is_withdrawn or item.event_type is EventType.WITHDRAWN,
-        story_json=item.story_json,
-    )
+# --- Operations the admin API calls --------------------------------------------------------
+
+
+class Operations(Protocol):
+    async def ping(self, subscription: Subscription) -> dict[str, Any]: ...
+
+    async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]: ...
+
+    async def recover(self, subscription: Subscription, since: datetime) -> int: ...
+
+    async def dead_letters(self, subscription_id: str) -> list[Job]: ...
+
+    async def resend(self, subscription_id: str, message_ids: list[str] | None) -> int: ...
+
+    async def record_event(self, kind: str, subscription: Subscription, reason: str) -> None: ...
+
+
+class DeliveryOperations:
+    def __init__(
+        self,
+        post: Poster,
+        state: RedisDeliveryState,
+        queue: KafkaJobQueue,
+        events: KafkaSubscriptionEvents,
+        bootstrap: str,
+        stories_topic: str,
+    ) -> None:
+        self._post = post
+        self._state = state
+        self._queue = queue
+        self._events = events
+        self._bootstrap = bootstrap
+        self._stories_topic = stories_topic
+
+    async def ping(self, subscription: Subscription) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        message_id = f"msg_ping_{int(now.timestamp() * 1000)}"
+        body = ping_body(subscription.id, now)
+        answer = await self._post(
+            subscription.url, body, webhook_headers(subscription, message_id, now, body)
+        )
+        return {
+            "webhook_id": message_id,
+            "status_code": answer.status,
+            "error": answer.error,
+            "duration_ms": answer.duration_ms,
+            "response_body": answer.body,
+        }
+
+    async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
+        return await self._state.attempts(subscription_id, limit)
+
+    async def recover(self, subscription: Subscription, since: datetime) -> int:
+        """Every story version recorded since `since` that the subscription wants, in topic
+        order (one story's versions share a partition, so they go out oldest first)."""
+        now = time.time()
+        jobs = []
+        since_ms = int(since.timestamp() * 1000)
+        async for _, _, value, headers in scan_topic(
+            self._bootstrap, self._stories_topic, since_ms
+        ):
+            meta = dict(headers).get("ce_type")
+            try:
+                item = _outgoing(value, meta.decode() if meta else "")
+            except (InvalidEvent, ValueError):
+                continue
+            if subscription.wants(item.story, item.event_type):
+                jobs.append(
+                    Job(subscription.id, item.story.uri, item.story.version, item.event_type, 1,
+                        now, item.story_json)
+                )  # fmt: skip
+        await self._state.queued(jobs)
+        await self._queue.put(jobs)
+        return len(jobs)
+
+    async def dead_letters(self, subscription_id: str) -> list[Job]:
+        return await self._state.dead_letters(subscription_id)
+
+    async def resend(self, subscription_id: str, message_ids: list[str] | None) -> int:
+        dead = await self._state.dead_letters(subscription_id)
+        chosen = [j for j in dead if message_ids is None or j.message_id in message_ids]
+        jobs = [replace(j, attempt=1, due=time.time()) for j in chosen]
+        await self._state.queued(jobs)
+        await self._queue.put(jobs)
+        await self._state.forget_dead(subscription_id, [j.message_id for j in jobs])
+        return len(jobs)
+
+    async def record_event(self, kind: str, subscription: Subscription, reason: str) -> None:
+        await self._events.record(kind, subscription, reason)
 
 
 # --- HTTP ----------------------------------------------------------------------------------
@@ -188,9 +691,14 @@ class SubscriptionCreated(BaseModel):
     id: str
     url: str
     sections: list[str]
+    event_types: list[str]
+    keywords: list[str]
+    languages: list[str]
+    max_urgency: int | None
+    format: str
     secret: str
     created_at: datetime
-    active: bool
+    status: str
 
 
 class SubscriptionView(BaseModel):
@@ -199,9 +707,32 @@ class SubscriptionView(BaseModel):
     id: str
     url: str
     sections: list[str]
+    event_types: list[str]
+    keywords: list[str]
+    languages: list[str]
+    max_urgency: int | None
+    format: str
     description: str | None
     created_at: datetime
+    status: str
     active: bool
+    paused: bool
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    failing_since: datetime | None
+    previous_secret_expires_at: datetime | None
+
+
+def _view(subscription: Subscription) -> dict[str, Any]:
+    return {
+        **subscription.model_dump(),
+        "status": subscription.status,
+        "active": subscription.active,
+    }
+
+
+class ResendRequest(BaseModel):
+    webhook_ids: list[str] | None = None
 
 
 @dataclass
@@ -209,7 +740,8 @@ class DeliveryDeps:
     cache: StoryCache
     subscriptions: SubscriptionStore
     resolve: Resolver
-    consume: Awaitable[None]
+    operations: Operations
+    background: list[Awaitable[None]]
     ready: Callable[[], Awaitable[bool]]
 
 
@@ -229,17 +761,26 @@ def admin_only(request: Request, authorization: Annotated[str | None, Header()] 
 Deps = Annotated[DeliveryDeps, Depends(get_deps)]
 
 
+def _etagged(body: bytes, if_none_match: str | None, max_age: int) -> Response:
+    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}"}
+    if if_none_match and etag in {t.strip().removeprefix("W/") for t in if_none_match.split(",")}:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
 def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
     metrics = DeliveryMetrics()
     tasks: list[asyncio.Task[None]] = []
+    admin = [Depends(admin_only)]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_deps(metrics) as deps:
+        async with open_deps(metrics) as deps, AsyncExitStack() as stack:
             app.state.deps = deps
-            async with background(deps.consume, "delivery-consumer") as task:
-                tasks.append(task)
-                yield
+            for i, work in enumerate(deps.background):
+                tasks.append(await stack.enter_async_context(background(work, f"delivery-{i}")))
+            yield
 
     app = FastAPI(
         title="newsflow delivery",
@@ -252,62 +793,202 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
 
     async def is_ready() -> bool:
         deps: DeliveryDeps | None = getattr(app.state, "deps", None)
-        consuming = bool(tasks) and not tasks[0].done()
-        return deps is not None and consuming and await deps.ready()
+        running = bool(tasks) and not any(t.done() for t in tasks)
+        return deps is not None and running and await deps.ready()
 
     add_health_routes(app, metrics.registry, is_ready)
 
-    @app.post(
-        "/v1/subscriptions",
-        status_code=201,
-        response_model=SubscriptionCreated,
-        dependencies=[Depends(admin_only)],
-    )
-    async def create_subscription(body: SubscriptionRequest, deps: Deps) -> Subscription:
-        """Subscribe a webhook endpoint; the answer holds the signing secret (shown once)."""
+    async def vetted(url: str, deps: DeliveryDeps) -> None:
         try:
-            await vet_target(body.url, deps.resolve, settings.delivery_allow_private_targets)
+            await vet_target(url, deps.resolve, settings.delivery_allow_private_targets)
         except TargetRefused as exc:
             raise Problem(
                 422, "webhook_url_refused", str(exc), errors=[{"field": "url", "message": str(exc)}]
             ) from exc
+
+    async def found(subscription_id: str, deps: DeliveryDeps) -> Subscription:
+        subscription = await deps.subscriptions.get(subscription_id)
+        if subscription is None:
+            raise Problem(404, "unknown_subscription", f"no subscription {subscription_id}")
+        return subscription
+
+    @app.post(
+        "/v1/subscriptions", status_code=201, response_model=SubscriptionCreated,
+        dependencies=admin,
+    )  # fmt: skip
+    async def create_subscription(body: SubscriptionRequest, deps: Deps) -> dict[str, Any]:
+        """Subscribe a webhook endpoint; the answer holds the signing secret (shown once)."""
+        await vetted(body.url, deps)
         subscription = Subscription.create(body)
         await deps.subscriptions.add(subscription)
         log.info("subscription created", subscription_id=subscription.id)
-        return subscription
+        return _view(subscription)
 
     @app.get(
         "/v1/subscriptions",
         response_model=dict[str, list[SubscriptionView]],
-        dependencies=[Depends(admin_only)],
+        dependencies=admin,
     )
     async def list_subscriptions(deps: Deps) -> dict[str, Any]:
-        return {"items": await deps.subscriptions.all()}
+        return {"items": [_view(s) for s in await deps.subscriptions.all()]}
 
-    @app.delete(
-        "/v1/subscriptions/{subscription_id}", status_code=204, dependencies=[Depends(admin_only)]
+    @app.get(
+        "/v1/subscriptions/{subscription_id}", response_model=SubscriptionView, dependencies=admin
     )
+    async def get_subscription(subscription_id: str, deps: Deps) -> dict[str, Any]:
+        return _view(await found(subscription_id, deps))
+
+    @app.patch(
+        "/v1/subscriptions/{subscription_id}", response_model=SubscriptionView, dependencies=admin
+    )
+    async def update_subscription(
+        subscription_id: str, change: SubscriptionUpdate, deps: Deps
+    ) -> dict[str, Any]:
+        subscription = await found(subscription_id, deps)
+        if change.url is not None:
+            await vetted(change.url, deps)
+        updated = subscription.updated(change)
+        await deps.subscriptions.add(updated)
+        return _view(updated)
+
+    @app.delete("/v1/subscriptions/{subscription_id}", status_code=204, dependencies=admin)
     async def delete_subscription(subscription_id: str, deps: Deps) -> Response:
         if not await deps.subscriptions.remove(subscription_id):
             raise Problem(404, "unknown_subscription", f"no subscription {subscription_id}")
         return Response(status_code=204)
 
-    @app.get("/v1/latest", responses={200: {"description": '`{"items": [Story, ...]}`'}})
+    @app.post(
+        "/v1/subscriptions/{subscription_id}/pause",
+        response_model=SubscriptionView,
+        dependencies=admin,
+    )
+    async def pause(subscription_id: str, deps: Deps) -> dict[str, Any]:
+        """Stop sending; what is published meanwhile can be re-sent with `recover`."""
+        paused = (await found(subscription_id, deps)).model_copy(update={"paused": True})
+        await deps.subscriptions.add(paused)
+        return _view(paused)
+
+    @app.post(
+        "/v1/subscriptions/{subscription_id}/resume",
+        response_model=SubscriptionView,
+        dependencies=admin,
+    )
+    async def resume(subscription_id: str, deps: Deps) -> dict[str, Any]:
+        """Send again; also re-enables a subscription that was disabled."""
+        subscription = await found(subscription_id, deps)
+        resumed = subscription.model_copy(
+            update={"paused": False, "disabled_at": None, "disabled_reason": None,
+                    "failing_since": None}
+        )  # fmt: skip
+        await deps.subscriptions.add(resumed)
+        if subscription.disabled_at is not None:
+            await deps.operations.record_event("enabled", resumed, "re-enabled by an admin")
+        return _view(resumed)
+
+    @app.post("/v1/subscriptions/{subscription_id}/rotate-secret", dependencies=admin)
+    async def rotate_secret(
+        subscription_id: str, deps: Deps, body: Annotated[RotationRequest | None, Body()] = None
+    ) -> dict[str, Any]:
+        """A new secret; the old one keeps signing (both signatures sent) during the overlap."""
+        request = body or RotationRequest()
+        subscription = await found(subscription_id, deps)
+        overlap = request.overlap_s
+        if overlap is None:
+            overlap = settings.delivery_rotation_overlap_s
+        now = datetime.now(UTC)
+        rotated = subscription.rotated(
+            request.secret or new_secret(), timedelta(seconds=overlap), now
+        )
+        await deps.subscriptions.add(rotated)
+        return {
+            "id": rotated.id,
+            "secret": rotated.secret,
+            "previous_secret_expires_at": rotated.previous_secret_expires_at,
+        }
+
+    @app.post("/v1/subscriptions/{subscription_id}/test", dependencies=admin)
+    async def test_ping(subscription_id: str, deps: Deps) -> dict[str, Any]:
+        """Sends a signed `ping` now and says what the endpoint answered."""
+        return await deps.operations.ping(await found(subscription_id, deps))
+
+    @app.get("/v1/subscriptions/{subscription_id}/attempts", dependencies=admin)
+    async def attempts(
+        subscription_id: str, deps: Deps, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> dict[str, Any]:
+        """The latest attempts, newest first (the full log is `deliveries.attempts.v1`)."""
+        await found(subscription_id, deps)
+        return {"items": await deps.operations.attempts(subscription_id, limit)}
+
+    @app.post("/v1/subscriptions/{subscription_id}/recover", status_code=202, dependencies=admin)
+    async def recover(subscription_id: str, since: datetime, deps: Deps) -> dict[str, Any]:
+        """Re-sends every matching story version published since `since` (ISO 8601)."""
+        subscription = await found(subscription_id, deps)
+        if not subscription.active:
+            raise Problem(
+                409, "subscription_not_active", f"resume {subscription_id} before recovering"
+            )
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        return {"queued": await deps.operations.recover(subscription, since)}
+
+    @app.get("/v1/subscriptions/{subscription_id}/dead-letters", dependencies=admin)
+    async def dead_letters(subscription_id: str, deps: Deps) -> dict[str, Any]:
+        """Messages whose every attempt failed (or that met a 410)."""
+        await found(subscription_id, deps)
+        jobs = await deps.operations.dead_letters(subscription_id)
+        return {
+            "items": [
+                {"webhook_id": j.message_id, "story_uri": j.story_uri, "version": j.version,
+                 "type": j.event_type.webhook_type, "attempts": j.attempt}
+                for j in jobs
+            ]
+        }  # fmt: skip
+
+    @app.post(
+        "/v1/subscriptions/{subscription_id}/dead-letters/resend",
+        status_code=202,
+        dependencies=admin,
+    )
+    async def resend(
+        subscription_id: str, deps: Deps, body: Annotated[ResendRequest | None, Body()] = None
+    ) -> dict[str, Any]:
+        """Queues dead letters again with a fresh attempt schedule (all, or the ids given)."""
+        await found(subscription_id, deps)
+        ids = body.webhook_ids if body else None
+        return {"queued": await deps.operations.resend(subscription_id, ids)}
+
+    @app.get("/v1/latest", responses={200: {"description": '`{"items": [Story], "next": …}`'}})
     async def latest(
         deps: Deps,
         section: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        before: Annotated[float | None, Query(description="`next` of the previous page")] = None,
+        if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
         """The newest stories first, across all sections or in one section (its taxonomy id)."""
-        stories = await deps.cache.latest(section.lower() if section else None, limit)
-        return Response(b'{"items":[' + b",".join(stories) + b"]}", media_type="application/json")
+        stories, cursor = await deps.cache.latest(
+            section.lower() if section else None, limit, before
+        )
+        tail = b'],"next":' + (json.dumps(repr(cursor)).encode() if cursor else b"null") + b"}"
+        body = b'{"items":[' + b",".join(stories) + tail
+        return _etagged(body, if_none_match, settings.cache_max_age_s)
+
+    @app.get("/v1/sections")
+    async def sections(
+        deps: Deps, if_none_match: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """Sections that have stories in the cache, with how many."""
+        body = json.dumps({"items": await deps.cache.sections()}).encode()
+        return _etagged(body, if_none_match, settings.cache_max_age_s)
 
     @app.get("/v1/stories/{uri:path}", responses={200: {"description": "A Story"}})
-    async def story(uri: str, deps: Deps) -> Response:
+    async def story(
+        uri: str, deps: Deps, if_none_match: Annotated[str | None, Header()] = None
+    ) -> Response:
         """One story by its uri (URL-encoded); 404 when unknown or withdrawn."""
-        found = await deps.cache.story(uri)
-        if found is None:
+        body = await deps.cache.story(uri)
+        if body is None:
             raise Problem(404, "unknown_story", f"no live story with uri {uri}")
-        return Response(found, media_type="application/json")
+        return _etagged(body, if_none_match, settings.cache_max_age_s)
 
     return app

@@ -1,78 +1,167 @@
-"""Wires delivery: consumer, producer, Redis, aiohttp and the API; `python -m services.delivery`."""
+"""Wires delivery: consumers, producer, Redis, aiohttp, the API; `python -m services.delivery`."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-import aiohttp
+from fastapi import FastAPI
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.delivery.adapters import (
     AiohttpWebhookSender,
     KafkaAttemptLog,
+    KafkaJobQueue,
+    KafkaSubscriptionEvents,
+    KafkaSubscriptionStore,
+    RedisDeliveryState,
     RedisStoryCache,
-    RedisSubscriptionStore,
     resolve,
+    webhook_session,
 )
 from services.delivery.app import (
     DeliveryDeps,
     DeliveryMetrics,
+    DeliveryOperations,
     DepsFactory,
-    Dispatcher,
+    Fanout,
+    Sender,
+    StoryConsumer,
     create_app,
+    keep_cache_built,
+    rebuild_cache,
+    release_embargoes,
 )
+from services.delivery.domain import Resolver
 from services.delivery.settings import DeliverySettings
 from shared.kafka import DeadLetters, consume_forever, make_consumer, make_producer
 from shared.logging import configure_logging
 from shared.serve import serve
 
 
-def deps_factory(settings: DeliverySettings) -> DepsFactory:
+def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -> DepsFactory:
     @asynccontextmanager
     async def open_deps(metrics: DeliveryMetrics) -> AsyncIterator[DeliveryDeps]:
         topics = settings.topics
+        source = f"{settings.event_source}:delivery"
         async with AsyncExitStack() as stack:
             redis = Redis.from_url(settings.redis_url)
             stack.push_async_callback(redis.aclose)
             producer = make_producer(settings)
             await producer.start()
             stack.push_async_callback(producer.stop)
-            consumer = make_consumer(settings, topics.enriched, settings.delivery_group_id)
-            await consumer.start()
-            stack.push_async_callback(consumer.stop)
+            subscriptions = KafkaSubscriptionStore(
+                producer, settings.kafka_bootstrap_servers, topics.subscriptions, source
+            )
+            stories = make_consumer(settings, topics.enriched, settings.delivery_group_id)
+            jobs = make_consumer(settings, topics.outbox, settings.delivery_sender_group_id)
             session = await stack.enter_async_context(
-                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+                webhook_session(resolve_host, settings.delivery_allow_private_targets)
             )
+            sender = AiohttpWebhookSender(session, settings.delivery_timeout_s)
             cache = RedisStoryCache(redis, settings.redis_key_prefix, settings.cache_per_section)
-            subscriptions = RedisSubscriptionStore(redis, settings.redis_key_prefix)
-            dead_letters = DeadLetters(producer, topics.dlq)
-            dispatcher = Dispatcher(
-                cache,
-                subscriptions,
-                AiohttpWebhookSender(session, settings.delivery_timeout_s),
-                KafkaAttemptLog(producer, topics.attempts, f"{settings.event_source}:delivery"),
-                dead_letters,
-                metrics,
-                settings,
+            state = RedisDeliveryState(
+                redis, settings.redis_key_prefix, settings.delivery_attempts_kept
             )
+            queue = KafkaJobQueue(producer, topics)
+            events = KafkaSubscriptionEvents(producer, topics.subscription_events, source)
+            attempt_log = KafkaAttemptLog(producer, topics.attempts, source)
+            dead_letters = DeadLetters(producer, topics.dlq)
+            cache_lock = asyncio.Lock()
+            fanout = Fanout(cache, cache_lock, subscriptions, state, queue, metrics)
+            job_sender = Sender(
+                jobs, topics, subscriptions, state, queue, sender.post, attempt_log, events,
+                metrics, settings,
+            )  # fmt: skip
+            jobs.subscribe(job_sender.topics)
+            cache_built = asyncio.Event()
+
+            async def rebuild() -> int:
+                return await rebuild_cache(
+                    cache, state, settings.kafka_bootstrap_servers, topics.enriched
+                )
+
+            async def consume_stories() -> None:
+                await subscriptions.wait_caught_up()
+                await cache_built.wait()
+                await stories.start()
+                try:
+                    await consume_forever(
+                        stories, StoryConsumer(fanout, dead_letters, metrics).handle, dead_letters
+                    )
+                finally:
+                    await stories.stop()
+
+            async def send_jobs() -> None:
+                await subscriptions.wait_caught_up()
+                await jobs.start()
+                try:
+                    await job_sender.run()
+                finally:
+                    await jobs.stop()
 
             async def ready() -> bool:
                 try:
-                    return bool(consumer.assignment()) and bool(await redis.ping())
+                    return (
+                        cache_built.is_set()
+                        and bool(stories.assignment())
+                        and bool(await redis.ping())
+                    )
                 except RedisError:
                     return False
 
             yield DeliveryDeps(
                 cache=cache,
                 subscriptions=subscriptions,
-                resolve=resolve,
-                consume=consume_forever(consumer, dispatcher.handle, dead_letters),
+                resolve=resolve_host,
+                operations=DeliveryOperations(
+                    sender.post,
+                    state,
+                    queue,
+                    events,
+                    settings.kafka_bootstrap_servers,
+                    topics.enriched,
+                ),
+                background=[
+                    subscriptions.tail(),
+                    keep_cache_built(
+                        cache, cache_lock, rebuild, settings.cache_check_interval_s, cache_built
+                    ),
+                    consume_stories(),
+                    send_jobs(),
+                    release_embargoes(fanout, state, settings.embargo_poll_s),
+                ],
                 ready=ready,
             )
 
     return open_deps
+
+
+async def rebuild_cache_now(settings: DeliverySettings) -> int:
+    """`newsflow cache rebuild`: clears the cache keys, then rebuilds from the story topic."""
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        cache = RedisStoryCache(redis, settings.redis_key_prefix, settings.cache_per_section)
+        state = RedisDeliveryState(
+            redis, settings.redis_key_prefix, settings.delivery_attempts_kept
+        )
+        await cache.clear()
+        count = await rebuild_cache(
+            cache, state, settings.kafka_bootstrap_servers, settings.topics.enriched
+        )
+        await cache.mark_built()
+        return count
+    finally:
+        await redis.aclose()
+
+
+def create() -> FastAPI:
+    """The app factory (`uvicorn --factory services.delivery.main:create --workers N`)."""
+    settings = DeliverySettings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings, deps_factory(settings))
 
 
 def main() -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.enrichment.domain import EnrichmentRules, StoryIndex, enrich
+from services.enrichment.adapters import StoryFeed
+from services.enrichment.domain import StoryEnricher
 from shared.events import EventMeta, Headers, InvalidEvent, decode_article, encode
 from shared.http import add_health_routes, install_problem_handlers
 from shared.kafka import DeadLetters, IncomingRecord, send_all
@@ -25,15 +29,23 @@ class EnrichmentMetrics:
         self.registry = CollectorRegistry()
         self.stories = Counter(
             "newsflow_enrichment_stories",
-            "Stories enriched, by section",
-            ["section"],
+            "Stories enriched, by section and how it was chosen",
+            ["section", "method"],
             registry=self.registry,
         )
         self.parked = Counter(
             "newsflow_enrichment_parked_records", "Records sent to the DLQ", registry=self.registry
         )
         self.latency = Histogram(
-            "newsflow_enrichment_seconds", "Time to enrich one story", registry=self.registry
+            "newsflow_enrichment_seconds",
+            "Time to enrich one story (section, related lookup, entities)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+            registry=self.registry,
+        )
+        self.indexed = Gauge(
+            "newsflow_enrichment_index_stories",
+            "Live stories in this instance's related-story index",
+            registry=self.registry,
         )
 
 
@@ -45,20 +57,23 @@ class Enricher:
         producer: AIOKafkaProducer,
         output_topic: str,
         source: str,
-        rules: EnrichmentRules,
-        index: StoryIndex,
+        enricher: StoryEnricher,
+        feed: StoryFeed,
         dead_letters: DeadLetters,
         metrics: EnrichmentMetrics,
     ) -> None:
         self._producer = producer
         self._output_topic = output_topic
         self._source = source
-        self._rules = rules
-        self._index = index
+        self._enricher = enricher
+        self._feed = feed
         self._dead_letters = dead_letters
         self._metrics = metrics
 
     async def handle(self, records: list[IncomingRecord]) -> None:
+        # Every story before these must be in the index first: that is what makes two instances
+        # link the same stories as one.
+        await self._feed.caught_up_with(records)
         sends: list[tuple[str, bytes | None, bytes, Headers]] = []
         for record in records:
             try:
@@ -67,38 +82,50 @@ class Enricher:
                 self._metrics.parked.inc()
                 await self._dead_letters.park(record, str(exc))
                 continue
-            with self._metrics.latency.time():
-                story = enrich(article, self._index, self._rules)
-            self._metrics.stories.labels(story.enrichment.section.id).inc()
+            started = time.perf_counter()
+            story = self._enricher.enrich(article)
+            self._metrics.latency.observe(time.perf_counter() - started)
+            section = story.enrichment.section
+            self._metrics.stories.labels(section.id, section.method).inc()
             meta = EventMeta.new(record.meta.type, self._source)
             sends.append((self._output_topic, encode(story), story.uri.encode(), meta.to_headers()))
-            log.info(
+            log.debug(
                 "story enriched",
                 article_uri=story.uri,
                 event_id=record.meta.id,
-                section=story.enrichment.section.id,
+                section=section.id,
                 related=len(story.enrichment.related),
+                duplicate_of=story.enrichment.duplicate_of,
             )
+        self._metrics.indexed.set(len(self._enricher.index))
         await send_all(self._producer, sends)
 
 
 Ready = Callable[[], Awaitable[bool]]
-# Opens the consumer pipeline and yields (the consume-forever coroutine, readiness check).
-PipelineFactory = Callable[
-    [EnrichmentMetrics], AbstractAsyncContextManager[tuple[Awaitable[None], Ready]]
-]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What the wiring hands the app: the work to run, whether it is ready, and index status."""
+
+    consume: Awaitable[None]
+    ready: Ready
+    status: Callable[[], dict[str, Any]]
+
+
+PipelineFactory = Callable[[EnrichmentMetrics], AbstractAsyncContextManager[Pipeline]]
 
 
 def create_app(open_pipeline: PipelineFactory) -> FastAPI:
     metrics = EnrichmentMetrics()
-    state: dict[str, Ready] = {}
+    state: dict[str, Pipeline] = {}
     tasks: list[asyncio.Task[None]] = []
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async with open_pipeline(metrics) as (consume, ready):
-            state["ready"] = ready
-            async with background(consume, "enrichment-consumer") as task:
+        async with open_pipeline(metrics) as pipeline:
+            state["pipeline"] = pipeline
+            async with background(pipeline.consume, "enrichment-consumer") as task:
                 tasks.append(task)
                 yield
 
@@ -107,7 +134,14 @@ def create_app(open_pipeline: PipelineFactory) -> FastAPI:
 
     async def is_ready() -> bool:
         consuming = bool(tasks) and not tasks[0].done()
-        return consuming and await state["ready"]()
+        return consuming and await state["pipeline"].ready()
+
+    @app.get("/v1/index")
+    async def index_status() -> dict[str, Any]:
+        """How far this instance's related-story index is: `rebuilding` until it has read the
+        whole ingested topic once; the instance takes no work before that.
+        """
+        return state["pipeline"].status()
 
     add_health_routes(app, metrics.registry, is_ready)
     return app

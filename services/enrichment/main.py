@@ -1,60 +1,131 @@
-"""Wires enrichment: consumer group, producer, index and rules; `python -m services.enrichment`."""
+"""Wires enrichment: story table, consumer group, producer; `python -m services.enrichment`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+import asyncio
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
 
+from services.enrichment.adapters import KafkaStoryTable
 from services.enrichment.app import (
     Enricher,
     EnrichmentMetrics,
+    Pipeline,
     PipelineFactory,
-    Ready,
     create_app,
 )
-from services.enrichment.domain import EnrichmentRules, StoryIndex, Taxonomy
+from services.enrichment.corpus import parse_corpus
+from services.enrichment.domain import EnrichmentRules, StoryEnricher
+from services.enrichment.index import IndexSettings
 from services.enrichment.settings import EnrichmentSettings
+from services.enrichment.taxonomy import Taxonomy
 from shared.kafka import DeadLetters, consume_forever, make_consumer, make_producer
-from shared.logging import configure_logging
+from shared.logging import configure_logging, get_logger
 from shared.serve import serve
+
+log = get_logger(__name__)
+TRAINED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def build_enricher(settings: EnrichmentSettings) -> StoryEnricher:
+    rules = EnrichmentRules(
+        taxonomy=Taxonomy.from_file(settings.enrichment_taxonomy_path),
+        min_section_confidence=settings.enrichment_min_section_confidence,
+        related_limit=settings.enrichment_related_limit,
+        related_min_score=settings.enrichment_related_min_score,
+        index=IndexSettings(
+            window_s=settings.enrichment_index_window_s,
+            capacity=settings.enrichment_index_capacity,
+            duplicate_similarity=settings.enrichment_duplicate_similarity,
+        ),
+    )
+    enricher = StoryEnricher(rules)
+    path = settings.enrichment_training_path
+    if path is not None and str(path):
+        stories = parse_corpus(path.read_text(encoding="utf-8").splitlines())
+        enricher.train((s.article(TRAINED_AT), s.section) for s in stories)
+        log.info("section classifier trained", stories=len(stories), path=str(path))
+    return enricher
 
 
 def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
     @asynccontextmanager
-    async def open_pipeline(
-        metrics: EnrichmentMetrics,
-    ) -> AsyncIterator[tuple[Awaitable[None], Ready]]:
+    async def open_pipeline(metrics: EnrichmentMetrics) -> AsyncIterator[Pipeline]:
         topics = settings.topics
-        rules = EnrichmentRules(
-            taxonomy=Taxonomy.from_file(settings.enrichment_taxonomy_path),
-            min_section_confidence=settings.enrichment_min_section_confidence,
-            related_limit=settings.enrichment_related_limit,
-            related_min_score=settings.enrichment_related_min_score,
-        )
+        enricher = build_enricher(settings)
         async with AsyncExitStack() as stack:
             producer = make_producer(settings)
             await producer.start()
             stack.push_async_callback(producer.stop)
+            table = KafkaStoryTable(
+                settings.kafka_bootstrap_servers, topics.ingested, enricher.observe
+            )
+            await table.start()
+            stack.push_async_callback(table.stop)
             consumer = make_consumer(settings, topics.ingested, settings.enrichment_group_id)
-            await consumer.start()
-            stack.push_async_callback(consumer.stop)
             dead_letters = DeadLetters(producer, topics.dlq)
-            enricher = Enricher(
+            handler = Enricher(
                 producer,
                 topics.enriched,
                 f"{settings.event_source}:enrichment",
-                rules,
-                StoryIndex(capacity=settings.enrichment_index_capacity),
+                enricher,
+                table,
                 dead_letters,
                 metrics,
             )
+            joined = asyncio.Event()
+
+            async def consume() -> None:
+                reader = asyncio.create_task(table.run(), name="enrichment-story-table")
+                try:
+                    # The instance joins the group (takes work) only once its index is rebuilt.
+                    await _first(table.wait_rebuilt(), reader)
+                    metrics.indexed.set(len(enricher.index))
+                    log.info("joining the consumer group", indexed=len(enricher.index))
+                    await consumer.start()
+                    joined.set()
+                    try:
+                        work = consume_forever(consumer, handler.handle, dead_letters)
+                        await _first(work, reader)
+                    finally:
+                        await consumer.stop()
+                finally:
+                    reader.cancel()
+                    await asyncio.gather(reader, return_exceptions=True)
 
             async def ready() -> bool:
-                return bool(consumer.assignment())
+                return table.rebuilt and joined.is_set() and bool(consumer.assignment())
 
-            yield consume_forever(consumer, enricher.handle, dead_letters), ready
+            def status() -> dict[str, Any]:
+                return {
+                    "state": "ready" if table.rebuilt else "rebuilding",
+                    "stories": len(enricher.index),
+                    "observed": enricher.observed,
+                    "taxonomy_version": enricher.rules.taxonomy.version,
+                }
+
+            yield Pipeline(consume(), ready, status)
 
     return open_pipeline
+
+
+async def _first(work: Any, reader: asyncio.Task[None]) -> None:
+    """Run `work` while the table reader runs; if the reader dies, stop and raise its error."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            reader.result()
+            raise RuntimeError("the story table reader stopped")
+        task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def main() -> None:

@@ -1,22 +1,50 @@
-"""ingest's HTTP entrypoint: thin routes that translate requests and call the Intake."""
+"""ingest's HTTP entrypoint: thin routes that read requests, check who sends them, and call in."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
+import orjson
 from aiokafka.errors import KafkaError
-from fastapi import Body, Depends, FastAPI, Header, Request, Response
+from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from pydantic.json_schema import models_json_schema
 from redis.exceptions import RedisError
 
-from services.ingest.domain import Intake, Receipt, UnknownArticle, VersionConflict
+from services.ingest.domain import (
+    ApiKey,
+    Forbidden,
+    IdempotencyStore,
+    Intake,
+    KeyRing,
+    RateLimiter,
+    Receipt,
+    StoredResponse,
+    TooLarge,
+    UnknownArticle,
+    VersionConflict,
+    authorise,
+    check_limits,
+    clean_payload,
+    semantic_errors,
+)
+from services.ingest.feeds import FeedError, FeedIn, FeedPoller, FeedRegistry, FeedStatus
 from services.ingest.settings import IngestSettings
 from shared.events import Article
-from shared.http import BearerTokens, Problem, add_health_routes, install_problem_handlers
+from shared.http import Problem, add_health_routes, install_problem_handlers
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 EXAMPLE_ARTICLE: dict[str, Any] = {
     "uri": "urn:newsflow:acme:2026-0001",
@@ -30,6 +58,7 @@ EXAMPLE_ARTICLE: dict[str, Any] = {
     "language": "en",
     "urgency": 4,
 }
+UNAVAILABLE = (TimeoutError, KafkaError, RedisError, OSError)
 
 
 class Accepted(BaseModel):
@@ -41,6 +70,42 @@ class Accepted(BaseModel):
 
 class Withdrawal(BaseModel):
     reason: str = Field(min_length=1, max_length=1000, examples=["Legal request"])
+
+
+class BatchIn(BaseModel):
+    """Up to `max_batch_items` articles; each one is judged on its own."""
+
+    articles: list[Article] = Field(max_length=500)
+
+
+class ItemResult(BaseModel):
+    index: int
+    status: Literal["accepted", "duplicate", "rejected", "failed"]
+    uri: str | None = None
+    version: int | None = None
+    event_id: str | None = None
+    type: str | None = None
+    code: str | None = None
+    detail: str | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+class BatchOut(BaseModel):
+    accepted: int
+    rejected: int
+    failed: int
+    results: list[ItemResult]
+
+
+class ProblemBody(BaseModel):
+    """RFC 9457 problem details, with the field errors when there are any."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    errors: list[dict[str, str]] | None = None
 
 
 class IngestMetrics:
@@ -57,122 +122,517 @@ class IngestMetrics:
 Ready = Callable[[], Awaitable[bool]]
 
 
-def authorised(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-    keys: BearerTokens = request.app.state.api_keys
-    keys.check(authorization)
+@dataclass
+class IngestRuntime:
+    """What the lifespan opens: the intake and the stores the routes need."""
+
+    intake: Intake
+    ready: Ready
+    rate_limiter: RateLimiter
+    idempotency: IdempotencyStore
+    feeds: FeedRegistry
+    vet_feed_url: Callable[[str], Awaitable[None]]
+    poller: FeedPoller | None = None
 
 
-def get_intake(request: Request) -> Intake:
-    intake: Intake = request.app.state.intake
-    return intake
-
-
-IntakeDep = Annotated[Intake, Depends(get_intake)]
 IntakeFactory = Callable[[IngestSettings], Any]
+"""`factory(settings)` is an async context manager yielding an `IngestRuntime`."""
 
 
-def create_app(settings: IngestSettings, intake_factory: IntakeFactory) -> FastAPI:
-    """`intake_factory(settings)` is an async context manager yielding `(Intake, ready)`."""
+def get_runtime(request: Request) -> IngestRuntime:
+    runtime: IngestRuntime = request.app.state.runtime
+    return runtime
+
+
+def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+    """The key on `Authorization: Bearer <key>`; never logged, compared as a digest."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(
+            401,
+            "unauthenticated",
+            "send `Authorization: Bearer <key>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    keys: KeyRing = request.app.state.keys
+    key = keys.identify(token.strip())
+    if key is None:
+        raise Problem(
+            401, "invalid_token", "the key is not valid", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return key
+
+
+Caller = Annotated[ApiKey, Depends(caller)]
+Runtime = Annotated[IngestRuntime, Depends(get_runtime)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Repeats with the same key and body get the first answer back.",
+    ),
+]
+
+
+def _problem_content(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemBody"}}
+        },
+    }
+
+
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _problem_content("No key, or an unknown key"),
+    403: _problem_content("The key may not write for this provider or uri"),
+    429: _problem_content("Too many articles for this key; retry after `Retry-After`"),
+}
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: _problem_content("Body, headline or batch over the limit"),
+    415: _problem_content("Not `application/json`"),
+    422: _problem_content("Invalid fields; each is named in `errors`"),
+    503: _problem_content("The broker did not acknowledge; retry after `Retry-After`"),
+}
+
+
+def _json_body(schema: str, example: Any) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{schema}"},
+                    "examples": {"news": {"value": example}},
+                }
+            },
+        }
+    }
+
+
+def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> FastAPI:
     metrics = IngestMetrics()
+    keys: KeyRing = settings.api_keys
+    limits = settings.limits
+    retry_after = {"Retry-After": str(settings.ingest_retry_after_s)}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with intake_factory(settings) as (intake, ready):
-            app.state.intake = intake
-            app.state.ready = ready
-            yield
+        async with runtime_factory(settings) as runtime:
+            app.state.runtime = runtime
+            for feed in settings.ingest_feeds:
+                await runtime.feeds.add(feed)
+            task = None
+            if runtime.poller is not None:
+                task = asyncio.create_task(_poll_forever(runtime.poller, settings), name="feeds")
+            try:
+                yield
+            finally:
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     app = FastAPI(
         title="newsflow ingest",
         version="1",
         description="Push articles into newsflow. Every accepted version is on "
-        "`articles.ingested.v1` before the answer is sent.",
+        "`articles.ingested.v1` before the answer is sent. Send "
+        "`Authorization: Bearer <key>`; a key writes only its provider's uris. "
+        "`embargoed` articles are accepted and carried: delivery holds them until that time.",
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    app.state.api_keys = BearerTokens(settings.api_keys)
+    app.state.keys = keys
 
     async def is_ready() -> bool:
-        ready: Ready | None = getattr(app.state, "ready", None)
-        return ready is not None and await ready()
+        runtime: IngestRuntime | None = getattr(app.state, "runtime", None)
+        return runtime is not None and await runtime.ready()
 
     add_health_routes(app, metrics.registry, is_ready)
 
-    def json_body(request: Request) -> None:
+    async def spend(runtime: IngestRuntime, key: ApiKey, cost: int) -> None:
+        try:
+            wait = await runtime.rate_limiter.hit(key.key_id, cost)
+        except RedisError as exc:
+            raise Problem(503, "unavailable", "retry later", headers=retry_after) from exc
+        if wait is not None:
+            metrics.articles.labels("rate_limited").inc(cost)
+            raise Problem(
+                429,
+                "rate_limited",
+                f"this key sends more than {settings.ingest_rate_limit} articles "
+                f"per {settings.ingest_rate_window_s} s",
+                headers={"Retry-After": str(max(1, round(wait + 0.5)))},
+            )
+
+    async def read_json(request: Request) -> tuple[Any, bytes]:
         content_type = request.headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
             raise Problem(415, "unsupported_media_type", "send `Content-Type: application/json`")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.ingest_max_body_bytes:
+        too_large = Problem(
+            413, "payload_too_large", f"body exceeds {settings.ingest_max_body_bytes} bytes"
+        )
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.ingest_max_body_bytes:
+            raise too_large
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > settings.ingest_max_body_bytes:
+                raise too_large
+        try:
+            return clean_payload(orjson.loads(body)), body
+        except orjson.JSONDecodeError as exc:
             raise Problem(
-                413,
-                "payload_too_large",
-                f"body exceeds {settings.ingest_max_body_bytes} bytes",
-            )
+                422,
+                "invalid_json",
+                f"the body is not valid UTF-8 JSON: {exc}",
+                errors=[{"field": "body", "message": "not valid JSON"}],
+            ) from exc
 
-    guarded = [Depends(authorised), Depends(json_body)]
+    def to_article(payload: Any, key: ApiKey) -> Article:
+        """Raises `Problem` (422/413/403) naming each bad field."""
+        try:
+            article = Article.model_validate(payload)
+        except ValidationError as exc:
+            errors = [_field_error(e) for e in exc.errors()]
+            fields = ", ".join(e["field"] for e in errors)
+            raise Problem(
+                422, "invalid_request", f"invalid field(s): {fields}", errors=errors
+            ) from exc
+        if semantic := semantic_errors(article):
+            fields = ", ".join(e.field for e in semantic)
+            raise Problem(
+                422,
+                "invalid_request",
+                f"invalid field(s): {fields}",
+                errors=[e.as_dict() for e in semantic],
+            )
+        try:
+            check_limits(article, limits)
+            authorise(key, article.provider, article.uri, settings.ingest_uri_namespace)
+        except TooLarge as exc:
+            raise Problem(
+                413, "payload_too_large", str(exc), errors=[e.as_dict() for e in exc.errors]
+            ) from exc
+        except Forbidden as exc:
+            raise Problem(403, "forbidden", str(exc)) from exc
+        return article
+
+    async def idempotent(
+        runtime: IngestRuntime,
+        key: ApiKey,
+        idempotency_key: str | None,
+        raw: bytes,
+        work: Callable[[], Awaitable[tuple[int, Any]]],
+    ) -> Response:
+        """Runs `work` once per `Idempotency-Key`; a repeat gets the stored answer back."""
+        if not idempotency_key:
+            status, body = await work()
+            return _json(status, body)
+        scope = f"{key.key_id}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+        digest = hashlib.sha256(raw).hexdigest()
+        try:
+            stored = await runtime.idempotency.get(scope)
+        except RedisError as exc:
+            raise Problem(503, "unavailable", "retry later", headers=retry_after) from exc
+        if stored is not None:
+            if stored.request_digest != digest:
+                raise Problem(
+                    422,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request",
+                    errors=[{"field": "Idempotency-Key", "message": "used for another body"}],
+                )
+            response = Response(stored.body, stored.status, media_type="application/json")
+            response.headers["Idempotent-Replayed"] = "true"
+            return response
+        status, body = await work()
+        response = _json(status, body)
+        with contextlib.suppress(RedisError):
+            await runtime.idempotency.put(
+                scope, StoredResponse(digest, status, bytes(response.body))
+            )
+        return response
+
+    async def accept_one(runtime: IngestRuntime, work: Awaitable[Receipt]) -> tuple[int, Any]:
+        try:
+            receipt = await work
+        except VersionConflict as exc:
+            metrics.articles.labels("conflict").inc()
+            raise Problem(409, "version_conflict", str(exc)) from exc
+        except UnknownArticle as exc:
+            raise Problem(
+                404, "unknown_article", f"no article with uri {exc} was accepted"
+            ) from exc
+        except UNAVAILABLE as exc:
+            metrics.articles.labels("unavailable").inc()
+            log.warning("article not stored", error=repr(exc))
+            raise Problem(
+                503,
+                "broker_unavailable",
+                "the article was not stored; retry later",
+                headers=retry_after,
+            ) from exc
+        metrics.articles.labels("accepted" if receipt.created else "duplicate").inc()
+        return (202 if receipt.created else 200), _receipt(receipt)
 
     @app.post(
         "/v1/articles",
         status_code=202,
         response_model=Accepted,
-        dependencies=guarded,
         responses={
             200: {"description": "Identical re-post: the original event, nothing new published"},
-            409: {"description": "Same or lower version with different content"},
-            503: {"description": "The broker did not acknowledge; retry after `Retry-After`"},
+            404: _problem_content("Never happens here; see withdraw"),
+            409: _problem_content("Same or lower version with different content"),
+            **AUTH_ERRORS,
+            **BODY_ERRORS,
         },
+        openapi_extra=_json_body("Article", EXAMPLE_ARTICLE),
     )
     async def post_article(
-        article: Annotated[Article, Body(openapi_examples={"news": {"value": EXAMPLE_ARTICLE}})],
-        intake: IntakeDep,
-        response: Response,
-    ) -> Accepted:
-        """Accept one article version; answered only once Kafka has the record."""
-        receipt = await _call(metrics, intake.accept(article))
-        if not receipt.created:
-            response.status_code = 200
-        return _accepted(receipt)
+        request: Request,
+        key: Caller,
+        runtime: Runtime,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
+        """Accept one article version; answered only once Kafka has the record.
+
+        A higher `version` of a known `uri` is a correction (`newsflow.article.updated`); the
+        identical re-post answers `200` with the original `event_id`.
+        """
+        payload, raw = await read_json(request)
+        article = to_article(payload, key)
+        await spend(runtime, key, 1)
+        return await idempotent(
+            runtime,
+            key,
+            idempotency_key,
+            raw,
+            lambda: accept_one(runtime, runtime.intake.accept(article)),
+        )
+
+    @app.post(
+        "/v1/articles/batch",
+        response_model=BatchOut,
+        responses={**AUTH_ERRORS, **BODY_ERRORS},
+        openapi_extra=_json_body("BatchIn", {"articles": [EXAMPLE_ARTICLE]}),
+    )
+    async def post_batch(
+        request: Request,
+        key: Caller,
+        runtime: Runtime,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
+        """Up to 500 articles; each gets its own result, one bad item never sinks the batch."""
+        payload, raw = await read_json(request)
+        items = payload.get("articles") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or set(payload) != {"articles"}:
+            raise Problem(
+                422,
+                "invalid_request",
+                'send {"articles": [...]}',
+                errors=[{"field": "articles", "message": "a list of articles is required"}],
+            )
+        if len(items) > limits.max_batch_items:
+            raise Problem(
+                413,
+                "batch_too_large",
+                f"at most {limits.max_batch_items} articles per batch",
+                errors=[{"field": "articles", "message": f"{len(items)} items"}],
+            )
+        await spend(runtime, key, max(1, len(items)))
+        return await idempotent(
+            runtime, key, idempotency_key, raw, lambda: run_batch(runtime, key, items)
+        )
+
+    async def run_batch(runtime: IngestRuntime, key: ApiKey, items: list[Any]) -> tuple[int, Any]:
+        results: list[ItemResult | None] = [None] * len(items)
+        valid: list[tuple[int, Article]] = []
+        for index, item in enumerate(items):
+            try:
+                valid.append((index, to_article(item, key)))
+            except Problem as problem:
+                uri = item.get("uri") if isinstance(item, dict) else None
+                results[index] = ItemResult(
+                    index=index,
+                    status="rejected",
+                    uri=uri if isinstance(uri, str) else None,
+                    code=problem.code,
+                    detail=problem.detail,
+                    errors=problem.errors,
+                )
+        outcomes = await runtime.intake.accept_many([article for _, article in valid])
+        for (index, article), outcome in zip(valid, outcomes, strict=True):
+            results[index] = _item_result(index, article, outcome)
+        done = [r for r in results if r is not None]
+        for r in done:
+            metrics.articles.labels(r.status).inc()
+        failed = sum(1 for r in done if r.status == "failed")
+        if valid and failed == len(valid):
+            raise Problem(
+                503, "broker_unavailable", "nothing was stored; retry later", headers=retry_after
+            )
+        out = BatchOut(
+            accepted=sum(1 for r in done if r.status in ("accepted", "duplicate")),
+            rejected=sum(1 for r in done if r.status == "rejected"),
+            failed=failed,
+            results=done,
+        )
+        return 200, out.model_dump(exclude_none=True)
 
     @app.post(
         "/v1/articles/{uri:path}/withdraw",
         status_code=202,
         response_model=Accepted,
-        dependencies=guarded,
+        responses={
+            200: {"description": "Already withdrawn: the original withdrawal event"},
+            404: _problem_content("No article with this uri was accepted"),
+            **AUTH_ERRORS,
+            **BODY_ERRORS,
+        },
     )
     async def withdraw_article(
-        uri: str, withdrawal: Withdrawal, intake: IntakeDep, response: Response
-    ) -> Accepted:
-        """Kill an article: downstream removes it from caches and tells partners."""
-        receipt = await _call(metrics, intake.withdraw(unquote(uri), withdrawal.reason))
-        if not receipt.created:
-            response.status_code = 200
-        return _accepted(receipt)
+        uri: str, withdrawal: Withdrawal, key: Caller, runtime: Runtime
+    ) -> Response:
+        """Kill an article (`pubstatus=canceled`): downstream removes it everywhere."""
+        uri = unquote(uri)
+        try:
+            if key.provider is not None:
+                authorise(key, key.provider, uri, settings.ingest_uri_namespace)
+                owner = await runtime.intake.last_provider(uri)
+                if owner is not None:
+                    authorise(key, owner, uri, settings.ingest_uri_namespace)
+        except Forbidden as exc:
+            raise Problem(403, "forbidden", str(exc)) from exc
+        except UNAVAILABLE as exc:
+            raise Problem(503, "unavailable", "retry later", headers=retry_after) from exc
+        await spend(runtime, key, 1)
+        status, body = await accept_one(runtime, runtime.intake.withdraw(uri, withdrawal.reason))
+        return _json(status, body)
 
+    feed_errors: dict[int | str, dict[str, Any]] = {
+        401: AUTH_ERRORS[401],
+        403: AUTH_ERRORS[403],
+        422: _problem_content("Invalid fields, or a feed URL that is refused"),
+        503: BODY_ERRORS[503],
+    }
+
+    @app.post("/v1/feeds", status_code=201, response_model=FeedStatus, responses=feed_errors)
+    async def add_feed(feed: FeedIn, key: Caller, runtime: Runtime) -> FeedStatus:
+        """Register an RSS 2.0 or Atom feed; it is polled every `interval_s` seconds."""
+        if key.provider is not None and key.provider != feed.provider:
+            raise Problem(403, "forbidden", f"this key registers feeds for {key.provider!r} only")
+        try:
+            await runtime.vet_feed_url(str(feed.url))
+        except FeedError as exc:
+            raise Problem(
+                422,
+                "feed_url_refused",
+                str(exc),
+                errors=[{"field": "url", "message": str(exc)}],
+            ) from exc
+        try:
+            await runtime.feeds.add(feed)
+            found = [s for s in await runtime.feeds.all() if s.id == feed.id]
+        except RedisError as exc:
+            raise Problem(503, "unavailable", "retry later", headers=retry_after) from exc
+        return found[0]
+
+    @app.get("/v1/feeds", response_model=list[FeedStatus], responses=feed_errors)
+    async def list_feeds(key: Caller, runtime: Runtime) -> list[FeedStatus]:
+        """Every feed this key may see, with how its last poll went (`state.status`)."""
+        try:
+            feeds = await runtime.feeds.all()
+        except RedisError as exc:
+            raise Problem(503, "unavailable", "retry later", headers=retry_after) from exc
+        return [s for s in feeds if key.provider in (None, s.feed.provider)]
+
+    @app.delete(
+        "/v1/feeds/{feed_id}",
+        status_code=204,
+        responses={**feed_errors, 404: _problem_content("No such feed")},
+    )
+    async def remove_feed(feed_id: str, key: Caller, runtime: Runtime) -> Response:
+        """Stop polling a feed."""
+        try:
+            feeds = {s.id: s for s in await runtime.feeds.all()}
+            found = feeds.get(feed_id)
+            if found is None or key.provider not in (None, found.feed.provider):
+                raise Problem(404, "not_found", f"no feed {feed_id}")
+            await runtime.feeds.remove(feed_id)
+        except RedisError as exc:
+            raise Problem(503, "unavailable", "retry later", headers=retry_after) from exc
+        return Response(status_code=204)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        _, defs = models_json_schema(
+            [(Article, "validation"), (BatchIn, "validation"), (ProblemBody, "validation")],
+            ref_template="#/components/schemas/{model}",
+        )
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {}).update(defs["$defs"])
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
-async def _call(metrics: IngestMetrics, work: Awaitable[Receipt]) -> Receipt:
-    try:
-        receipt = await work
-    except VersionConflict as exc:
-        metrics.articles.labels("conflict").inc()
-        raise Problem(409, "version_conflict", str(exc)) from exc
-    except UnknownArticle as exc:
-        raise Problem(404, "unknown_article", f"no article with uri {exc} was accepted") from exc
-    except (TimeoutError, KafkaError, RedisError) as exc:
-        metrics.articles.labels("unavailable").inc()
-        raise Problem(
-            503,
-            "broker_unavailable",
-            "the article was not stored; retry later",
-            headers={"Retry-After": "5"},
-        ) from exc
-    metrics.articles.labels("accepted" if receipt.created else "duplicate").inc()
-    return receipt
+async def _poll_forever(poller: FeedPoller, settings: IngestSettings) -> None:
+    while True:
+        try:
+            await poller.poll_due(datetime.now(UTC))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("feed polling round failed")
+        await asyncio.sleep(settings.ingest_feed_tick_s)
 
 
-def _accepted(receipt: Receipt) -> Accepted:
-    return Accepted(
-        uri=receipt.uri, version=receipt.version, event_id=receipt.event_id, type=receipt.type
+def _json(status: int, body: Any) -> Response:
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+def _receipt(receipt: Receipt) -> dict[str, Any]:
+    return {
+        "uri": receipt.uri,
+        "version": receipt.version,
+        "event_id": receipt.event_id,
+        "type": receipt.type,
+    }
+
+
+def _item_result(index: int, article: Article, outcome: Receipt | Exception) -> ItemResult:
+    if isinstance(outcome, Receipt):
+        return ItemResult(
+            index=index,
+            status="accepted" if outcome.created else "duplicate",
+            **_receipt(outcome),
+        )
+    if isinstance(outcome, VersionConflict):
+        return ItemResult(
+            index=index, status="rejected", uri=article.uri, code="version_conflict",
+            detail=str(outcome),
+        )  # fmt: skip
+    return ItemResult(
+        index=index,
+        status="failed",
+        uri=article.uri,
+        code="broker_unavailable",
+        detail="not stored; send this item again",
     )
+
+
+def _field_error(error: Any) -> dict[str, str]:
+    loc = [str(part) for part in error.get("loc", ())]
+    return {"field": ".".join(loc) or "body", "message": str(error.get("msg", "invalid"))}

@@ -1,11 +1,18 @@
-"""ingest's rules: what an accepted article version is, and how its HTML is made safe. No I/O."""
+"""ingest's rules: what an accepted article version is, who may send it, how its text is made
+safe. No I/O."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import hmac
+import html
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import nh3
 
@@ -19,10 +26,179 @@ ALLOWED_TAGS = {
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title", "width", "height"}}
 
 
-def sanitise_html(html: str) -> str:
+def sanitise_html(body_html: str) -> str:
     return nh3.clean(
-        html, tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, url_schemes={"http", "https"}
+        body_html, tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, url_schemes={"http", "https"}
     )
+
+
+_BLOCK_END = re.compile(r"</(p|li|h[2-6]|blockquote|figcaption|figure|ul|ol)>|<br\s*/?>", re.I)
+_TAG = re.compile(r"<[^>]*>")
+_SPACES = re.compile(r"[ \t\u00a0]+")
+
+
+def html_to_text(body_html: str) -> str:
+    """The plain text of a sanitised body: one paragraph per line, entities decoded."""
+    marked = _BLOCK_END.sub("\n", body_html)
+    text = html.unescape(_TAG.sub("", marked))
+    lines = (_SPACES.sub(" ", line).strip() for line in text.splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+# C0/C1 controls (except tab and newline), lone surrogates and the two noncharacters that
+# break XML and many parsers: nothing of these is ever passed on.
+_UNWANTED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def clean_text(text: str) -> str:
+    """NFC text without control characters or invalid code points; CR/CRLF become LF."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return unicodedata.normalize("NFC", _UNWANTED.sub("", text))
+
+
+def clean_payload(value: Any) -> Any:
+    """`clean_text` applied to every string (keys too) of a decoded JSON document."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(k): clean_payload(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_payload(v) for v in value]
+    return value
+
+
+# --- checks beyond the contract's types ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_headline_chars: int = 300
+    max_batch_items: int = 500
+
+
+class TooLarge(Exception):
+    """A limit was passed (HTTP 413); `errors` names the field."""
+
+    def __init__(self, detail: str, errors: Sequence[FieldError]) -> None:
+        super().__init__(detail)
+        self.errors = list(errors)
+
+
+def check_limits(article: Article, limits: Limits) -> None:
+    if len(article.headline) > limits.max_headline_chars:
+        raise TooLarge(
+            f"headline exceeds {limits.max_headline_chars} characters",
+            [FieldError("headline", f"at most {limits.max_headline_chars} characters")],
+        )
+
+
+def semantic_errors(article: Article) -> list[FieldError]:
+    """What the types let through but a newsroom never means: times without a zone, etc."""
+    errors = [
+        FieldError(name, "needs a UTC offset, e.g. 2026-11-25T09:30:00Z")
+        for name in ("versioncreated", "firstcreated", "embargoed")
+        if (value := getattr(article, name)) is not None and value.utcoffset() is None
+    ]
+    if errors:
+        return errors
+    if article.firstcreated is not None and article.firstcreated > article.versioncreated:
+        errors.append(FieldError("firstcreated", "is later than versioncreated"))
+    return errors
+
+
+# --- API keys: who may write what ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A caller. `key_id` is a short digest prefix: safe in logs, never the key itself."""
+
+    key_id: str
+    provider: str | None  # None: an unscoped (internal) key that may write for any provider
+
+
+def key_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyRing:
+    """Known keys as SHA-256 digests; entries are `provider=secret`, `provider=sha256:<hex>`
+    or (unscoped, for internal tools) a bare `secret`."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self._keys: list[tuple[bytes, ApiKey]] = []
+        for entry in entries:
+            entry = entry.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            provider, sep, secret = entry.partition("=")
+            if not sep:
+                provider, secret = "", entry
+            digest = secret[7:].lower() if secret.startswith("sha256:") else key_digest(secret)
+            api_key = ApiKey(key_id=digest[:12], provider=provider.strip() or None)
+            self._keys.append((bytes.fromhex(digest), api_key))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def identify(self, secret: str) -> ApiKey | None:
+        digest = hashlib.sha256(secret.encode()).digest()
+        found = None
+        for known, api_key in self._keys:
+            if hmac.compare_digest(digest, known):
+                found = api_key
+        return found
+
+
+class Forbidden(Exception):
+    """The key is valid but may not write this (HTTP 403)."""
+
+
+def uri_namespace(template: str, provider: str) -> str:
+    return template.format(provider=provider)
+
+
+def authorise(key: ApiKey, provider: str, uri: str, template: str) -> None:
+    """A provider's key writes only its own provider name and its own `uri` namespace."""
+    if key.provider is None:
+        return
+    if provider != key.provider:
+        raise Forbidden(f"this key writes for provider {key.provider!r}, not {provider!r}")
+    namespace = uri_namespace(template, key.provider)
+    if not uri.startswith(namespace):
+        raise Forbidden(f"this key writes only uris starting with {namespace!r}")
+
+
+class RateLimiter(Protocol):
+    async def hit(self, key_id: str, cost: int) -> float | None:
+        """Counts `cost` articles for the key; returns seconds to wait when over the limit."""
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """The answer to a request that carried an `Idempotency-Key`."""
+
+    request_digest: str
+    status: int
+    body: bytes
+
+
+class IdempotencyStore(Protocol):
+    async def get(self, scope: str) -> StoredResponse | None: ...
+
+    async def put(self, scope: str, response: StoredResponse) -> None: ...
+
+
+# --- accepting versions -------------------------------------------------------------------
 
 
 def fingerprint(article: Article) -> str:
@@ -74,6 +250,12 @@ class UnknownArticle(Exception):
     pass
 
 
+def prepare(article: Article) -> Article:
+    """The article as it goes on the topic: sanitised body and its plain-text rendering."""
+    body_html = sanitise_html(article.body_html)
+    return article.model_copy(update={"body_html": body_html, "body_text": html_to_text(body_html)})
+
+
 class Intake:
     """Accepts article versions: publishes new ones, recognises re-posts, refuses stale ones."""
 
@@ -83,7 +265,7 @@ class Intake:
         self._source = source
 
     async def accept(self, article: Article) -> Receipt:
-        article = article.model_copy(update={"body_html": sanitise_html(article.body_html)})
+        article = prepare(article)
         previous = await self._ledger.get(article.uri)
         digest = fingerprint(article)
         if previous is not None:
@@ -101,6 +283,29 @@ class Intake:
         )
         await self._ledger.put(article.uri, entry)
         return Receipt(article.uri, article.version, meta.id, event_type, True)
+
+    async def accept_many(self, articles: Sequence[Article]) -> list[Receipt | Exception]:
+        """Each article on its own: versions of one uri in order, different uris concurrently."""
+        results: list[Receipt | Exception] = [Exception("not processed")] * len(articles)
+        by_uri: dict[str, list[int]] = {}
+        for index, article in enumerate(articles):
+            by_uri.setdefault(article.uri, []).append(index)
+
+        async def run(indexes: list[int]) -> None:
+            for index in indexes:
+                try:
+                    results[index] = await self.accept(articles[index])
+                except Exception as exc:
+                    results[index] = exc
+
+        await asyncio.gather(*(run(indexes) for indexes in by_uri.values()))
+        return results
+
+    async def last_provider(self, uri: str) -> str | None:
+        previous = await self._ledger.get(uri)
+        if previous is None:
+            return None
+        return Article.model_validate_json(previous.article_json).provider
 
     async def withdraw(self, uri: str, reason: str) -> Receipt:
         """A kill: the next version with `pubstatus=canceled`; consumers remove it everywhere."""

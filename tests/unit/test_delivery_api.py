@@ -11,23 +11,12 @@ from fastapi.testclient import TestClient
 
 from services.delivery.app import DeliveryDeps, DeliveryMetrics, create_app
 from services.delivery.settings import DeliverySettings
-from tests.fakes import FakeSubscriptionStore
+from tests.fakes import FakeDeliveryOperations, FakeStoryCache, FakeSubscriptionStore
 
 pytestmark = pytest.mark.unit
 
 ADMIN = {"Authorization": "Bearer admin-secret-token"}
 DNS = {"partner.example": ["93.184.215.14"], "intranet.example": ["10.0.0.5"]}
-
-
-class FakeCache:
-    def __init__(self) -> None:
-        self.stories: dict[str, bytes] = {}
-
-    async def latest(self, section_id: str | None, limit: int) -> list[bytes]:
-        return list(self.stories.values())[:limit]
-
-    async def story(self, uri: str) -> bytes | None:
-        return self.stories.get(uri)
 
 
 @pytest.fixture
@@ -36,8 +25,13 @@ def store() -> FakeSubscriptionStore:
 
 
 @pytest.fixture
-def cache() -> FakeCache:
-    return FakeCache()
+def cache() -> FakeStoryCache:
+    return FakeStoryCache()
+
+
+@pytest.fixture
+def operations() -> FakeDeliveryOperations:
+    return FakeDeliveryOperations()
 
 
 @pytest.fixture
@@ -47,7 +41,10 @@ def resolved() -> list[str]:
 
 @pytest.fixture
 def client(
-    store: FakeSubscriptionStore, cache: FakeCache, resolved: list[str]
+    store: FakeSubscriptionStore,
+    cache: FakeStoryCache,
+    resolved: list[str],
+    operations: FakeDeliveryOperations,
 ) -> Iterator[TestClient]:
     async def resolve(host: str) -> list[str]:
         resolved.append(host)
@@ -58,7 +55,10 @@ def client(
         async def ready() -> bool:
             return True
 
-        yield DeliveryDeps(cache, store, resolve, asyncio.Event().wait(), ready)
+        async def idle() -> None:
+            await asyncio.Event().wait()
+
+        yield DeliveryDeps(cache, store, resolve, operations, [idle()], ready)
 
     settings = DeliverySettings(admin_token="admin-secret-token")
     with TestClient(create_app(settings, fake_deps)) as test_client:
@@ -125,7 +125,7 @@ def test_delete_subscription(client: TestClient) -> None:
 
 
 def test_story_lookup_decodes_the_uri_and_404s_unknown(
-    client: TestClient, cache: FakeCache
+    client: TestClient, cache: FakeStoryCache
 ) -> None:
     cache.stories["urn:newsflow:a/b"] = b'{"uri":"urn:newsflow:a/b"}'
     assert client.get("/v1/stories/urn%3Anewsflow%3Aa%2Fb").json() == {"uri": "urn:newsflow:a/b"}
@@ -134,8 +134,94 @@ def test_story_lookup_decodes_the_uri_and_404s_unknown(
     assert missing.json()["code"] == "unknown_story"
 
 
-def test_latest_validates_limit(client: TestClient, cache: FakeCache) -> None:
+def test_latest_validates_limit(client: TestClient, cache: FakeStoryCache) -> None:
     cache.stories["u1"] = b'{"uri":"u1"}'
-    assert client.get("/v1/latest?section=world&limit=5").json() == {"items": [{"uri": "u1"}]}
+    assert client.get("/v1/latest?section=world&limit=5").json() == {
+        "items": [{"uri": "u1"}],
+        "next": None,
+    }
     assert client.get("/v1/latest?limit=0").status_code == 422
     assert client.get("/v1/latest?limit=1000").json()["errors"][0]["field"] == "query.limit"
+
+
+def create(client: TestClient, **fields: object) -> dict[str, object]:
+    response = client.post(
+        "/v1/subscriptions", json={"url": "https://partner.example/h", **fields}, headers=ADMIN
+    )
+    assert response.status_code == 201, response.text
+    created: dict[str, object] = response.json()
+    return created
+
+
+def test_filters_update_pause_resume_and_get(client: TestClient) -> None:
+    created = create(
+        client, sections=["World"], event_types=["story.published"], keywords=["Dam"],
+        languages=["en"], max_urgency=3, format="ninjs2",
+    )  # fmt: skip
+    sub = f"/v1/subscriptions/{created['id']}"
+    assert created["keywords"] == ["dam"] and created["format"] == "ninjs2"
+
+    changed = client.patch(sub, json={"keywords": ["Ferry"], "max_urgency": 5}, headers=ADMIN)
+    assert changed.json()["keywords"] == ["ferry"]
+    assert changed.json()["sections"] == ["world"]
+    assert client.post(f"{sub}/pause", headers=ADMIN).json()["status"] == "paused"
+    assert client.get(sub, headers=ADMIN).json()["status"] == "paused"
+    assert client.post(f"{sub}/resume", headers=ADMIN).json()["status"] == "active"
+    assert client.get("/v1/subscriptions/sub_nope", headers=ADMIN).status_code == 404
+    bad = client.patch(sub, json={"format": "rss"}, headers=ADMIN)
+    assert bad.status_code == 422
+
+
+def test_update_to_a_private_url_is_refused(client: TestClient) -> None:
+    created = create(client)
+    response = client.patch(
+        f"/v1/subscriptions/{created['id']}",
+        json={"url": "https://intranet.example/h"},
+        headers=ADMIN,
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "webhook_url_refused"
+
+
+def test_rotation_keeps_the_old_secret_for_the_overlap(
+    client: TestClient, store: FakeSubscriptionStore
+) -> None:
+    created = create(client)
+    rotated = client.post(
+        f"/v1/subscriptions/{created['id']}/rotate-secret", json={"overlap_s": 60}, headers=ADMIN
+    ).json()
+    assert rotated["secret"] != created["secret"]
+    stored = store.items[str(created["id"])]
+    assert stored.previous_secret == created["secret"]
+    assert stored.previous_secret_expires_at is not None
+
+
+def test_recover_needs_an_active_subscription(
+    client: TestClient, operations: FakeDeliveryOperations
+) -> None:
+    created = create(client)
+    sub = f"/v1/subscriptions/{created['id']}"
+    client.post(f"{sub}/pause", headers=ADMIN)
+    assert (
+        client.post(f"{sub}/recover?since=2026-01-01T00:00:00Z", headers=ADMIN).status_code == 409
+    )
+    client.post(f"{sub}/resume", headers=ADMIN)
+    answer = client.post(f"{sub}/recover?since=2026-01-01T00:00:00Z", headers=ADMIN)
+    assert answer.status_code == 202 and answer.json() == {"queued": 3}
+    assert operations.recovered[0][1].year == 2026
+
+
+def test_etag_gives_304_and_cache_control(client: TestClient, cache: FakeStoryCache) -> None:
+    cache.stories["u1"] = b'{"uri":"u1"}'
+    first = client.get("/v1/latest")
+    assert first.headers["cache-control"].startswith("public, max-age=")
+    again = client.get("/v1/latest", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    cache.stories["u2"] = b'{"uri":"u2"}'
+    changed = client.get("/v1/latest", headers={"If-None-Match": first.headers["etag"]})
+    assert changed.status_code == 200
+    story = client.get("/v1/stories/u1")
+    assert (
+        client.get("/v1/stories/u1", headers={"If-None-Match": story.headers["etag"]}).status_code
+        == 304
+    )

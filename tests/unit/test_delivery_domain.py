@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -112,3 +113,35 @@ async def test_unresolvable_host_is_refused() -> None:
 
     with pytest.raises(TargetRefused, match="does not resolve"):
         await vet_target("https://nowhere.example/hook", nothing, allow_private=True)
+
+
+def test_ninjs2_rendering_of_a_full_story_validates_against_iptc_schema() -> None:
+    import jsonschema
+
+    from services.delivery.domain import to_ninjs2
+    from shared.events import Story
+    from tests.factories import article_payload
+
+    schema = json.loads(
+        (Path(__file__).parents[1] / "data/ninjs/ninjs-schema_2.2.json").read_text()
+    )
+    story = Story.model_validate(
+        {
+            **article_payload(
+                subheadline="Sub",
+                keywords=["ferry", "harbour"],
+                url="https://news.example/a",
+                firstcreated="2026-11-25T10:00:00Z",
+                embargoed="2026-11-25T11:00:00Z",
+                images=[{"href": "https://img.example/p.jpg", "caption": "Q", "credit": "D"}],
+            ),
+            "enrichment": {
+                "section": {"id": "world", "name": "International", "confidence": 0.8,
+                            "method": "classifier"},
+                "related": [{"uri": "urn:x:1", "headline": "Earlier", "score": 0.7}],
+                "entities": {"people": ["Irena Kass"], "places": ["Geneva"],
+                             "organisations": ["United Nations"]},
+            },
+        }
+    )  # fmt: skip
+    jsonschema.validate(to_ninjs2(story), schema)

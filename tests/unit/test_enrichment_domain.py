@@ -1,31 +1,46 @@
-"""Sections and related stories, as an editor would judge them."""
+"""Sections, related stories, entities and duplicates, as an editor would judge them."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from services.enrichment.domain import (
-    EnrichmentRules,
-    StoryIndex,
-    Taxonomy,
-    assign_section,
-    enrich,
-    plain_text,
-)
+from services.enrichment.classifier import SectionClassifier
+from services.enrichment.domain import EnrichmentRules, StoryEnricher, assign_section
+from services.enrichment.entities import extract_entities
+from services.enrichment.index import IndexSettings
 from services.enrichment.settings import DEFAULT_TAXONOMY
-from shared.events import Article
+from services.enrichment.taxonomy import Taxonomy
+from services.enrichment.text import plain_text
+from shared.events import Article, Story
 from tests.factories import article_payload, dam_followup, dam_story
 
 pytestmark = pytest.mark.unit
 
 TAXONOMY = Taxonomy.from_file(DEFAULT_TAXONOMY)
 RULES = EnrichmentRules(TAXONOMY)
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
 
-def article(**overrides: object) -> Article:
-    return Article.model_validate(article_payload(**overrides))
+def article(minutes: float = 0, **overrides: Any) -> Article:
+    at = T0 + timedelta(minutes=minutes)
+    return Article.model_validate({"versioncreated": at, **article_payload(**overrides)})
+
+
+def at(payload: dict[str, Any], minutes: float) -> Article:
+    return Article.model_validate({**payload, "versioncreated": T0 + timedelta(minutes=minutes)})
+
+
+def publish(enricher: StoryEnricher, story: Article) -> Story:
+    """What the service does with each version: every instance observes it, one enriches it."""
+    enricher.observe(story)
+    return enricher.enrich(story)
+
+
+# --- taxonomy and sections -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -35,35 +50,39 @@ def article(**overrides: object) -> Article:
         ("WORLD NEWS", "world"),
         ("sports", "sport"),
         ("Tech", "technology"),
+        ("Économie", "business"),
+        ("Wirtschaft", "business"),
+        ("Crime & Justice", "crime"),
+        ("medtop:15000000", "sport"),
+        ("  politique ", "politics"),
     ],
 )
 def test_provider_hints_map_onto_the_taxonomy(hint: str, section_id: str) -> None:
-    assigned = assign_section(article(section=hint), TAXONOMY, 0.4)
-    assert assigned.id == section_id
-    assert assigned.method == "provider"
-    assert assigned.confidence == 1.0
+    assigned = assign_section(article(section=hint), TAXONOMY, SectionClassifier(["x"]), 0.5)
+    assert (assigned.id, assigned.method, assigned.confidence) == (section_id, "provider", 1.0)
 
 
-def test_international_is_the_world_section() -> None:
+def test_default_taxonomy_has_the_newsroom_sections() -> None:
+    ids = {s.id for s in TAXONOMY.sections}
+    assert {"world", "politics", "business", "technology", "science", "health", "sport"} <= ids
+    assert {"culture", "environment", "crime", "general"} <= ids
     assert TAXONOMY.section("world").name == "International"
+    assert TAXONOMY.section("crime").name == "Crime & Justice"
+    assert TAXONOMY.section("technology").parent == "science"
+    assert all(s.iptc for s in TAXONOMY.sections if s.id != "general")
 
 
-def test_missing_hint_is_inferred_from_the_text() -> None:
-    story = article(
-        section=None,
-        headline="Striker scores twice as league leaders win the cup match",
-        summary="The coach praised the team after the final whistle.",
+def test_a_taxonomy_file_replaces_the_default(tmp_path: Path) -> None:
+    path = tmp_path / "taxonomy.json"
+    path.write_text(
+        '{"version": 7, "fallback": "misc", "sections": ['
+        '{"id": "misc", "name": "Misc"},'
+        '{"id": "weather", "name": "Weather", "aliases": ["Wetter"], "keywords": ["storm"]}]}'
     )
-    assigned = assign_section(story, TAXONOMY, 0.4)
-    assert assigned.id == "sport"
-    assert assigned.method == "classifier"
-    assert 0.4 <= assigned.confidence <= 1.0
-
-
-def test_unknown_hint_without_signal_falls_back_to_general() -> None:
-    story = article(section="Miscellany", headline="Xyzzy", summary=None, body_html="")
-    assigned = assign_section(story, TAXONOMY, 0.4)
-    assert (assigned.id, assigned.method, assigned.confidence) == ("general", "default", 0.0)
+    custom = Taxonomy.from_file(path)
+    enricher = StoryEnricher(EnrichmentRules(custom))
+    assert custom.version == 7
+    assert enricher.enrich(article(section="wetter")).enrichment.section.id == "weather"
 
 
 def test_taxonomy_without_its_fallback_is_refused(tmp_path: Path) -> None:
@@ -73,21 +92,63 @@ def test_taxonomy_without_its_fallback_is_refused(tmp_path: Path) -> None:
         Taxonomy.from_file(path)
 
 
+def test_missing_hint_is_inferred_by_the_classifier() -> None:
+    story = article(
+        section=None,
+        headline="Striker scores twice as league leaders win the cup match",
+        summary="The coach praised the team after the final whistle.",
+    )
+    assigned = StoryEnricher(RULES).enrich(story).enrichment.section
+    assert (assigned.id, assigned.method) == ("sport", "classifier")
+    assert 0.5 <= assigned.confidence <= 1.0
+
+
+def test_unknown_hint_without_signal_falls_back_to_general_and_says_so() -> None:
+    story = article(section="Miscellany", headline="Xyzzy", summary=None, body_html="")
+    assigned = StoryEnricher(RULES).enrich(story).enrichment.section
+    assert (assigned.id, assigned.method, assigned.confidence) == ("general", "default", 0.0)
+
+
+def test_below_the_confidence_threshold_the_story_goes_to_general() -> None:
+    strict = StoryEnricher(EnrichmentRules(TAXONOMY, min_section_confidence=1.01))
+    story = article(section=None, headline="Striker scores twice in the cup final")
+    assigned = strict.enrich(story).enrichment.section
+    assert (assigned.id, assigned.method) == ("general", "default")
+    assert 0 < assigned.confidence <= 1
+
+
+def test_the_classifier_learns_online_from_stories_with_a_known_section() -> None:
+    enricher = StoryEnricher(RULES)
+    probe = article(section=None, headline="Zorblat tournament: the grand zorblat final")
+    assert enricher.enrich(probe).enrichment.section.id != "culture"
+    for i in range(4):
+        enricher.observe(
+            article(i, section="Arts", headline=f"Zorblat festival part {i}", summary="zorblat")
+        )
+    assert enricher.enrich(probe).enrichment.section.id == "culture"
+
+
+# --- related stories -----------------------------------------------------------------------
+
+
 def unrelated_world_stories() -> list[Article]:
     return [
         article(
+            1,
             uri="urn:t:quake",
             section="world",
             headline="Earthquake shakes the coast of Lindmark, no casualties reported",
             summary="The quake of magnitude 5.1 was felt in the capital.",
         ),
         article(
+            2,
             uri="urn:t:summit",
             section="world",
             headline="Trade ministers of the southern alliance meet to discuss tariffs",
             summary="The alliance wants to cut tariffs on grain and fertiliser.",
         ),
         article(
+            3,
             uri="urn:t:election",
             section="world",
             headline="Voters in Caldera elect a new president after a close race",
@@ -97,45 +158,115 @@ def unrelated_world_stories() -> list[Article]:
 
 
 def test_related_links_the_same_story_and_not_the_same_section() -> None:
-    index = StoryIndex()
-    first = Article.model_validate(dam_story("urn:t:dam-1"))
-    enrich(first, index, RULES)
+    enricher = StoryEnricher(RULES)
+    first = at(dam_story("urn:t:dam-1"), 0)
+    publish(enricher, first)
     for other in unrelated_world_stories():
-        enrich(other, index, RULES)
+        publish(enricher, other)
 
-    followup = enrich(Article.model_validate(dam_followup("urn:t:dam-2")), index, RULES)
+    followup = publish(enricher, at(dam_followup("urn:t:dam-2"), 10))
 
     assert [r.uri for r in followup.enrichment.related] == ["urn:t:dam-1"]
     assert followup.enrichment.section.id == "world"
     assert followup.enrichment.related[0].headline == first.headline
+    assert 0 < followup.enrichment.related[0].score <= 1
     assert followup.enrichment.duplicate_of is None
 
 
+def test_only_earlier_stories_are_linked_whatever_the_index_already_holds() -> None:
+    enricher = StoryEnricher(RULES)
+    first, second = at(dam_story("urn:t:dam-1"), 0), at(dam_followup("urn:t:dam-2"), 10)
+    enricher.observe(first)
+    enricher.observe(second)  # an instance may read ahead of the story it enriches
+    assert enricher.enrich(first).enrichment.related == []
+    assert [r.uri for r in enricher.enrich(second).enrichment.related] == ["urn:t:dam-1"]
+
+
 def test_a_story_never_links_itself_and_a_correction_replaces_it() -> None:
-    index = StoryIndex()
-    first = Article.model_validate(dam_story("urn:t:dam-1"))
-    enrich(first, index, RULES)
-    corrected = enrich(first.model_copy(update={"version": 2}), index, RULES)
+    enricher = StoryEnricher(RULES)
+    first = at(dam_story("urn:t:dam-1"), 0)
+    publish(enricher, first)
+    corrected = publish(enricher, first.model_copy(update={"version": 2}))
     assert corrected.enrichment.related == []
-    assert len(index) == 1
+    assert len(enricher.index) == 1
+
+
+def test_a_correction_is_what_later_stories_are_matched_against() -> None:
+    enricher = StoryEnricher(RULES)
+    original = article(0, uri="urn:t:c", headline="Council meets", summary="Routine session.")
+    publish(enricher, original)
+    corrected = at(dam_story("urn:t:c", version=2), 5)
+    publish(enricher, corrected)
+    followup = publish(enricher, at(dam_followup("urn:t:f"), 10))
+    assert [r.uri for r in followup.enrichment.related] == ["urn:t:c"]
+    assert followup.enrichment.related[0].headline == corrected.headline
 
 
 def test_withdrawn_stories_leave_the_index() -> None:
-    index = StoryIndex()
-    first = Article.model_validate(dam_story("urn:t:dam-1"))
-    enrich(first, index, RULES)
-    enrich(first.model_copy(update={"version": 2, "pubstatus": "canceled"}), index, RULES)
+    enricher = StoryEnricher(RULES)
+    first = at(dam_story("urn:t:dam-1"), 0)
+    publish(enricher, first)
+    publish(enricher, first.model_copy(update={"version": 2, "pubstatus": "canceled"}))
 
-    followup = enrich(Article.model_validate(dam_followup("urn:t:dam-2")), index, RULES)
+    followup = publish(enricher, at(dam_followup("urn:t:dam-2"), 10))
     assert followup.enrichment.related == []
+    assert len(enricher.index) == 1
+
+
+def test_stories_older_than_the_window_are_not_linked() -> None:
+    rules = EnrichmentRules(TAXONOMY, index=IndexSettings(window_s=3600))
+    enricher = StoryEnricher(rules)
+    publish(enricher, at(dam_story("urn:t:old"), 0))
+    followup = publish(enricher, at(dam_followup("urn:t:new"), 120))
+    assert followup.enrichment.related == []
+    assert "urn:t:old" not in enricher.index
+
+
+def test_the_index_keeps_at_most_its_capacity_newest_first() -> None:
+    enricher = StoryEnricher(EnrichmentRules(TAXONOMY, index=IndexSettings(capacity=3)))
+    for i in range(5):
+        enricher.observe(article(i, uri=f"urn:t:{i}", headline=f"Story number {i} of five"))
+    assert len(enricher.index) == 3
+    assert "urn:t:0" not in enricher.index
+    assert "urn:t:4" in enricher.index
 
 
 def test_a_resent_wire_story_is_a_duplicate_not_a_link() -> None:
-    index = StoryIndex()
-    enrich(Article.model_validate(dam_story("urn:t:wire-1")), index, RULES)
-    resent = enrich(Article.model_validate(dam_story("urn:t:wire-2")), index, RULES)
+    enricher = StoryEnricher(RULES)
+    publish(enricher, at(dam_story("urn:t:wire-1"), 0))
+    resent = publish(enricher, at(dam_story("urn:t:wire-2", byline="Other desk"), 5))
     assert resent.enrichment.duplicate_of == "urn:t:wire-1"
     assert all(r.uri != "urn:t:wire-1" for r in resent.enrichment.related)
+
+
+def test_two_copies_of_one_story_are_one_link() -> None:
+    enricher = StoryEnricher(RULES)
+    publish(enricher, at(dam_story("urn:t:wire-1"), 0))
+    publish(enricher, at(dam_story("urn:t:wire-2"), 1))
+    followup = publish(enricher, at(dam_followup("urn:t:f"), 10))
+    assert [r.uri for r in followup.enrichment.related] == ["urn:t:wire-1"]
+
+
+# --- entities ------------------------------------------------------------------------------
+
+
+def test_entities_name_people_places_and_organisations() -> None:
+    story = publish(StoryEnricher(RULES), at(dam_story("urn:t:e"), 0))
+    entities = story.enrichment.entities
+    assert "Irena Kass" in entities.people
+    assert "Geneva" in entities.places
+    assert "United Nations" in entities.organisations
+
+
+def test_entity_rules_read_titles_demonyms_and_organisation_words() -> None:
+    found = extract_entities(
+        "Israeli Defence Minister Yoav Gallant met US President Joe Biden in Washington. "
+        "Gallant later spoke to Nordbank and Arden University officials."
+    )
+    assert {"Yoav Gallant", "Joe Biden"} <= set(found.people)
+    assert "Gallant" not in found.people
+    assert {"Israel", "United States", "Washington"} <= set(found.places)
+    assert {"Nordbank", "Arden University"} <= set(found.organisations)
 
 
 def test_plain_text_drops_markup() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,11 +11,17 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
-from services.ingest.app import Ready, create_app
+from services.ingest.app import IngestRuntime, create_app
 from services.ingest.domain import Intake
 from services.ingest.settings import IngestSettings
 from tests.factories import article_payload
-from tests.fakes import FakeLedger, FakePublisher
+from tests.fakes import (
+    FakeFeedRegistry,
+    FakeIdempotencyStore,
+    FakeLedger,
+    FakePublisher,
+    FakeRateLimiter,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -28,18 +35,37 @@ def publisher() -> FakePublisher:
 
 
 @pytest.fixture
-def client(publisher: FakePublisher) -> Iterator[TestClient]:
+def limiter() -> FakeRateLimiter:
+    return FakeRateLimiter()
+
+
+@pytest.fixture
+def client(publisher: FakePublisher, limiter: FakeRateLimiter) -> Iterator[TestClient]:
     ledger = FakeLedger()
 
     @asynccontextmanager
-    async def fake_intake(_: IngestSettings) -> AsyncIterator[tuple[Intake, Ready]]:
+    async def fake_runtime(_: IngestSettings) -> AsyncIterator[IngestRuntime]:
         async def ready() -> bool:
             return True
 
-        yield Intake(publisher, ledger, "urn:newsflow:ingest"), ready
+        async def vet(url: str) -> None:
+            return None
 
-    settings = IngestSettings(ingest_api_keys=f"{KEY},other-key", ingest_max_body_bytes=20_000)
-    with TestClient(create_app(settings, fake_intake)) as test_client:
+        yield IngestRuntime(
+            intake=Intake(publisher, ledger, "urn:newsflow:ingest"),
+            ready=ready,
+            rate_limiter=limiter,
+            idempotency=FakeIdempotencyStore(),
+            feeds=FakeFeedRegistry(),
+            vet_feed_url=vet,
+        )
+
+    settings = IngestSettings(
+        ingest_api_keys=f"test={KEY},other=other-key,internal-key",
+        ingest_max_body_bytes=20_000,
+        ingest_max_headline_chars=120,
+    )
+    with TestClient(create_app(settings, fake_runtime)) as test_client:
         yield test_client
 
 
@@ -151,7 +177,9 @@ def test_withdraw_publishes_a_canceled_next_version(
     assert killed.version == 2
     again = client.post(url, json={"reason": "legal request"}, headers=AUTH)
     assert again.status_code == 200
-    unknown = client.post("/v1/articles/urn%3Anope/withdraw", json={"reason": "x"}, headers=AUTH)
+    unknown = client.post(
+        "/v1/articles/urn%3Anewsflow%3Atest%3Anope/withdraw", json={"reason": "x"}, headers=AUTH
+    )
     assert unknown.status_code == 404
 
 
@@ -169,3 +197,128 @@ def test_health_and_metrics(client: TestClient) -> None:
     assert client.get("/readyz").status_code == 200
     post(client, article_payload())
     assert 'newsflow_ingest_articles_total{outcome="accepted"} 1.0' in client.get("/metrics").text
+
+
+def test_batch_gives_each_item_its_own_result(client: TestClient, publisher: FakePublisher) -> None:
+    good = article_payload()
+    items = [good, article_payload(headline=""), article_payload(), good]
+    response = client.post("/v1/articles/batch", json={"articles": items}, headers=AUTH)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert [r["status"] for r in body["results"]] == [
+        "accepted", "rejected", "accepted", "duplicate",
+    ]  # fmt: skip
+    assert body["results"][1]["errors"][0]["field"] == "headline"
+    assert body["results"][3]["event_id"] == body["results"][0]["event_id"]
+    assert (body["accepted"], body["rejected"], body["failed"]) == (3, 1, 0)
+    assert len(publisher.published) == 2
+
+
+def test_batch_over_the_limit_is_413(client: TestClient, publisher: FakePublisher) -> None:
+    items = [{} for _ in range(501)]
+    response = client.post("/v1/articles/batch", json={"articles": items}, headers=AUTH)
+    assert response.status_code == 413
+    assert response.json()["code"] == "batch_too_large"
+    assert publisher.published == []
+
+
+def test_long_headline_is_413_naming_the_field(client: TestClient) -> None:
+    response = post(client, article_payload(headline="h" * 121))
+    assert response.status_code == 413
+    assert response.json()["errors"][0]["field"] == "headline"
+
+
+def test_idempotency_key_replays_the_first_answer(
+    client: TestClient, publisher: FakePublisher
+) -> None:
+    payload = article_payload()
+    headers = {**AUTH, "Idempotency-Key": "req-1"}
+    first = post(client, payload, headers)
+    again = post(client, payload, headers)
+    other_body = post(client, article_payload(), headers)
+
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert other_body.status_code == 422
+    assert other_body.json()["code"] == "idempotency_key_reused"
+    assert len(publisher.published) == 1
+
+
+def test_a_key_writes_only_its_own_provider_and_namespace(
+    client: TestClient, publisher: FakePublisher
+) -> None:
+    other_provider = post(client, article_payload(provider="other"))
+    other_namespace = post(client, article_payload(uri="urn:newsflow:other:1"))
+    unscoped = post(
+        client,
+        article_payload(provider="other", uri="urn:newsflow:other:2"),
+        {"Authorization": "Bearer internal-key"},
+    )
+
+    assert other_provider.status_code == other_namespace.status_code == 403
+    assert other_provider.json()["code"] == "forbidden"
+    assert unscoped.status_code == 202
+    assert len(publisher.published) == 1
+
+
+def test_over_the_rate_limit_is_429_with_retry_after(
+    client: TestClient, limiter: FakeRateLimiter, publisher: FakePublisher
+) -> None:
+    limiter.limit = 1
+    assert post(client, article_payload()).status_code == 202
+    response = post(client, article_payload())
+
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "8"
+    assert response.json()["code"] == "rate_limited"
+    assert len(publisher.published) == 1
+
+
+def test_control_characters_are_cleaned_and_plain_text_is_kept(
+    client: TestClient, publisher: FakePublisher
+) -> None:
+    payload = article_payload(
+        headline="Tram\x00 line\x1b approved\u200b",
+        body_html="<p>First &amp; foremost.</p><ul><li>One</li></ul><p>Last\u0085 line</p>",
+    )
+    assert post(client, payload).status_code == 202
+    # json.dumps escapes a lone surrogate as \ud800, as a careless client would send it.
+    surrogate = client.post(
+        "/v1/articles",
+        content=json.dumps(article_payload(headline="Tram \ud800")),
+        headers={**AUTH, "content-type": "application/json"},
+    )
+
+    assert surrogate.status_code == 422
+    assert surrogate.json()["code"] == "invalid_json"
+    article, _ = publisher.published[0]
+    assert article.headline == "Tram line approved\u200b"
+    assert article.body_text == "First & foremost.\nOne\nLast line"
+
+
+def test_invalid_utf8_and_naive_datetimes_are_422(client: TestClient) -> None:
+    bad_bytes = client.post(
+        "/v1/articles",
+        content=b'{"headline": "\xff\xfe"}',
+        headers={**AUTH, "content-type": "application/json"},
+    )
+    naive = post(client, article_payload(embargoed="2030-01-01T10:00:00", language="english"))
+
+    assert bad_bytes.status_code == 422
+    assert bad_bytes.json()["code"] == "invalid_json"
+    assert naive.status_code == 422
+    assert {e["field"] for e in naive.json()["errors"]} == {"language"}
+    zoned_wrong = post(client, article_payload(embargoed="2030-01-01T10:00:00"))
+    assert zoned_wrong.json()["errors"] == [
+        {"field": "embargoed", "message": "needs a UTC offset, e.g. 2026-11-25T09:30:00Z"}
+    ]
+
+
+def test_embargoed_article_is_accepted_and_carried(
+    client: TestClient, publisher: FakePublisher
+) -> None:
+    assert post(client, article_payload(embargoed="2030-01-01T10:00:00Z")).status_code == 202
+    article, _ = publisher.published[0]
+    assert article.embargoed is not None and article.embargoed.year == 2030

@@ -1,0 +1,223 @@
+"""Benchmark: signed webhook deliveries/s through a real delivery process, against a bare aiohttp
+POST loop measured in the same run, and with one endpoint that never answers.
+
+    .venv/bin/python bench/delivery.py [--stories 300] [--subscriptions 100]
+
+Starts its own Tansu broker, Redis, a no-op sink and delivery processes (127.0.0.1 only) and stops
+each by pid. Prints the figures, the in-run baseline and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ops.devrun import http_json, wait_ready  # noqa: E402
+from ops.embedded import ChildProcess, free_port, spawn, start_kafka, start_redis  # noqa: E402
+from shared.events import EventMeta, EventType, Story, Topics  # noqa: E402
+from shared.kafka import ensure_topics  # noqa: E402
+
+ADMIN = "bench-admin"
+
+
+def sink(port: int, slow_port: int) -> None:
+    """A no-op partner: 204 to everything, counts per first path segment; `slow_port` hangs."""
+    counts: Counter[str] = Counter()
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        counts[request.path.split("/")[1]] += 1
+        return web.Response(status=204)
+
+    async def count(request: web.Request) -> web.Response:
+        return web.json_response(dict(counts))
+
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(3600)
+        return web.Response(status=204)
+
+    async def serve() -> None:
+        fast = web.Application()
+        fast.router.add_get("/count", count)
+        fast.router.add_post("/{tail:.*}", hook)
+        slow = web.Application()
+        slow.router.add_post("/{tail:.*}", hang)
+        for app, at in ((fast, port), (slow, slow_port)):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", at).start()
+        await asyncio.Event().wait()
+
+    import uvloop
+
+    uvloop.run(serve())
+
+
+def make_story(i: int) -> bytes:
+    story = Story.model_validate(
+        {
+            "uri": f"urn:newsflow:bench:{uuid.uuid4().hex[:8]}-{i}",
+            "headline": f"Harbour authority opens terminal {i}",
+            "summary": "The terminal doubles capacity for island crossings.",
+            "body_html": "<p>" + "The harbour authority opened the new ferry terminal. " * 50,
+            "provider": "bench",
+            "enrichment": {
+                "section": {"id": "world", "name": "International", "confidence": 0.9,
+                            "method": "provider"},
+            },
+        }
+    )  # fmt: skip
+    return story.model_dump_json(exclude_none=True).encode()
+
+
+async def bare_loop(url: str, total: int, body: bytes, in_flight: int = 100) -> float:
+    """The baseline: the same number of POSTs of the same size, 100 in flight, nothing else."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        queue = iter(range(total))
+
+        async def worker() -> None:
+            for _ in queue:
+                async with session.post(url, data=body) as response:
+                    await response.read()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        return total / (time.perf_counter() - started)
+
+
+async def produce(kafka: str, topic: str, stories: list[bytes]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=5, max_batch_size=262_144)
+    await producer.start()
+    try:
+        futures = []
+        for value in stories:
+            meta = EventMeta.new(EventType.PUBLISHED.value, "urn:bench")
+            key = json.loads(value)["uri"].encode()
+            futures.append(await producer.send(topic, value, key=key, headers=meta.to_headers()))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def sink_count(sink_url: str, label: str) -> int:
+    return int(http_json("GET", f"{sink_url}/count")[1].get(label, 0))
+
+
+def run_delivery(
+    kafka: str, redis_url: str, sink_url: str, slow_url: str | None, stories: int, subs: int,
+    logs: Path,
+) -> float:  # fmt: skip
+    """Deliveries/s to the good endpoints, from the first story produced to the last webhook."""
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    topics = Topics(prefix)
+    asyncio.run(ensure_topics(kafka, topics.all()))
+    port = free_port()
+    env = {
+        **os.environ,
+        "NEWSFLOW_KAFKA_BOOTSTRAP_SERVERS": kafka,
+        "NEWSFLOW_REDIS_URL": redis_url,
+        "NEWSFLOW_TOPIC_PREFIX": prefix,
+        "NEWSFLOW_REDIS_KEY_PREFIX": prefix,
+        "NEWSFLOW_ADMIN_TOKEN": ADMIN,
+        "NEWSFLOW_DELIVERY_PORT": str(port),
+        "NEWSFLOW_DELIVERY_ALLOW_PRIVATE_TARGETS": "true",
+        "NEWSFLOW_DELIVERY_TIMEOUT_S": "5",
+        "NEWSFLOW_LOG_LEVEL": "WARNING",
+        "NEWSFLOW_LOG_FORMAT": "json",
+    }
+    url = f"http://127.0.0.1:{port}"
+    child = spawn("delivery", [sys.executable, "-m", "services.delivery"], url,
+                  logs / f"delivery-{prefix}log", env)  # fmt: skip
+    try:
+        wait_ready("delivery", f"{url}/readyz", child)
+        label = prefix.rstrip(".")
+        for i in range(subs):
+            body = {"url": f"{sink_url}/{label}/{i}"}
+            assert http_json("POST", f"{url}/v1/subscriptions", body, token=ADMIN)[0] == 201
+        if slow_url:
+            body = {"url": f"{slow_url}/{label}/slow"}
+            assert http_json("POST", f"{url}/v1/subscriptions", body, token=ADMIN)[0] == 201
+        values = [make_story(i) for i in range(stories)]
+        target = stories * subs
+        started = time.perf_counter()
+        asyncio.run(produce(kafka, topics.enriched, values))
+        while sink_count(sink_url, label) < target:
+            if time.perf_counter() - started > 300:
+                raise RuntimeError(f"only {sink_count(sink_url, label)} of {target} arrived")
+            time.sleep(0.05)
+        return target / (time.perf_counter() - started)
+    finally:
+        child.stop()
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "sink":
+        sink(int(sys.argv[2]), int(sys.argv[3]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stories", type=int, default=300)
+    parser.add_argument("--subscriptions", type=int, default=100)
+    args = parser.parse_args()
+    logs = ROOT / ".newsflow" / "bench"
+    logs.mkdir(parents=True, exist_ok=True)
+    children: list[ChildProcess] = []
+    try:
+        kafka = start_kafka(log_path=logs / "tansu.log")
+        children.append(kafka)
+        redis = start_redis(log_path=logs / "redis.log")
+        children.append(redis)
+        port, slow_port = free_port(), free_port()
+        sink_url, slow_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{slow_port}"
+        sink_child = spawn(
+            "sink", [sys.executable, __file__, "sink", str(port), str(slow_port)], sink_url,
+            logs / "sink.log", None,
+        )  # fmt: skip
+        children.append(sink_child)
+        wait_ready("sink", f"{sink_url}/count", sink_child)
+
+        total = args.stories * args.subscriptions
+        body = b'{"type":"story.published","timestamp":"2026-01-01T00:00:00Z","data":' + (
+            make_story(0) + b"}"
+        )
+        baseline = asyncio.run(bare_loop(f"{sink_url}/bare/0", total, body))
+        ours = run_delivery(
+            kafka.address, redis.address, sink_url, None, args.stories, args.subscriptions, logs
+        )
+        with_slow = run_delivery(
+            kafka.address, redis.address, sink_url, slow_url, args.stories, args.subscriptions,
+            logs,
+        )  # fmt: skip
+        figures: dict[str, Any] = {
+            "deliveries": total,
+            "bare_aiohttp_posts_per_s": round(baseline),
+            "delivery_signed_per_s": round(ours),
+            "ratio_to_bare": round(ours / baseline, 2),
+            "delivery_with_one_endpoint_timing_out_per_s": round(with_slow),
+            "slow_endpoint_throughput_ratio": round(with_slow / ours, 2),
+        }
+        for name, value in figures.items():
+            print(f"{name:48} {value}")
+        print(json.dumps(figures))
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""enrichment's adapters: the global story table every instance reads the whole ingested topic into.
+
+Each instance consumes every partition of `articles.ingested.v1` with its own group-less consumer
+and feeds each version to its `StoryEnricher`, so every instance's index holds every story,
+whichever partitions the consumer group gave it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from shared.events import Article, EventMeta, InvalidEvent, decode_article
+from shared.kafka import IncomingRecord
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class StoryFeed(Protocol):
+    """Where the enricher's state comes from; enrichment waits until it has read far enough."""
+
+    @property
+    def rebuilt(self) -> bool: ...
+
+    async def caught_up_with(self, records: Sequence[IncomingRecord]) -> None: ...
+
+
+class KafkaStoryTable:
+    """A group-less reader of every partition of the ingested topic, from the beginning."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        observe: Callable[[Article], None],
+        *,
+        max_records: int = 2000,
+    ) -> None:
+        self._topic = topic
+        self._observe = observe
+        self._max_records = max_records
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self._partitions: list[TopicPartition] = []
+        self._read: dict[int, int] = {}  # partition -> next offset to observe
+        self._progress = asyncio.Condition()
+        self._rebuilt = asyncio.Event()
+        self.skipped = 0
+
+    @property
+    def rebuilt(self) -> bool:
+        return self._rebuilt.is_set()
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        partitions = await self._partitions_of_topic()
+        self._partitions = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        self._consumer.assign(self._partitions)
+        await self._consumer.seek_to_beginning(*self._partitions)
+        self._read = {tp.partition: 0 for tp in self._partitions}
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def run(self) -> None:
+        """Read forever; the first time the reader reaches the end, the index is rebuilt."""
+        target = await self._end_offsets()
+        log.info("rebuilding the story index", topic=self._topic, records=sum(target.values()))
+        if self._reached(target):
+            self._rebuilt.set()
+        while True:
+            batches: dict[
+                TopicPartition, list[ConsumerRecord[bytes, bytes]]
+            ] = await self._consumer.getmany(timeout_ms=200, max_records=self._max_records)
+            for message in heapq.merge(*batches.values(), key=lambda m: m.timestamp):
+                self._apply(message)
+            async with self._progress:
+                self._progress.notify_all()
+            if not self._rebuilt.is_set() and self._reached(target):
+                self._rebuilt.set()
+                log.info("story index rebuilt", observed=sum(self._read.values()))
+
+    async def wait_rebuilt(self) -> None:
+        await self._rebuilt.wait()
+
+    async def caught_up_with(self, records: Sequence[IncomingRecord]) -> None:
+        """Wait until this instance has read everything on the topic up to now, and at least
+        these records: the index then holds every story that came before them.
+        """
+        target = await self._end_offsets()
+        for record in records:
+            target[record.partition] = max(target.get(record.partition, 0), record.offset + 1)
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._reached(target))
+
+    def _apply(self, message: ConsumerRecord[bytes, bytes]) -> None:
+        self._read[message.partition] = message.offset + 1
+        try:
+            EventMeta.from_headers(message.headers)
+            article = decode_article(message.value)
+        except InvalidEvent:
+            self.skipped += 1  # the consumer group parks it on the DLQ
+            return
+        self._observe(article)
+
+    def _reached(self, target: dict[int, int]) -> bool:
+        return all(self._read.get(p, 0) >= offset for p, offset in target.items())
+
+    async def _end_offsets(self) -> dict[int, int]:
+        ends = await self._consumer.end_offsets(self._partitions)
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    async def _partitions_of_topic(self) -> set[int]:
+        for _ in range(100):
+            partitions = self._consumer.partitions_for_topic(self._topic)
+            if partitions:
+                return set(partitions)
+            await self._consumer.topics()  # refreshes the cluster metadata
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"topic {self._topic} has no partitions")

@@ -1,0 +1,65 @@
+"""Text as enrichment reads it: markup stripped, words normalised, stopwords dropped. No I/O."""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+
+from shared.events import Article
+
+WORD = re.compile(r"[^\W\d_][\w'\u2019-]*[^\W_]|[^\W\d_]", re.UNICODE)
+TAG = re.compile(r"<[^>]+>")
+_STOPWORDS = """
+a about above after again against all also am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further had has
+have having he her here hers herself him himself his how i if in into is it its itself just me more
+most my myself no nor not now of off on once only or other our ours out over own said same says she
+should so some such than that the their theirs them themselves then there these they this those
+through to too under until up very was we were what when where which while who whom why will with
+would you your yours monday tuesday wednesday thursday friday saturday sunday new told say year
+years week weeks day days one two three last first people per cent percent may might must shall
+"""
+STOPWORDS = frozenset(_STOPWORDS.split())
+
+
+def plain_text(body_html: str) -> str:
+    return html.unescape(TAG.sub(" ", body_html))
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form: `Économie` and `economie` are the same label."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _stem(word: str) -> str:
+    # Plural and possessive endings only: enough for "talks"/"talk", cheap and predictable.
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def words(text: str) -> list[str]:
+    """Every word, lower-cased: near-duplicate shingles are cut from these."""
+    return [w.lower().replace("\u2019", "'").removesuffix("'s") for w in WORD.findall(text)]
+
+
+def tokens(text: str) -> list[str]:
+    """Content words, stemmed: what the classifier and the related-story index count."""
+    return [_stem(w) for w in words(text) if len(w) > 2 and w not in STOPWORDS]
+
+
+def story_text(article: Article) -> str:
+    # The headline and summary say what a story is about; weight them above the body.
+    head = f"{article.headline} {article.subheadline or ''} {article.summary or ''}"
+    return f"{head} {head} {plain_text(article.body_html)} {' '.join(article.keywords)}"
+
+
+def full_text(article: Article) -> str:
+    """Headline, summary and body once each: what entities and shingles are read from."""
+    parts = [article.headline, article.subheadline or "", article.summary or ""]
+    parts.append(plain_text(article.body_html))
+    return "\n".join(p for p in parts if p)

@@ -1,0 +1,149 @@
+"""delivery's adapters against the real Redis and broker: the cache, the subscription store
+shared by instances, and the webhook sender pinned to the address the SSRF policy checked."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from services.delivery.adapters import (
+    AiohttpWebhookSender,
+    CachedStory,
+    KafkaSubscriptionStore,
+    RedisStoryCache,
+    webhook_session,
+)
+from services.delivery.domain import Subscription, SubscriptionRequest
+from shared.events import Topics
+from tests.receiver import WebhookReceiver
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver().start()
+    yield server
+    server.stop()
+
+
+def cached(
+    uri: str, section: str, at: float, withdrawn: bool = False, version: int = 1
+) -> CachedStory:
+    body = f'{{"uri":"{uri}","at":{at},"v":{version}}}'.encode()
+    return CachedStory(uri, section, at, withdrawn, body, section.title(), version)
+
+
+async def test_latest_is_newest_first_per_section_capped_and_paged(
+    redis: Redis, prefix: str
+) -> None:
+    cache = RedisStoryCache(redis, prefix, per_section=3)
+    await cache.apply([cached(f"urn:w{i}", "world", 1000 + i) for i in range(5)])
+    await cache.apply([cached("urn:s1", "sport", 2000)])
+
+    world, cursor = await cache.latest("world", 10)
+    assert [b'"urn:w4"' in v for v in world] == [True, False, False]
+    assert cursor is None
+    everything, _ = await cache.latest(None, 10)
+    assert len(everything) == 3 and everything[0].startswith(b'{"uri":"urn:s1"')
+    first, cursor = await cache.latest("world", 2)
+    second, end = await cache.latest("world", 2, cursor)
+    assert [v[:13] for v in first + second] == [b'{"uri":"urn:w'] * 3
+    assert len(set(first + second)) == 3 and end is None
+    assert await cache.story("urn:w4") is not None
+    assert {s["id"]: s["stories"] for s in await cache.sections()} == {"world": 3, "sport": 1}
+
+
+async def test_withdrawn_story_leaves_every_list_and_old_versions_never_win(
+    redis: Redis, prefix: str
+) -> None:
+    cache = RedisStoryCache(redis, prefix, per_section=10)
+    await cache.apply([cached("urn:a", "world", 1), cached("urn:b", "world", 2)])
+    await cache.apply([cached("urn:b", "world", 2, version=3)])
+    await cache.apply([cached("urn:b", "world", 2, version=2)])  # late, older: ignored
+    await cache.apply([cached("urn:a", "world", 1, withdrawn=True, version=2)])
+
+    assert await cache.story("urn:a") is None
+    assert b'"v":3' in (await cache.story("urn:b") or b"")
+    assert [b'"urn:a"' in v for v in (await cache.latest("world", 10))[0]] == [False]
+    assert [b'"urn:a"' in v for v in (await cache.latest(None, 10))[0]] == [False]
+
+
+async def test_a_story_moving_section_leaves_the_old_list(redis: Redis, prefix: str) -> None:
+    cache = RedisStoryCache(redis, prefix, per_section=10)
+    await cache.apply([cached("urn:a", "world", 1)])
+    await cache.apply([cached("urn:a", "politics", 1, version=2)])
+    assert (await cache.latest("world", 10))[0] == []
+    assert len((await cache.latest("politics", 10))[0]) == 1
+
+
+async def test_subscriptions_are_shared_by_instances_and_survive_a_restart(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    stores = [
+        KafkaSubscriptionStore(producer, kafka_bootstrap, topics.subscriptions, "urn:t")
+        for _ in range(2)
+    ]
+    tails = [asyncio.create_task(s.tail()) for s in stores]
+    try:
+        for store in stores:
+            await asyncio.wait_for(store.wait_caught_up(), 20)
+        kept = Subscription.create(SubscriptionRequest(url="https://p.example/a"))
+        gone = Subscription.create(SubscriptionRequest(url="https://p.example/b"))
+        await stores[0].add(kept)
+        await stores[0].add(gone)
+        assert await stores[0].remove(gone.id)
+
+        for _ in range(200):
+            if [s.id for s in await stores[1].all()] == [kept.id]:
+                break
+            await asyncio.sleep(0.05)
+        assert [s.id for s in await stores[1].all()] == [kept.id]
+        restarted = KafkaSubscriptionStore(producer, kafka_bootstrap, topics.subscriptions, "urn:t")
+        tails.append(asyncio.create_task(restarted.tail()))
+        await asyncio.wait_for(restarted.wait_caught_up(), 20)
+        assert await restarted.get(kept.id) == kept
+        assert await restarted.get(gone.id) is None
+    finally:
+        for tail in tails:
+            tail.cancel()
+        await asyncio.gather(*tails, return_exceptions=True)
+        await producer.stop()
+
+
+async def test_sender_connects_only_to_the_vetted_address(receiver: WebhookReceiver) -> None:
+    port = receiver.url.rsplit(":", 1)[1]
+    asked: list[str] = []
+
+    async def stub(host: str) -> list[str]:
+        asked.append(host)
+        return {"partner.test": ["127.0.0.1"], "evil.test": ["169.254.169.254"]}.get(host, [])
+
+    # Allowed (tests only): the name resolves through the stub and the request goes to that IP.
+    async with webhook_session(stub, allow_private=True) as session:
+        sender = AiohttpWebhookSender(session, timeout_s=5)
+        ok = await sender.post(f"http://partner.test:{port}/h", b"{}", {})
+        assert ok.status == 200 and receiver.received[0].headers["host"].startswith("partner.test")
+
+    # Refused at send time, before any connection (a DNS answer that changed since subscribing).
+    async with webhook_session(stub, allow_private=False) as session:
+        sender = AiohttpWebhookSender(session, timeout_s=5)
+        refused = await sender.post(f"http://evil.test:{port}/h", b"{}", {})
+        also = await sender.post(f"http://partner.test:{port}/h", b"{}", {})
+    assert refused.status is None and "non-public" in (refused.error or "")
+    assert also.status is None and "non-public" in (also.error or "")
+    assert len(receiver.received) == 1
+    assert asked == ["partner.test", "evil.test", "partner.test"]
