@@ -22,7 +22,6 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
@@ -103,6 +102,7 @@ class Stack:
             "NEWSFLOW_REDIS_KEY_PREFIX": self.prefix,
             "NEWSFLOW_INGEST_API_KEYS": API_KEY,
             "NEWSFLOW_ADMIN_TOKEN": ADMIN_TOKEN,
+            "NEWSFLOW_INGEST_RATE_LIMIT": "100000000",
             "NEWSFLOW_DELIVERY_ALLOW_PRIVATE_TARGETS": "true",
             "NEWSFLOW_LOG_FORMAT": "json",
             "NEWSFLOW_ENRICHMENT_GROUP_ID": f"{self.prefix}enrichment",
@@ -428,18 +428,3 @@ def cache_mismatches(stack: Stack, latest: dict[str, Enriched]) -> list[str]:
         if (status, version) != expected:
             wrong.append(f"{uri}: cache {status} v{version}, topic v{item.version}")
     return wrong
-
-
-def delivery_has_durable_retries() -> bool:
-    """True once the delivery branch (retry topics, subscriptions on a topic) is merged."""
-    from services.delivery.settings import DeliverySettings
-
-    return "delivery_retry_jitter" in DeliverySettings.model_fields
-
-
-needs_delivery_merge = pytest.mark.xfail(
-    not delivery_has_durable_retries(),
-    reason="needs the delivery branch: per-endpoint retries on Kafka retry topics and "
-    "subscriptions on a compacted topic (main retries in-process and keeps subscriptions in Redis)",
-    strict=True,
-)

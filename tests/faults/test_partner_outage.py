@@ -17,7 +17,6 @@ from tests.faults.harness import (
     Partner,
     Sent,
     Stack,
-    needs_delivery_merge,
     post_stories,
     stories,
 )
@@ -29,7 +28,6 @@ TIMEOUT_S = 1.0
 FAILING_S = 4.0  # 500s for this long, then no answer within the timeout for as long again
 
 
-@needs_delivery_merge
 def test_partner_fails_then_times_out_then_recovers(infra: Infra, partner: Partner) -> None:
     stack = Stack(
         infra,

@@ -61,37 +61,57 @@ async def send_poison(bootstrap: str, topics: list[str]) -> dict[str, set[bytes]
     return sent
 
 
-def test_poison_on_every_topic_is_parked_and_the_pipeline_goes_on(
+def test_poison_on_the_contract_topics_is_parked_and_the_pipeline_goes_on(
     infra: Infra, partner: Partner
 ) -> None:
     stack = Stack(infra).start()
     try:
-        stack.subscribe(partner.url("all"), [])
-        every = [spec.name for spec in stack.topics.all()]
-        dlqs = [name for name in every if ".dlq." in name]
-        # Every topic a service consumes; the attempt log is written, never read, by newsflow.
-        targets = [name for name in every if name not in dlqs and name != stack.topics.attempts]
-        poisoned = asyncio.run(send_poison(stack.kafka, targets))
-
-        sent = Sent()
-        asyncio.run(post_stories(stack.url("ingest"), stories("poison", 20), sent))
-        partner.wait(
-            lambda: {(h.uri, h.version) for h in partner.delivered("all")} >= set(sent.accepted),
-            within_s=60,
-            what="stories after the poison delivered",
-        )
-        parked: set[bytes] = set()
-        for dlq in dlqs:
-            parked |= {
-                key
-                for key, _, _ in asyncio.run(read_topic(stack.kafka, dlq, quiet_s=2))
-                if key is not None
-            }
-        for topic, keys in poisoned.items():
-            print(f"{topic}: {len(keys & parked)}/{len(keys)} poison records parked")
-        missing = {t: sorted(k - parked) for t, k in poisoned.items() if k - parked}
-        assert missing == {}, f"poison not parked on any DLQ: {missing}"
-        for name in ("ingest", "enrichment", "delivery"):
-            stack.wait_ready(name, timeout=5)
+        check_poison(stack, partner, [stack.topics.ingested, stack.topics.enriched])
     finally:
         stack.stop()
+
+
+@pytest.mark.xfail(
+    reason="found by this test: a poison record on the subscriptions topic stops delivery's "
+    "subscription reader (adapters.py `tail`, ValidationError) and the service exits; poison on "
+    "the outbox and retry topics is logged 'unreadable job skipped' and dropped, not parked",
+    strict=True,
+)
+def test_poison_on_delivery_internal_topics_is_parked(infra: Infra, partner: Partner) -> None:
+    stack = Stack(infra).start()
+    try:
+        every = [spec.name for spec in stack.topics.all()]
+        internal = [
+            name
+            for name in every
+            if ".dlq." not in name
+            and name not in (stack.topics.ingested, stack.topics.enriched, stack.topics.attempts)
+        ]
+        check_poison(stack, partner, internal)
+    finally:
+        stack.stop()
+
+
+def check_poison(stack: Stack, partner: Partner, targets: list[str]) -> None:
+    """Poison on `targets`, then stories: the stories arrive and every poison record is on a
+    DLQ; the services stay ready."""
+    stack.subscribe(partner.url("all"), [])
+    dlqs = [spec.name for spec in stack.topics.all() if ".dlq." in spec.name]
+    poisoned = asyncio.run(send_poison(stack.kafka, targets))
+    sent = Sent()
+    asyncio.run(post_stories(stack.url("ingest"), stories("poison", 20), sent))
+    partner.wait(
+        lambda: {(h.uri, h.version) for h in partner.delivered("all")} >= set(sent.accepted),
+        within_s=60,
+        what="stories after the poison delivered",
+    )
+    for name in ("ingest", "enrichment", "delivery"):
+        stack.wait_ready(name, timeout=5)
+    parked: set[bytes] = set()
+    for dlq in dlqs:
+        records = asyncio.run(read_topic(stack.kafka, dlq, quiet_s=2))
+        parked |= {key for key, _, _ in records if key is not None}
+    for topic, keys in poisoned.items():
+        print(f"\n{topic}: {len(keys & parked)}/{len(keys)} poison records parked", end="")
+    missing = {t: sorted(k - parked) for t, k in poisoned.items() if k - parked}
+    assert missing == {}, f"poison not parked on any DLQ: {missing}"

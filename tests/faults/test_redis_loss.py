@@ -20,7 +20,6 @@ from tests.faults.harness import (
     cache_mismatches,
     enriched_stories,
     latest_versions,
-    needs_delivery_merge,
     post_stories,
     stories,
 )
@@ -28,7 +27,6 @@ from tests.faults.harness import (
 pytestmark = pytest.mark.faults
 
 
-@needs_delivery_merge
 def test_redis_flushed_and_restarted_mid_stream(infra: Infra, partner: Partner) -> None:
     stack = Stack(infra).start()
     try:
