@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +54,33 @@ def configuration_markdown() -> str:
 
 def _table(settings: type[BaseSettings], skip: set[str]) -> list[str]:
     rows = ["| variable | type | default | meaning |", "|---|---|---|---|"]
+    comments = _comments(settings)
     for field_name, field in settings.model_fields.items():
         if field_name in skip:
             continue
+        meaning = field.description or comments.get(field_name, "")
         rows.append(
             f"| `NEWSFLOW_{field_name.upper()}` | {_type(field)} | {_default(field)} | "
-            f"{(field.description or '').replace('|', '/')} |"
+            f"{meaning.replace('|', '/')} |"
         )
     return rows
+
+
+def _comments(settings: type[BaseSettings]) -> dict[str, str]:
+    """The `# ...` lines right above each field in the class source: the settings' own notes."""
+    found: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(settings).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("# ").strip())
+        elif match := re.match(r"^([a-z_][a-z0-9_]*)\s*:", stripped):
+            if pending:
+                found[match.group(1)] = " ".join(pending)
+            pending = []
+        else:
+            pending = []
+    return found
 
 
 def _type(field: FieldInfo) -> str:

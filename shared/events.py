@@ -5,8 +5,11 @@ Partners and internal teams build on exactly what is here; changing a field is a
 
 from __future__ import annotations
 
+import re
+import secrets
 import uuid
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -240,6 +243,11 @@ class EventMeta:
 
     @classmethod
     def new(cls, event_type: str, source: str, **extensions: str) -> EventMeta:
+        """A new event; inside a traced request or record it carries `traceparent` (a child
+        span of that trace), so one story can be followed across the services."""
+        parent = current_traceparent.get()
+        if parent is not None and "traceparent" not in extensions:
+            extensions["traceparent"] = child_of(parent)
         return cls(
             id=str(uuid.uuid4()),
             source=source,
@@ -288,6 +296,31 @@ class EventMeta:
             time=time,
             extensions=extensions,
         )
+
+
+# --- Trace context: the W3C `traceparent`, carried as the CloudEvents extension `ce_traceparent` --
+
+TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+INVALID_TRACE = "0" * 32
+# The trace of the request or record being handled; set by the HTTP middleware and per record.
+current_traceparent: ContextVar[str | None] = ContextVar("current_traceparent", default=None)
+
+
+def new_traceparent() -> str:
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def child_of(traceparent: str | None) -> str:
+    """The same trace with a new span id; a fresh trace when the parent is absent or invalid."""
+    match = TRACEPARENT.match(traceparent or "")
+    if not match or match.group(1) == INVALID_TRACE:
+        return new_traceparent()
+    return f"00-{match.group(1)}-{secrets.token_hex(8)}-{match.group(3)}"
+
+
+def trace_id(traceparent: str | None) -> str | None:
+    match = TRACEPARENT.match(traceparent or "")
+    return match.group(1) if match else None
 
 
 class InvalidEvent(ValueError):

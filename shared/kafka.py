@@ -34,18 +34,24 @@ def make_producer(settings: NewsflowSettings) -> AIOKafkaProducer:
     )
 
 
-def make_consumer(settings: NewsflowSettings, topic: str, group_id: str) -> AIOKafkaConsumer:
-    """A group member that commits by hand, only once its work is durable."""
+def make_consumer(
+    settings: NewsflowSettings, topic: str, group_id: str, **options: Any
+) -> AIOKafkaConsumer:
+    """A group member that commits by hand, only once its work is durable (`options` override
+    the defaults, e.g. `fetch_max_wait_ms`)."""
     return AIOKafkaConsumer(
         topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=500,
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=3_000,
+        **{
+            "bootstrap_servers": settings.kafka_bootstrap_servers,
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_poll_records": 500,
+            "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+            "session_timeout_ms": 10_000,
+            "heartbeat_interval_ms": 3_000,
+            **options,
+        },
     )
 
 
@@ -79,9 +85,15 @@ class IncomingRecord:
 class DeadLetters:
     """Parks poison records on `<topic>.dlq.v1`: original key, value and headers plus the error."""
 
-    def __init__(self, producer: AIOKafkaProducer, dlq_topic_of: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        dlq_topic_of: Callable[[str], str],
+        metrics: ConsumerMetrics | None = None,
+    ) -> None:
         self._producer = producer
         self._dlq_topic_of = dlq_topic_of
+        self._metrics = metrics
 
     async def park(self, record: ConsumerRecord[bytes, bytes] | IncomingRecord, error: str) -> None:
         headers = list(record.headers) + error_headers(
@@ -90,6 +102,8 @@ class DeadLetters:
         await self._producer.send_and_wait(
             self._dlq_topic_of(record.topic), record.value, key=record.key, headers=headers
         )
+        if self._metrics:
+            self._metrics.parked.labels(record.topic).inc()
         log.warning(
             "record parked on DLQ",
             topic=record.topic,
@@ -129,8 +143,6 @@ async def consume_forever(
                     meta = EventMeta.from_headers(message.headers)
                 except InvalidEvent as exc:
                     await dead_letters.park(message, str(exc))
-                    if metrics:
-                        metrics.parked.labels(message.topic).inc()
                     continue
                 records.append(_incoming(message, meta))
             await handle(records)
@@ -144,14 +156,13 @@ async def consume_forever(
             continue
         await consumer.commit()
         if metrics:
-            await _observe(consumer, records, metrics)
+            for record in records:
+                metrics.consumed.labels(record.topic).inc()
+            await observe_lag(consumer, metrics)
 
 
-async def _observe(
-    consumer: AIOKafkaConsumer, records: list[IncomingRecord], metrics: ConsumerMetrics
-) -> None:
-    for record in records:
-        metrics.consumed.labels(record.topic).inc()
+async def observe_lag(consumer: AIOKafkaConsumer, metrics: ConsumerMetrics) -> None:
+    """Lag per assigned partition: the broker's high watermark minus our position."""
     for tp in consumer.assignment():
         highwater = consumer.highwater(tp)
         if highwater is not None:

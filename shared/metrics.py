@@ -6,16 +6,19 @@ Names follow `newsflow_<service>_<what>_<unit>`; each app has its own registry.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.tracing import traced
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def instrument_http(app: FastAPI, registry: CollectorRegistry, service: str) -> None:
-    """A latency histogram per route template (never per raw path: uris would explode it)."""
+    """Every request: a latency histogram per route template (never per raw path: uris would
+    explode it), and its trace (the caller's `traceparent`, or a new one) in logs and events."""
     latency = Histogram(
         f"newsflow_{service}_http_request_seconds",
         "HTTP request latency by route and status",
@@ -23,18 +26,40 @@ def instrument_http(app: FastAPI, registry: CollectorRegistry, service: str) -> 
         buckets=LATENCY_BUCKETS,
         registry=registry,
     )
+    app.add_middleware(ObservedRequests, latency=latency)
 
-    @app.middleware("http")
-    async def observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+
+class ObservedRequests:
+    """Plain ASGI middleware (cheaper on the hot path than `BaseHTTPMiddleware`)."""
+
+    def __init__(self, app: ASGIApp, latency: Histogram) -> None:
+        self.app = app
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        latency.labels(request.method, route, str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        return response
+        status = 500
+        incoming = dict(scope["headers"]).get(b"traceparent", b"").decode("latin-1")
+        with traced(incoming or None) as current:
+
+            async def send_traced(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    message.setdefault("headers", [])
+                    message["headers"] = [*message["headers"], (b"traceparent", current.encode())]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_traced)
+            finally:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                self.latency.labels(scope["method"], route, str(status)).observe(
+                    time.perf_counter() - started
+                )
 
 
 class ConsumerMetrics:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import re
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -12,30 +10,19 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from fastapi import FastAPI
 
-from shared.events import EventMeta
+from shared.events import (
+    EventMeta,
+    child_of,
+    current_traceparent,
+    new_traceparent,
+    trace_id,
+)
+from shared.settings import NewsflowSettings
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
-TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
-INVALID_TRACE = "0" * 32
-
-
-def new_traceparent() -> str:
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
-
-
-def child_of(traceparent: str | None) -> str:
-    """The same trace with a new span id; a fresh trace when the parent is absent or invalid."""
-    match = TRACEPARENT.match(traceparent or "")
-    if not match or match.group(1) == INVALID_TRACE:
-        return new_traceparent()
-    return f"00-{match.group(1)}-{secrets.token_hex(8)}-{match.group(3)}"
-
-
-def trace_id(traceparent: str | None) -> str | None:
-    match = TRACEPARENT.match(traceparent or "")
-    return match.group(1) if match else None
+__all__ = ["child_of", "new_traceparent", "trace_id"]
 
 
 def traceparent_of(meta: EventMeta) -> str | None:
@@ -43,11 +30,22 @@ def traceparent_of(meta: EventMeta) -> str | None:
 
 
 @contextmanager
+def traced(traceparent: str | None, **fields: Any) -> Iterator[str]:
+    """Runs the block in `traceparent`'s trace (a new one if absent): events created inside
+    carry it on, and every log line inside has its `trace_id` (and `fields`)."""
+    current = child_of(traceparent)
+    token = current_traceparent.set(current)
+    try:
+        with structlog.contextvars.bound_contextvars(trace_id=trace_id(current), **fields):
+            yield current
+    finally:
+        current_traceparent.reset(token)
+
+
+@contextmanager
 def record_context(meta: EventMeta, **fields: Any) -> Iterator[None]:
-    """Every log line inside carries the record's event id and trace id (and `fields`)."""
-    with structlog.contextvars.bound_contextvars(
-        event_id=meta.id, trace_id=trace_id(traceparent_of(meta)), **fields
-    ):
+    """Handling one consumed record: its trace, event id (and `fields`) in every log line."""
+    with traced(traceparent_of(meta), event_id=meta.id, **fields):
         yield
 
 
@@ -80,3 +78,12 @@ def setup_opentelemetry(
     provider.add_span_processor(BatchSpanProcessor(exporter))
     FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
     app.state.tracer_provider = provider
+
+
+def with_tracing(app: FastAPI, settings: NewsflowSettings) -> FastAPI:
+    """The app, with OpenTelemetry spans when the settings turn them on."""
+    service = app.title.removeprefix("newsflow ").strip() or "app"
+    setup_opentelemetry(
+        app, service, enabled=settings.otel_enabled, endpoint=settings.otel_endpoint
+    )
+    return app

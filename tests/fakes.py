@@ -28,7 +28,7 @@ class FakeLedger:
     def __init__(self) -> None:
         self.entries: dict[str, LedgerEntry] = {}
 
-    async def get(self, uri: str) -> LedgerEntry | None:
+    async def get(self, uri: str, with_article: bool = True) -> LedgerEntry | None:
         return self.entries.get(uri)
 
     async def put(self, uri: str, entry: LedgerEntry) -> None:

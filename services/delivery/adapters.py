@@ -20,15 +20,14 @@ from redis.asyncio import Redis
 from services.delivery.domain import (
     Answer,
     Job,
-    Resolver,
     Subscription,
-    check_addresses,
     fanout_headers,
     tier_for,
 )
-from shared.events import DeliveryAttempt, EventMeta, Headers, Topics, encode
+from shared.events import DeliveryAttempt, EventMeta, EventType, Headers, Topics, encode
 from shared.logging import get_logger
 from shared.redis import raw, text
+from shared.ssrf import Resolver, check_addresses
 
 log = get_logger(__name__)
 
@@ -60,6 +59,7 @@ class RedisStoryCache:
         self._redis = redis
         self._prefix = f"{key_prefix}cache:"
         self._per_section = per_section
+        self._page = redis.register_script(self._PAGE)
 
     def _story_key(self, uri: str) -> str:
         return f"{self._prefix}story:{uri}"
@@ -119,22 +119,32 @@ class RedisStoryCache:
     async def is_built(self) -> bool:
         return bool(await self._redis.exists(self._prefix + "built"))
 
+    # One round trip per page: the newest uris before the cursor, then their stories.
+    _PAGE = """
+    local found = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES',
+                             'LIMIT', 0, tonumber(ARGV[2]) + 1)
+    local reply = {}
+    local n = math.min(#found / 2, tonumber(ARGV[2]))
+    for i = 1, n do
+        reply[#reply + 1] = redis.call('GET', ARGV[3] .. found[2 * i - 1]) or false
+    end
+    local more = ''
+    if #found / 2 > n then more = found[2 * n] end
+    reply[#reply + 1] = more
+    return reply
+    """
+
     async def latest(
         self, section_id: str | None, limit: int, before: float | None = None
     ) -> tuple[list[bytes], float | None]:
         """Newest first; `before` is the cursor (exclusive). Returns the stories and the next
         cursor (None at the end)."""
         key = self._latest_key(section_id or self.ALL)
-        high: str | float = "+inf" if before is None else f"({before!r}"
-        found = await self._redis.zrevrangebyscore(
-            key, high, "-inf", start=0, num=limit + 1, withscores=True
-        )
-        page = found[:limit]
-        if not page:
-            return [], None
-        values = await self._redis.mget([self._story_key(text(entry[0])) for entry in page])
-        cursor = float(page[-1][1]) if len(found) > limit else None
-        return [raw(v) for v in values if v is not None], cursor
+        high = "+inf" if before is None else f"({before!r}"
+        reply = await self._page(keys=[key], args=[high, limit, self._prefix + "story:"])
+        *values, more = reply
+        cursor = float(more) if more else None
+        return [raw(v) for v in values if v], cursor
 
     async def story(self, uri: str) -> bytes | None:
         value = await self._redis.get(self._story_key(uri))
@@ -300,8 +310,9 @@ class _Coalescer:
 class RedisDeliveryState:
     """What delivery remembers per subscription in Redis, under `<prefix>delivery:`:
 
-    - `pending:<sub>:<uri>`   sorted set of versions queued and not yet settled (order guard)
-    - `got:<uri>`             set of subscription ids that received the story (withdrawals)
+    - `pending:<uri>:<version>`  set of subscription ids this version is queued for and not yet
+                                 settled (the order guard: one write per version, not per job)
+    - `got:<uri>`             set of subscription ids the story was sent to (withdrawals)
     - `attempts:<sub>`        newest-first list of attempt records (capped)
     - `dead:<sub>`            hash webhook id -> job JSON of messages whose attempts ran out
     - `embargo`               sorted set story record -> release time (epoch s)
@@ -315,29 +326,38 @@ class RedisDeliveryState:
         self._attempts_kept = attempts_kept
         self._coalesced = _Coalescer(redis)
 
-    def _pending(self, subscription_id: str, uri: str) -> str:
-        return f"{self._prefix}pending:{subscription_id}:{uri}"
+    def _pending(self, uri: str, version: int) -> str:
+        return f"{self._prefix}pending:{uri}:{version}"
 
     async def queued(self, jobs: Sequence[Job]) -> None:
+        """Marks jobs as queued: per story version, one set of subscription ids; versions that
+        are not withdrawals also count as sent to those subscriptions."""
         if not jobs:
             return
+        versions: dict[tuple[str, int], list[Job]] = {}
+        for job in jobs:
+            versions.setdefault((job.story_uri, job.version), []).append(job)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                key = self._pending(job.subscription_id, job.story_uri)
-                pipe.zadd(key, {str(job.version): job.version})
+            for (uri, version), group in versions.items():
+                key = self._pending(uri, version)
+                pipe.sadd(key, *(j.subscription_id for j in group))
                 pipe.expire(key, self.PENDING_TTL_S)
+                if group[0].event_type is not EventType.WITHDRAWN:
+                    pipe.sadd(f"{self._prefix}got:{uri}", *(j.subscription_id for j in group))
+                    pipe.expire(f"{self._prefix}got:{uri}", 30 * 86_400)
             await pipe.execute()
 
     async def oldest_pending(self, job: Job) -> int | None:
-        """The lowest version of this story still queued for this subscription."""
-        key = self._pending(job.subscription_id, job.story_uri)
+        """The lowest earlier version of this story still queued for this subscription."""
+        earlier = list(range(1, job.version))
 
         def ops(pipe: Any) -> int:
-            pipe.zrange(key, 0, 0, withscores=True)
-            return 1
+            for version in earlier:
+                pipe.sismember(self._pending(job.story_uri, version), job.subscription_id)
+            return len(earlier)
 
-        [found] = await self._coalesced.run(ops)
-        return int(found[0][1]) if found else None
+        found = await self._coalesced.run(ops) if earlier else []
+        return next((v for v, queued in zip(earlier, found, strict=True) if queued), None)
 
     async def settled(
         self, job: Job, attempt: DeliveryAttempt | None, delivered: bool, dead: bool
@@ -345,12 +365,8 @@ class RedisDeliveryState:
         """The job leaves the order guard; its attempt and fate are kept (coalesced)."""
 
         def ops(pipe: Any) -> int:
-            pipe.zrem(self._pending(job.subscription_id, job.story_uri), str(job.version))
+            pipe.srem(self._pending(job.story_uri, job.version), job.subscription_id)
             count = 1
-            if delivered:
-                pipe.sadd(f"{self._prefix}got:{job.story_uri}", job.subscription_id)
-                pipe.expire(f"{self._prefix}got:{job.story_uri}", 30 * 86_400)
-                count += 2
             if dead:
                 dead_key = f"{self._prefix}dead:{job.subscription_id}"
                 pipe.hset(dead_key, job.message_id, job.to_json())

@@ -33,24 +33,23 @@ from services.delivery.adapters import (
 from services.delivery.domain import (
     Breaker,
     Job,
-    Resolver,
     RotationRequest,
     StoryCache,
     Subscription,
     SubscriptionRequest,
     SubscriptionStore,
     SubscriptionUpdate,
-    TargetRefused,
     endpoint_of,
     judge,
     new_secret,
     ping_body,
     render,
     should_hop,
-    vet_target,
     webhook_headers,
 )
+from services.delivery.ops_page import add_ops_routes, sample_forever
 from services.delivery.settings import DeliverySettings
+from services.delivery.status_page import Pulse
 from shared.events import (
     RETRY_TIERS_S,
     DeliveryAttempt,
@@ -61,9 +60,12 @@ from shared.events import (
     decode_story,
 )
 from shared.http import BearerTokens, Problem, add_health_routes, install_problem_handlers
-from shared.kafka import DeadLetters, IncomingRecord
+from shared.kafka import DeadLetters, IncomingRecord, observe_lag
 from shared.logging import get_logger
+from shared.metrics import ConsumerMetrics
 from shared.serve import background
+from shared.ssrf import Resolver, TargetRefused, vet_target
+from shared.tracing import record_context
 
 log = get_logger(__name__)
 
@@ -83,9 +85,14 @@ class DeliveryMetrics:
         self.cached = Counter(
             "newsflow_delivery_cache_writes", "Stories written to the cache", registry=self.registry
         )
-        self.parked = Counter(
-            "newsflow_delivery_parked_records", "Records sent to the DLQ", registry=self.registry
+        self.cache_reads = Counter(
+            "newsflow_delivery_cache_reads",
+            "Story lookups on the read API, by result (hit ratio = hit / all)",
+            ["result"],
+            registry=self.registry,
         )
+        # Lag of the story topic, and of the outbox and each retry tier: the retry backlog.
+        self.consumer = ConsumerMetrics(self.registry, "delivery")
         self.deferred = Counter(
             "newsflow_delivery_deferred_jobs",
             "Jobs put back without an attempt, by reason",
@@ -198,13 +205,14 @@ class StoryConsumer:
         ready: list[Outgoing] = []
         held: list[Outgoing] = []
         for record in records:
-            try:
-                item = _outgoing(record.value, record.meta.type)
-            except (InvalidEvent, ValueError) as exc:
-                self._metrics.parked.inc()
-                await self._dead_letters.park(record, str(exc))
-                continue
-            (held if _under_embargo(item, now) else ready).append(item)
+            with record_context(record.meta):
+                try:
+                    item = _outgoing(record.value, record.meta.type)
+                except (InvalidEvent, ValueError) as exc:
+                    await self._dead_letters.park(record, str(exc))
+                    continue
+                (held if _under_embargo(item, now) else ready).append(item)
+                log.debug("story received", article_uri=item.story.uri, version=item.story.version)
         await self._fanout.schedule_embargoed(held)
         await self._fanout.publish(ready)
 
@@ -220,16 +228,21 @@ async def release_embargoes(
 ) -> None:
     """Polls the embargo schedule; a story is cached and sent once its time has come."""
     while stop is None or not stop.is_set():
-        due = await state.due_embargoes(time.time())
-        if due:
-            items = []
-            for record in due:
-                found = json.loads(record)
-                items.append(_outgoing(found["story"].encode(), found["type"]))
-            await fanout.publish(await fanout.not_overtaken(items))
-            await state.released(due)
-            log.info("embargo lifted", stories=len(items))
-            continue
+        try:
+            due = await state.due_embargoes(time.time())
+            if due:
+                items = []
+                for record in due:
+                    found = json.loads(record)
+                    items.append(_outgoing(found["story"].encode(), found["type"]))
+                await fanout.publish(await fanout.not_overtaken(items))
+                await state.released(due)
+                log.info("embargo lifted", stories=len(items))
+                continue
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Redis or the broker away: the schedule is still there, try again
+            log.exception("embargo release failed; trying again")
         await asyncio.sleep(poll_s)
 
 
@@ -272,15 +285,19 @@ async def keep_cache_built(
 ) -> None:
     """Rebuilds the cache whenever it is found empty (at start, or Redis flushed/replaced)."""
     while True:
-        if not await cache.is_built():
-            async with lock:
-                started = time.perf_counter()
-                count = await rebuild()
-                await cache.mark_built()
-            log.info(
-                "cache rebuilt", stories=count, seconds=round(time.perf_counter() - started, 2)
-            )
-        built.set()
+        try:
+            if not await cache.is_built():
+                async with lock:
+                    started = time.perf_counter()
+                    count = await rebuild()
+                    await cache.mark_built()
+                seconds = round(time.perf_counter() - started, 2)
+                log.info("cache rebuilt", stories=count, seconds=seconds)
+            built.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Redis or the broker away: keep checking
+            log.exception("cache check failed; trying again")
         await asyncio.sleep(interval_s)
 
 
@@ -338,7 +355,7 @@ class Sender:
         self._tier_of: dict[str, int | None] = {topics.outbox: None}
         self._tier_of.update({topics.retry(t): t for t in RETRY_TIERS_S})
         self._slots = asyncio.Semaphore(settings.delivery_max_in_flight)
-        self._records = asyncio.Semaphore(settings.delivery_max_in_flight)
+        self._records = asyncio.Semaphore(settings.delivery_max_records_in_flight)
         self._per_endpoint: dict[str, _Gate] = {}
         self._breaker = Breaker(
             settings.delivery_breaker_failures, settings.delivery_breaker_cooldown_s
@@ -362,6 +379,7 @@ class Sender:
                     await self._take(tp, messages)
                 if time.monotonic() - last_commit >= self._settings.delivery_commit_interval_s:
                     await self._commit()
+                    await observe_lag(self._consumer, self._metrics.consumer)
                     last_commit = time.monotonic()
         finally:
             if self._tasks:
@@ -420,8 +438,7 @@ class Sender:
                 if hop is not None:
                     await self._queue.put(hop)
                     return
-                async with self._slots:
-                    await self._handle(job)
+                await self._handle(job)
                 return
             except asyncio.CancelledError:
                 raise
@@ -465,7 +482,8 @@ class Sender:
             # Deleted, paused or disabled: not sent; `recover` re-sends what was missed.
             await self._state.settled(job, None, delivered=False, dead=False)
             return
-        oldest = await self._state.oldest_pending(job)
+        # Version 1 has nothing before it; later versions wait for any older one still queued.
+        oldest = None if job.version <= 1 else await self._state.oldest_pending(job)
         if oldest is not None and oldest < job.version:
             await self._defer(job, self._settings.delivery_order_recheck_s, "order")
             return
@@ -476,7 +494,7 @@ class Sender:
             return
         limit = self._settings.delivery_per_endpoint_in_flight
         gate = self._per_endpoint.setdefault(endpoint, _Gate(asyncio.Semaphore(limit)))
-        if gate.waiting >= 2 * limit:
+        if gate.waiting >= self._settings.delivery_per_endpoint_queue:
             # A backlog for this endpoint: park the job on a retry tier, keep the slot free.
             await self._defer(job, 1.0, "endpoint_busy")
             return
@@ -486,7 +504,9 @@ class Sender:
         finally:
             gate.waiting -= 1
         try:
-            await self._attempt(subscription, job, endpoint)
+            # The global cap counts requests on the wire, not jobs queued for a slow endpoint.
+            async with self._slots:
+                await self._attempt(subscription, job, endpoint)
         finally:
             gate.semaphore.release()
 
@@ -748,6 +768,29 @@ class DeliveryDeps:
 DepsFactory = Callable[[DeliveryMetrics], AbstractAsyncContextManager[DeliveryDeps]]
 
 
+class DepsStatus:
+    """What the /ops page reads, from the service's own ports."""
+
+    def __init__(self, deps: DeliveryDeps) -> None:
+        self._deps = deps
+
+    async def subscriptions(self) -> list[Subscription]:
+        return await self._deps.subscriptions.all()
+
+    async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
+        return await self._deps.operations.attempts(subscription_id, limit)
+
+    async def dead_letters(self, subscription_id: str) -> int:
+        return len(await self._deps.operations.dead_letters(subscription_id))
+
+    async def sections(self) -> list[str]:
+        return [str(section["id"]) for section in await self._deps.cache.sections()]
+
+    async def latest(self, section_id: str, limit: int) -> list[bytes]:
+        stories, _ = await self._deps.cache.latest(section_id, limit, None)
+        return stories
+
+
 def get_deps(request: Request) -> DeliveryDeps:
     deps: DeliveryDeps = request.app.state.deps
     return deps
@@ -780,6 +823,8 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
             app.state.deps = deps
             for i, work in enumerate(deps.background):
                 tasks.append(await stack.enter_async_context(background(work, f"delivery-{i}")))
+            sampler = sample_forever(pulse, metrics.registry, "delivery")
+            await stack.enter_async_context(background(sampler, "status-sampler"))
             yield
 
     app = FastAPI(
@@ -797,6 +842,8 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         return deps is not None and running and await deps.ready()
 
     add_health_routes(app, metrics.registry, is_ready)
+    pulse = Pulse()
+    add_ops_routes(app, settings.admin_token, lambda r: DepsStatus(get_deps(r)), pulse)
 
     async def vetted(url: str, deps: DeliveryDeps) -> None:
         try:
@@ -987,6 +1034,7 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
     ) -> Response:
         """One story by its uri (URL-encoded); 404 when unknown or withdrawn."""
         body = await deps.cache.story(uri)
+        metrics.cache_reads.labels("miss" if body is None else "hit").inc()
         if body is None:
             raise Problem(404, "unknown_story", f"no live story with uri {uri}")
         return _etagged(body, if_none_match, settings.cache_max_age_s)

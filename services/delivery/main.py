@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -34,11 +35,20 @@ from services.delivery.app import (
     rebuild_cache,
     release_embargoes,
 )
-from services.delivery.domain import Resolver
 from services.delivery.settings import DeliverySettings
 from shared.kafka import DeadLetters, consume_forever, make_consumer, make_producer
 from shared.logging import configure_logging
 from shared.serve import serve
+from shared.ssrf import Resolver
+from shared.tracing import with_tracing
+
+
+def _consumer(settings: DeliverySettings, topic: str, group_id: str) -> AIOKafkaConsumer:
+    # A short fetch wait: jobs should go out at once, and a fetch over many partitions may
+    # otherwise be held for the broker's whole max wait.
+    return make_consumer(
+        settings, topic, group_id, fetch_max_wait_ms=settings.delivery_fetch_max_wait_ms
+    )
 
 
 def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -> DepsFactory:
@@ -55,8 +65,10 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
             subscriptions = KafkaSubscriptionStore(
                 producer, settings.kafka_bootstrap_servers, topics.subscriptions, source
             )
-            stories = make_consumer(settings, topics.enriched, settings.delivery_group_id)
-            jobs = make_consumer(settings, topics.outbox, settings.delivery_sender_group_id)
+            # Groups carry the topic prefix too, so environments sharing a cluster stay apart.
+            group = settings.topic_prefix + settings.delivery_group_id
+            stories = _consumer(settings, topics.enriched, group)
+            jobs = _consumer(settings, topics.outbox, group + "-sender")
             session = await stack.enter_async_context(
                 webhook_session(resolve_host, settings.delivery_allow_private_targets)
             )
@@ -68,7 +80,7 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
             queue = KafkaJobQueue(producer, topics)
             events = KafkaSubscriptionEvents(producer, topics.subscription_events, source)
             attempt_log = KafkaAttemptLog(producer, topics.attempts, source)
-            dead_letters = DeadLetters(producer, topics.dlq)
+            dead_letters = DeadLetters(producer, topics.dlq, metrics.consumer)
             cache_lock = asyncio.Lock()
             fanout = Fanout(cache, cache_lock, subscriptions, state, queue, metrics)
             job_sender = Sender(
@@ -89,7 +101,10 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
                 await stories.start()
                 try:
                     await consume_forever(
-                        stories, StoryConsumer(fanout, dead_letters, metrics).handle, dead_letters
+                        stories,
+                        StoryConsumer(fanout, dead_letters, metrics).handle,
+                        dead_letters,
+                        metrics=metrics.consumer,
                     )
                 finally:
                     await stories.stop()
@@ -161,12 +176,14 @@ def create() -> FastAPI:
     """The app factory (`uvicorn --factory services.delivery.main:create --workers N`)."""
     settings = DeliverySettings()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings, deps_factory(settings))
+    return with_tracing(create_app(settings, deps_factory(settings)), settings)
 
 
 def main() -> None:
     settings = DeliverySettings()
     configure_logging(settings.log_level, settings.log_format)
     serve(
-        create_app(settings, deps_factory(settings)), settings.delivery_host, settings.delivery_port
+        with_tracing(create_app(settings, deps_factory(settings)), settings),
+        settings.delivery_host,
+        settings.delivery_port,
     )

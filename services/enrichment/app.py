@@ -19,7 +19,9 @@ from shared.events import EventMeta, Headers, InvalidEvent, decode_article, enco
 from shared.http import add_health_routes, install_problem_handlers
 from shared.kafka import DeadLetters, IncomingRecord, send_all
 from shared.logging import get_logger
+from shared.metrics import ConsumerMetrics
 from shared.serve import background
+from shared.tracing import record_context
 
 log = get_logger(__name__)
 
@@ -33,13 +35,17 @@ class EnrichmentMetrics:
             ["section", "method"],
             registry=self.registry,
         )
-        self.parked = Counter(
-            "newsflow_enrichment_parked_records", "Records sent to the DLQ", registry=self.registry
-        )
+        self.consumer = ConsumerMetrics(self.registry, "enrichment")
         self.latency = Histogram(
             "newsflow_enrichment_seconds",
             "Time to enrich one story (section, related lookup, entities)",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+            registry=self.registry,
+        )
+        self.lookup = Histogram(
+            "newsflow_enrichment_related_lookup_seconds",
+            "Time to find one story's related stories and duplicate in the index",
+            buckets=(0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1),
             registry=self.registry,
         )
         self.indexed = Gauge(
@@ -76,27 +82,28 @@ class Enricher:
         await self._feed.caught_up_with(records)
         sends: list[tuple[str, bytes | None, bytes, Headers]] = []
         for record in records:
-            try:
-                article = decode_article(record.value)
-            except InvalidEvent as exc:
-                self._metrics.parked.inc()
-                await self._dead_letters.park(record, str(exc))
-                continue
-            started = time.perf_counter()
-            story = self._enricher.enrich(article)
-            self._metrics.latency.observe(time.perf_counter() - started)
-            section = story.enrichment.section
-            self._metrics.stories.labels(section.id, section.method).inc()
-            meta = EventMeta.new(record.meta.type, self._source)
-            sends.append((self._output_topic, encode(story), story.uri.encode(), meta.to_headers()))
-            log.debug(
-                "story enriched",
-                article_uri=story.uri,
-                event_id=record.meta.id,
-                section=section.id,
-                related=len(story.enrichment.related),
-                duplicate_of=story.enrichment.duplicate_of,
-            )
+            with record_context(record.meta):
+                try:
+                    article = decode_article(record.value)
+                except InvalidEvent as exc:
+                    await self._dead_letters.park(record, str(exc))
+                    continue
+                started = time.perf_counter()
+                story = self._enricher.enrich(article, lookup_timer=self._metrics.lookup.observe)
+                self._metrics.latency.observe(time.perf_counter() - started)
+                section = story.enrichment.section
+                self._metrics.stories.labels(section.id, section.method).inc()
+                # Created in the record's trace, so the story carries its ce_traceparent on.
+                meta = EventMeta.new(record.meta.type, self._source)
+                value = encode(story)
+                sends.append((self._output_topic, value, story.uri.encode(), meta.to_headers()))
+                log.debug(
+                    "story enriched",
+                    article_uri=story.uri,
+                    section=section.id,
+                    related=len(story.enrichment.related),
+                    duplicate_of=story.enrichment.duplicate_of,
+                )
         self._metrics.indexed.set(len(self._enricher.index))
         await send_all(self._producer, sends)
 

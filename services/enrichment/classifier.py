@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,25 +44,30 @@ class SectionClassifier:
     def trained(self) -> bool:
         return bool(self._documents.sum())
 
-    def learn(self, terms: Iterable[str], section_id: str, *, weight: float = 1.0) -> None:
+    def learn(self, counts: Mapping[str, int], section_id: str, *, weight: float = 1.0) -> None:
+        """Learn one story, given how often each term occurs in it."""
         column = self._class_index.get(section_id)
         if column is None:
             return  # e.g. the fallback section: nothing to learn about a topic
-        for term, count in _features(terms).items():
+        rows = []
+        amounts = []
+        for term, count in _features(counts).items():
             row = self._vocabulary.get(term)
             if row is None:
                 row = self._vocabulary[term] = len(self._vocabulary)
-                if row >= len(self._counts):
-                    grown = np.zeros((len(self._counts) * 2, len(self.classes)))
-                    grown[: len(self._counts)] = self._counts
-                    self._counts = grown
-            self._counts[row, column] += count * weight
-            self._totals[column] += count * weight
+            rows.append(row)
+            amounts.append(count * weight)
+        if len(self._vocabulary) > len(self._counts):
+            grown = np.zeros((max(len(self._vocabulary), 2 * len(self._counts)), len(self.classes)))
+            grown[: len(self._counts)] = self._counts
+            self._counts = grown
+        self._counts[rows, column] += amounts
+        self._totals[column] += sum(amounts)
         self._documents[column] += 1
 
-    def predict(self, terms: Iterable[str]) -> Prediction | None:
+    def predict(self, counts: Mapping[str, int]) -> Prediction | None:
         """The likeliest section and a calibrated confidence; None when no term is known."""
-        features = _features(terms)
+        features = _features(counts)
         known = [(self._vocabulary[t], w) for t, w in features.items() if t in self._vocabulary]
         if not known or not self.trained:
             return None
@@ -85,5 +90,9 @@ class SectionClassifier:
         return Prediction(self.classes[best], float(probabilities[best]))
 
 
-def _features(terms: Iterable[str]) -> dict[str, float]:
-    return {t: 1.0 + math.log(c) for t, c in Counter(terms).items()}
+def _features(counts: Mapping[str, int]) -> dict[str, float]:
+    return {t: 1.0 + math.log(c) for t, c in counts.items()}
+
+
+def term_counts(terms: Iterable[str]) -> dict[str, int]:
+    return dict(Counter(terms))

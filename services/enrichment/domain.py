@@ -6,11 +6,12 @@ version on the ingested topic; `Enrichment.enrich` reads that state to enrich on
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from services.enrichment.classifier import SectionClassifier
+from services.enrichment.classifier import SectionClassifier, term_counts
 from services.enrichment.index import IndexSettings, StoryIndex
 from services.enrichment.taxonomy import Section, Taxonomy
 from services.enrichment.text import story_text, tokens
@@ -39,12 +40,21 @@ class EnrichmentRules:
 
 
 def assign_section(
-    article: Article, taxonomy: Taxonomy, classifier: SectionClassifier, min_confidence: float
+    article: Article,
+    taxonomy: Taxonomy,
+    classifier: SectionClassifier,
+    min_confidence: float,
+    counts: Mapping[str, int] | None = None,
 ) -> SectionAssignment:
-    """The provider's hint when the taxonomy knows it, else the classifier, else the fallback."""
+    """The provider's hint when the taxonomy knows it, else the classifier, else the fallback.
+
+    `counts` are the story's term counts when already known (the index computed them).
+    """
     if article.section and (hinted := taxonomy.by_hint(article.section)):
         return SectionAssignment(id=hinted.id, name=hinted.name, confidence=1.0, method="provider")
-    prediction = classifier.predict(tokens(story_text(article)))
+    if counts is None:
+        counts = term_counts(tokens(story_text(article)))
+    prediction = classifier.predict(counts)
     if prediction is not None and prediction.confidence >= min_confidence:
         section = taxonomy.section(prediction.section_id)
         return SectionAssignment(
@@ -73,13 +83,15 @@ class StoryEnricher:
         for section in rules.taxonomy.sections:
             if section.keywords and section.id in rules.taxonomy.classes:
                 self.classifier.learn(
-                    tokens(" ".join(section.keywords)), section.id, weight=KEYWORD_WEIGHT
+                    term_counts(tokens(" ".join(section.keywords))),
+                    section.id,
+                    weight=KEYWORD_WEIGHT,
                 )
 
     def train(self, labelled: Iterable[tuple[Article, str]]) -> None:
         """Seed the classifier with labelled stories (the corpus shipped with the service)."""
         for article, section_id in labelled:
-            self.classifier.learn(tokens(story_text(article)), section_id)
+            self.classifier.learn(term_counts(tokens(story_text(article))), section_id)
 
     def observe(self, article: Article) -> None:
         """One article version from the ingested topic: index it, or drop it when withdrawn.
@@ -90,20 +102,38 @@ class StoryEnricher:
         if article.is_withdrawn:
             self.index.remove(article.uri)
             return
-        self.index.add(article)
+        features = self.index.add(article)
         if article.section and (hinted := self.rules.taxonomy.by_hint(article.section)):
-            self.classifier.learn(tokens(story_text(article)), hinted.id)
+            self.classifier.learn(features.term_counts, hinted.id)
 
-    def enrich(self, article: Article, now: datetime | None = None) -> Story:
+    def enrich(
+        self,
+        article: Article,
+        now: datetime | None = None,
+        lookup_timer: Callable[[float], None] | None = None,
+    ) -> Story:
+        """Enrich one version from the current state; `lookup_timer` gets the related lookup's
+        duration in seconds (a metric; the domain itself does no I/O).
+        """
         rules = self.rules
-        section = assign_section(
-            article, rules.taxonomy, self.classifier, rules.min_section_confidence
-        )
         if article.is_withdrawn:
+            section = assign_section(
+                article, rules.taxonomy, self.classifier, rules.min_section_confidence
+            )
             enrichment = Enrichment(section=section, enriched_at=now or datetime.now(UTC))
-            return Story(**article.model_dump(), enrichment=enrichment)
+            return _story(article, enrichment)
         features = self.index.features(article)
+        section = assign_section(
+            article,
+            rules.taxonomy,
+            self.classifier,
+            rules.min_section_confidence,
+            features.term_counts,
+        )
+        started = time.perf_counter()
         found = self.index.neighbours(article, rules.related_limit, rules.related_min_score)
+        if lookup_timer is not None:
+            lookup_timer(time.perf_counter() - started)
         related = [
             RelatedStory.model_validate(
                 {"uri": m.uri, "headline": m.headline, "url": m.url, "score": m.score}
@@ -122,4 +152,13 @@ class StoryEnricher:
             duplicate_of=found.duplicate_of,
             enriched_at=now or datetime.now(UTC),
         )
-        return Story(**article.model_dump(), enrichment=enrichment)
+        return _story(article, enrichment)
+
+
+def _story(article: Article, enrichment: Enrichment) -> Story:
+    # Both parts are already validated models: assembling them needs no second validation.
+    return Story.model_construct(
+        _fields_set=article.model_fields_set | {"enrichment"},
+        **dict(article),
+        enrichment=enrichment,
+    )

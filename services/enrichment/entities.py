@@ -180,9 +180,11 @@ def extract_entities(text: str) -> FoundEntities:
     orgs: dict[str, None] = {}
     for match in _CAPITALISED.finditer(text):
         name = _clean(match.group(0))
-        at_start = bool(_SENTENCE_START.search(text[: match.start()]))
+        at_start = bool(_SENTENCE_START.search(text[max(0, match.start() - 4) : match.start()]))
         for part in _split_on_gazetteer(name):
-            kind, canonical = _classify(part, text[: match.start()], at_start)
+            kind, canonical = _classify(
+                part, text[max(0, match.start() - 40) : match.start()], at_start
+            )
             if kind == "place":
                 places[canonical] = None
             elif kind == "org":

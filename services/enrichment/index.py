@@ -7,9 +7,11 @@ only its rarest terms, and documents carry their BM25 weights precomputed.
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections import Counter
-from dataclasses import dataclass
+import zlib
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +28,10 @@ NUM_PERM = 64
 _K1 = 1.2
 _B = 0.75
 _SHINGLE = 2
+_INDEXED_TERMS = 80
+_RECENT_WITH_TERMS = 20_000
+_SHINGLED_CHARS = 1500
+_ENTITY_CHARS = 2000
 # A teaser and a long article about one event share only a small part of the long one's weight;
 # the geometric mean of both self-scores forgives that, but never below this share of the larger.
 _LENGTH_MISMATCH_FLOOR = 0.7
@@ -54,7 +60,9 @@ class Features:
     time: float  # when the story first appeared (epoch seconds): orders stories the same way
     term_counts: dict[str, int]
     length: int
+    distinct: int
     entities: FoundEntities
+    entity_keys: frozenset[str]
     signature: npt.NDArray[np.uint32]
 
 
@@ -73,20 +81,50 @@ class Neighbours:
 
 
 class _Postings:
-    __slots__ = ("docs", "size", "weights")
+    """One term's stories and weights; appends go to a list, flushed to numpy in blocks."""
+
+    __slots__ = ("_docs", "_pending_docs", "_pending_weights", "_size", "_weights")
 
     def __init__(self) -> None:
-        self.docs: IntArray = np.empty(4, dtype=np.int64)
-        self.weights: FloatArray = np.empty(4, dtype=np.float64)
-        self.size = 0
+        self._docs: IntArray = np.zeros(0, dtype=np.int64)
+        self._weights: FloatArray = np.zeros(0)
+        self._size = 0
+        self._pending_docs: list[int] = []
+        self._pending_weights: list[float] = []
 
     def append(self, doc: int, weight: float) -> None:
-        if self.size == len(self.docs):
-            self.docs = np.resize(self.docs, self.size * 2)
-            self.weights = np.resize(self.weights, self.size * 2)
-        self.docs[self.size] = doc
-        self.weights[self.size] = weight
-        self.size += 1
+        self._pending_docs.append(doc)
+        self._pending_weights.append(weight)
+        if len(self._pending_docs) >= 64:
+            self._flush()
+
+    @property
+    def size(self) -> int:
+        return self._size + len(self._pending_docs)
+
+    def arrays(self) -> tuple[IntArray, FloatArray]:
+        if self._pending_docs:
+            self._flush()
+        return self._docs[: self._size], self._weights[: self._size]
+
+    def keep(self, alive: npt.NDArray[np.bool_]) -> int:
+        docs, weights = self.arrays()
+        mask = alive[docs]
+        self._docs, self._weights = docs[mask].copy(), weights[mask].copy()
+        self._size = len(self._docs)
+        return self._size
+
+    def _flush(self) -> None:
+        end = self._size + len(self._pending_docs)
+        if end > len(self._docs):
+            capacity = max(end, 2 * len(self._docs))
+            self._docs = np.resize(self._docs, capacity)
+            self._weights = np.resize(self._weights, capacity)
+        self._docs[self._size : end] = self._pending_docs
+        self._weights[self._size : end] = self._pending_weights
+        self._size = end
+        self._pending_docs.clear()
+        self._pending_weights.clear()
 
 
 class Shingler:
@@ -96,9 +134,12 @@ class Shingler:
         self.permutations = MinHash(num_perm=NUM_PERM, seed=1).permutations
 
     def signature(self, text: str) -> npt.NDArray[np.uint32]:
-        seq = words(text)
+        # A re-sent wire story repeats its opening; the first words are enough to know it.
+        seq = words(text[:_SHINGLED_CHARS])
         shingles = {" ".join(seq[i : i + _SHINGLE]) for i in range(max(1, len(seq) - 1))}
-        minhash = MinHash(num_perm=NUM_PERM, permutations=self.permutations, scheme="affine32")
+        minhash = MinHash(
+            num_perm=NUM_PERM, permutations=self.permutations, scheme="affine32", hashfunc=_crc32
+        )
         minhash.update_batch([s.encode() for s in shingles])
         return np.asarray(minhash.hashvalues, dtype=np.uint32)
 
@@ -106,15 +147,19 @@ class Shingler:
 def features_of(article: Article, shingler: Shingler) -> Features:
     counts = Counter(tokens(story_text(article)))
     text = full_text(article)
+    entities = extract_entities(text[:_ENTITY_CHARS])
     return Features(
         uri=article.uri,
         version=article.version,
         headline=article.headline,
         url=str(article.url) if article.url else None,
         time=(article.firstcreated or article.versioncreated).timestamp(),
-        term_counts=dict(counts),
+        # The story's most frequent terms (headline and summary count twice, so they are in).
+        term_counts=dict(counts.most_common(_INDEXED_TERMS)),
         length=sum(counts.values()),
-        entities=extract_entities(text),
+        distinct=len(counts),
+        entities=entities,
+        entity_keys=entities.keys,
         signature=shingler.signature(text),
     )
 
@@ -130,6 +175,8 @@ class StoryIndex:
     def _reset(self) -> None:
         self._terms: dict[str, int] = {}
         self._postings: list[_Postings] = []
+        # Postings per term, dead ones included: only a cheap guess at how common a term is.
+        self._postings_per_term: IntArray = np.zeros(1024, dtype=np.int64)
         self._slots: dict[str, int] = {}  # uri -> slot of its live version
         self._features: list[Features | None] = []
         self._times: FloatArray = np.zeros(1024)
@@ -137,6 +184,8 @@ class StoryIndex:
         self._alive: npt.NDArray[np.bool_] = np.zeros(1024, dtype=bool)
         self._dead = 0
         self._newest = -math.inf
+        self._recent: OrderedDict[str, Features] = OrderedDict()
+        self._by_age: list[tuple[float, int]] = []  # (first time, slot), dead ones left lazily
         self._lsh = MinHashLSH(threshold=self.settings.duplicate_similarity, num_perm=NUM_PERM)
 
     def __len__(self) -> int:
@@ -149,14 +198,18 @@ class StoryIndex:
         """The indexed features of this exact version if held, else computed fresh."""
         slot = self._slots.get(article.uri)
         if slot is not None:
-            held = self._features[slot]
+            held = self._recent.get(article.uri)
             if held is not None and held.version == article.version:
                 return held
+            slim = self._features[slot]
+            if slim is not None and slim.version == article.version:
+                fresh = features_of(article, self.shingler)
+                return _with_time(fresh, slim.time)  # keeps the first time of a corrected story
         return features_of(article, self.shingler)
 
     # --- keeping it current -------------------------------------------------------------------
 
-    def add(self, article: Article) -> None:
+    def add(self, article: Article) -> Features:
         """Index this version; a correction replaces the earlier one, keeping its first time."""
         previous = self._slots.get(article.uri)
         held = self._features[previous] if previous is not None else None
@@ -165,21 +218,32 @@ class StoryIndex:
             features = _with_time(features, held.time)
         self.remove(article.uri)
         self._insert(features)
+        return features
 
     def _insert(self, features: Features) -> None:
-        if features.time < self._newest - self.settings.window_s:
+        if features.time < self._newest - self.settings.window_s - 3600.0:
             return  # older than the window: it would be evicted straight away
         slot = len(self._features)
         self._ensure_slot(slot)
-        self._features.append(features)
+        # Term counts are only needed again to enrich this very version, which happens soon after
+        # it is read: keep them for the most recent stories only (they are most of the memory).
+        self._features.append(replace(features, term_counts={}))
+        self._recent[features.uri] = features
+        if len(self._recent) > _RECENT_WITH_TERMS:
+            self._recent.popitem(last=False)
         self._slots[features.uri] = slot
         self._times[slot] = features.time
         self._alive[slot] = True
+        heapq.heappush(self._by_age, (features.time, slot))
         self._newest = max(self._newest, features.time)
-        self._sizes[slot] = max(1, len(features.term_counts))
+        self._sizes[slot] = max(1, features.distinct)
         norm = self._length_norm(features)
+        ids = []
         for term, count in features.term_counts.items():
-            self._postings[self._term_id(term)].append(slot, count * (_K1 + 1) / (count + norm))
+            term_id = self._term_id(term)
+            ids.append(term_id)
+            self._postings[term_id].append(slot, count * (_K1 + 1) / (count + norm))
+        self._postings_per_term[ids] += 1
         self._lsh.insert(_lsh_key(slot), _as_minhash(features.signature, self.shingler))
         self._evict()
 
@@ -191,6 +255,7 @@ class StoryIndex:
         assert features is not None
         self._alive[slot] = False
         self._features[slot] = None
+        self._recent.pop(uri, None)
         self._lsh.remove(_lsh_key(slot))
         self._dead += 1
         if self._dead > max(1024, len(self._features) // 3):
@@ -218,14 +283,14 @@ class StoryIndex:
             top = np.argpartition(-base, self.settings.candidates)[: self.settings.candidates]
             candidates, base = candidates[top], base[top]
 
-        entities = features.entities.keys
+        entities = features.entity_keys
         ranked: list[tuple[float, int]] = []
         for slot, score in zip(candidates.tolist(), base.tolist(), strict=True):
             if slot in duplicates:
                 continue
             other = self._features[slot]
             assert other is not None
-            if entities and (theirs := other.entities.keys):
+            if entities and (theirs := other.entity_keys):
                 shared = len(entities & theirs) / min(len(entities), len(theirs))
                 score *= 1.0 + self.settings.entity_boost * shared
             age = max(0.0, features.time - other.time)
@@ -253,6 +318,31 @@ class StoryIndex:
             related.append(Match(other.uri, other.headline, other.url, round(score, 4)))
         return Neighbours(related, self._uri(duplicate_of))
 
+    def _query_terms(self, features: Features) -> list[tuple[int, int]]:
+        """The story's most telling terms (term id, count): frequent in it, rare in the index.
+
+        Rarity is read in whole powers of two of the index's size over the term's postings, so
+        a few stories more or less read by an instance do not change which terms are chosen.
+        Terms in more than 2% of a large index say nothing about an event and are skipped.
+        """
+        total = float(len(self._features)) + 1.0
+        common = max(500.0, total / 50)
+        frequent = heapq.nlargest(
+            2 * self.settings.query_terms, features.term_counts.items(), key=lambda tc: tc[1]
+        )
+        known = [(self._terms.get(term), count) for term, count in frequent]
+        pairs = [(term_id, count) for term_id, count in known if term_id is not None]
+        if not pairs:
+            return []
+        ids = np.fromiter((t for t, _ in pairs), dtype=np.int64, count=len(pairs))
+        counts = np.fromiter((c for _, c in pairs), dtype=np.float64, count=len(pairs))
+        sizes = self._postings_per_term[ids].astype(np.float64)
+        rarity = np.floor(np.log2(total / (sizes + 1.0)))
+        weight = np.where(sizes > common, -1.0, rarity * (1.0 + np.log(counts)))
+        # Stable: equal weights keep the story's own term order.
+        order = np.argsort(-weight, kind="stable")[: self.settings.query_terms]
+        return [pairs[i] for i in order.tolist() if weight[i] >= 0]
+
     def _length_norm(self, features: Features) -> float:
         # A fixed average length, not the index's: a story's weights must not depend on what else
         # an instance had read when it indexed it.
@@ -268,29 +358,30 @@ class StoryIndex:
         it alike. Scores are divided by both stories' own scores (the other's estimated from its
         size); a long article and its short teaser are not punished below a floor.
         """
-        selected = sorted(features.term_counts.items(), key=lambda tc: (-tc[1], tc[0]))
-        selected = selected[: self.settings.query_terms]
+        selected = self._query_terms(features)
         stories = float(np.count_nonzero(earlier)) + 1.0
         norm = self._length_norm(features)
-        scores = np.zeros(len(self._features))
-        own = 0.0
-        for term, count in selected:
-            term_id = self._terms.get(term)
-            matched: IntArray = np.zeros(0, dtype=np.int64)
-            if term_id is not None:
-                postings = self._postings[term_id]
-                docs = postings.docs[: postings.size]
-                mask = earlier[docs]
-                matched = docs[mask]
-            df = len(matched) + 1.0
-            idf = math.log(1.0 + (stories - df + 0.5) / (df + 0.5))
-            own += idf * count * (_K1 + 1) / (count + norm)
-            if len(matched):
-                scores[matched] += idf * postings.weights[: postings.size][mask]
+        if not selected:
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
+        postings = [self._postings[term_id].arrays() for term_id, _ in selected]
+        lengths = np.fromiter((len(d) for d, _ in postings), dtype=np.int64, count=len(postings))
+        docs = np.concatenate([d for d, _ in postings])
+        weights = np.concatenate([w for _, w in postings])
+        term_of = np.repeat(np.arange(len(selected)), lengths)
+        mask = earlier[docs]
+        docs, weights, term_of = docs[mask], weights[mask], term_of[mask]
+        df = np.bincount(term_of, minlength=len(selected)) + 1.0
+        idf = np.log(1.0 + (stories - df + 0.5) / (df + 0.5))
+        counts = np.fromiter((c for _, c in selected), dtype=np.float64, count=len(selected))
+        own = float((idf * counts * (_K1 + 1) / (counts + norm)).sum())
+        scores: FloatArray = np.asarray(
+            np.bincount(docs, weights=idf[term_of] * weights, minlength=len(self._features)),
+            dtype=np.float64,
+        )
         candidates = np.flatnonzero(scores)
         if candidates.size == 0 or own <= 0:
             return scores, candidates
-        theirs = own * self._sizes[candidates] / max(1, len(features.term_counts))
+        theirs = own * self._sizes[candidates] / max(1, features.distinct)
         scores[candidates] /= np.maximum(
             np.sqrt(own * theirs), _LENGTH_MISMATCH_FLOOR * np.maximum(own, theirs)
         )
@@ -342,6 +433,10 @@ class StoryIndex:
         if term_id is None:
             term_id = self._terms[term] = len(self._postings)
             self._postings.append(_Postings())
+            if term_id >= len(self._postings_per_term):
+                self._postings_per_term = np.concatenate(
+                    [self._postings_per_term, np.zeros(term_id + 1, dtype=np.int64)]
+                )
         return term_id
 
     def _ensure_slot(self, slot: int) -> None:
@@ -352,42 +447,40 @@ class StoryIndex:
             self._sizes = np.concatenate([self._sizes, np.ones(grow)])
 
     def _evict(self) -> None:
-        """Stories past the window or beyond the capacity leave, oldest first."""
-        live = len(self._slots)
-        oldest_allowed = self._newest - self.settings.window_s
-        over = live - self.settings.capacity
-        if over <= 0 and self._oldest_time() >= oldest_allowed:
-            return
-        size = len(self._features)
-        order = np.argsort(np.where(self._alive[:size], self._times[:size], np.inf), kind="stable")
-        for slot in order.tolist():
-            features = self._features[slot]
-            if features is None:
-                break
-            if over <= 0 and features.time >= oldest_allowed:
-                break
-            self.remove(features.uri)
-            over -= 1
+        """Stories past the window or beyond the capacity leave, oldest first.
 
-    def _oldest_time(self) -> float:
-        size = len(self._features)
-        alive = self._alive[:size]
-        return float(self._times[:size][alive].min()) if alive.any() else math.inf
+        Eviction keeps an hour beyond the window: an instance that has read ahead must not drop
+        a story a slower instance would still link.
+        """
+        oldest_allowed = self._newest - self.settings.window_s - 3600.0
+        while self._by_age:
+            time, slot = self._by_age[0]
+            features = self._features[slot]
+            if features is None or not self._alive[slot]:
+                heapq.heappop(self._by_age)
+                continue
+            if len(self._slots) <= self.settings.capacity and time >= oldest_allowed:
+                return
+            heapq.heappop(self._by_age)
+            self.remove(features.uri)
 
     def _compact(self) -> None:
-        """Rebuild postings without dead slots (removals only mark them)."""
-        live = [f for f in self._features if f is not None]
-        self._reset()
-        for features in sorted(live, key=lambda f: (f.time, f.uri)):
-            self._insert(features)
+        """Drop dead stories from the postings (removals only mark them)."""
+        for term_id, postings in enumerate(self._postings):
+            self._postings_per_term[term_id] = postings.keep(self._alive)
+        self._dead = 0
 
 
 def _with_time(features: Features, time: float) -> Features:
-    return Features(**{**features.__dict__, "time": time})
+    return replace(features, time=time)
 
 
 def _lsh_key(slot: int) -> str:
     return str(slot)
+
+
+def _crc32(data: bytes) -> int:
+    return zlib.crc32(data)
 
 
 def _as_minhash(signature: npt.NDArray[np.uint32], shingler: Shingler) -> MinHash:

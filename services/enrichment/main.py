@@ -24,6 +24,7 @@ from services.enrichment.taxonomy import Taxonomy
 from shared.kafka import DeadLetters, consume_forever, make_consumer, make_producer
 from shared.logging import configure_logging, get_logger
 from shared.serve import serve
+from shared.tracing import with_tracing
 
 log = get_logger(__name__)
 TRAINED_AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -43,7 +44,7 @@ def build_enricher(settings: EnrichmentSettings) -> StoryEnricher:
     )
     enricher = StoryEnricher(rules)
     path = settings.enrichment_training_path
-    if path is not None and str(path):
+    if path is not None and str(path) not in ("", "."):
         stories = parse_corpus(path.read_text(encoding="utf-8").splitlines())
         enricher.train((s.article(TRAINED_AT), s.section) for s in stories)
         log.info("section classifier trained", stories=len(stories), path=str(path))
@@ -65,7 +66,7 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
             await table.start()
             stack.push_async_callback(table.stop)
             consumer = make_consumer(settings, topics.ingested, settings.enrichment_group_id)
-            dead_letters = DeadLetters(producer, topics.dlq)
+            dead_letters = DeadLetters(producer, topics.dlq, metrics.consumer)
             handler = Enricher(
                 producer,
                 topics.enriched,
@@ -87,7 +88,9 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
                     await consumer.start()
                     joined.set()
                     try:
-                        work = consume_forever(consumer, handler.handle, dead_letters)
+                        work = consume_forever(
+                            consumer, handler.handle, dead_letters, metrics=metrics.consumer
+                        )
                         await _first(work, reader)
                     finally:
                         await consumer.stop()
@@ -131,5 +134,5 @@ async def _first(work: Any, reader: asyncio.Task[None]) -> None:
 def main() -> None:
     settings = EnrichmentSettings()
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(pipeline_factory(settings))
+    app = with_tracing(create_app(pipeline_factory(settings)), settings)
     serve(app, settings.enrichment_host, settings.enrichment_port)

@@ -12,16 +12,26 @@ DEFAULT_TRAINING = Path(__file__).with_name("seed_corpus.jsonl")
 
 
 class EnrichmentSettings(NewsflowSettings):
+    # Interface enrichment's health/metrics API listens on.
     enrichment_host: str = "127.0.0.1"
+    # Port of enrichment's health/metrics API.
     enrichment_port: int = 8002
+    # Consumer group of the enrichment instances (the topic prefix is not added).
     enrichment_group_id: str = "newsflow-enrichment"
+    # The sections file (versioned JSON); replace it to change the taxonomy.
     enrichment_taxonomy_path: Path = DEFAULT_TAXONOMY
     # Labelled stories (JSON lines: section, headline, summary) to train the classifier at start;
     # empty string: start from the taxonomy keywords and learn online only.
     enrichment_training_path: Path | None = DEFAULT_TRAINING
+    # Below this classifier confidence a story goes to `general`.
     enrichment_min_section_confidence: float = 0.5
+    # Most related stories linked from one story.
     enrichment_related_limit: int = 5
+    # Weakest score still linked: unrelated same-section stories stay out.
     enrichment_related_min_score: float = 0.2
+    # How far back related stories are looked for (default 7 days).
     enrichment_index_window_s: float = 7 * 24 * 3600.0
+    # Most stories kept in the related-stories index.
     enrichment_index_capacity: int = 200_000
+    # MinHash similarity from which a story is a near-duplicate.
     enrichment_duplicate_similarity: float = 0.7

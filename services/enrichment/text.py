@@ -42,14 +42,40 @@ def _stem(word: str) -> str:
     return word
 
 
+def _normalise(word: str) -> str:
+    if "'" in word or "\u2019" in word:
+        word = word.replace("\u2019", "'").removesuffix("'s")
+    return word
+
+
+def _term(word: str) -> str:
+    """The counted form of a lower-cased word; "" for stopwords and short words."""
+    word = _normalise(word)
+    return _stem(word) if len(word) > 2 and word not in STOPWORDS else ""
+
+
+# Words repeat across stories: the cache turns tokenising into one dict lookup per word.
+_TERMS: dict[str, str] = {}
+_TERMS_MAX = 500_000
+
+
 def words(text: str) -> list[str]:
     """Every word, lower-cased: near-duplicate shingles are cut from these."""
-    return [w.lower().replace("\u2019", "'").removesuffix("'s") for w in WORD.findall(text)]
+    return [_normalise(w) for w in WORD.findall(text.lower())]
 
 
 def tokens(text: str) -> list[str]:
     """Content words, stemmed: what the classifier and the related-story index count."""
-    return [_stem(w) for w in words(text) if len(w) > 2 and w not in STOPWORDS]
+    if len(_TERMS) > _TERMS_MAX:
+        _TERMS.clear()
+    out = []
+    for word in WORD.findall(text.lower()):
+        term = _TERMS.get(word)
+        if term is None:
+            term = _TERMS[word] = _term(word)
+        if term:
+            out.append(term)
+    return out
 
 
 def story_text(article: Article) -> str:

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 import orjson
 from aiokafka.errors import KafkaError
-from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, Field, ValidationError
@@ -139,14 +139,18 @@ IntakeFactory = Callable[[IngestSettings], Any]
 """`factory(settings)` is an async context manager yielding an `IngestRuntime`."""
 
 
-def get_runtime(request: Request) -> IngestRuntime:
+def get_runtime_now(request: Request) -> IngestRuntime:
     runtime: IngestRuntime = request.app.state.runtime
     return runtime
 
 
-def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+async def get_runtime(request: Request) -> IngestRuntime:
+    return get_runtime_now(request)
+
+
+def identify(request: Request) -> ApiKey:
     """The key on `Authorization: Bearer <key>`; never logged, compared as a digest."""
-    scheme, _, token = (authorization or "").partition(" ")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Problem(
             401,
@@ -163,16 +167,31 @@ def caller(request: Request, authorization: Annotated[str | None, Header()] = No
     return key
 
 
+async def caller(request: Request) -> ApiKey:
+    return identify(request)
+
+
+def idempotency_key_of(request: Request) -> str | None:
+    value = request.headers.get("idempotency-key")
+    if value is not None and not 1 <= len(value) <= 255:
+        raise Problem(
+            422,
+            "invalid_request",
+            "Idempotency-Key must be 1 to 255 characters",
+            errors=[{"field": "Idempotency-Key", "message": "1 to 255 characters"}],
+        )
+    return value
+
+
 Caller = Annotated[ApiKey, Depends(caller)]
 Runtime = Annotated[IngestRuntime, Depends(get_runtime)]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=255,
-        description="Repeats with the same key and body get the first answer back.",
-    ),
-]
+IDEMPOTENCY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "Repeats with the same key and body get the first answer back (24 h).",
+}
 
 
 def _problem_content(description: str) -> dict[str, Any]:
@@ -199,6 +218,7 @@ BODY_ERRORS: dict[int | str, dict[str, Any]] = {
 
 def _json_body(schema: str, example: Any) -> dict[str, Any]:
     return {
+        "parameters": [IDEMPOTENCY_PARAMETER],
         "requestBody": {
             "required": True,
             "content": {
@@ -207,7 +227,7 @@ def _json_body(schema: str, example: Any) -> dict[str, Any]:
                     "examples": {"news": {"value": example}},
                 }
             },
-        }
+        },
     }
 
 
@@ -394,15 +414,15 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
     )
     async def post_article(
         request: Request,
-        key: Caller,
-        runtime: Runtime,
-        idempotency_key: IdempotencyKey = None,
     ) -> Response:
         """Accept one article version; answered only once Kafka has the record.
 
         A higher `version` of a known `uri` is a correction (`newsflow.article.updated`); the
         identical re-post answers `200` with the original `event_id`.
         """
+        # Headers are read by hand here: FastAPI's parameter machinery costs ~0.3 ms a request.
+        key, runtime = identify(request), get_runtime_now(request)
+        idempotency_key = idempotency_key_of(request)
         payload, raw = await read_json(request)
         article = to_article(payload, key)
         await spend(runtime, key, 1)
@@ -422,11 +442,10 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
     )
     async def post_batch(
         request: Request,
-        key: Caller,
-        runtime: Runtime,
-        idempotency_key: IdempotencyKey = None,
     ) -> Response:
         """Up to 500 articles; each gets its own result, one bad item never sinks the batch."""
+        key, runtime = identify(request), get_runtime_now(request)
+        idempotency_key = idempotency_key_of(request)
         payload, raw = await read_json(request)
         items = payload.get("articles") if isinstance(payload, dict) else None
         if not isinstance(items, list) or set(payload) != {"articles"}:
@@ -489,6 +508,7 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
         response_model=Accepted,
         responses={
             200: {"description": "Already withdrawn: the original withdrawal event"},
+            400: _problem_content("The body is not valid JSON"),
             404: _problem_content("No article with this uri was accepted"),
             **AUTH_ERRORS,
             **BODY_ERRORS,
@@ -514,6 +534,7 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
         return _json(status, body)
 
     feed_errors: dict[int | str, dict[str, Any]] = {
+        400: _problem_content("The body is not valid JSON"),
         401: AUTH_ERRORS[401],
         403: AUTH_ERRORS[403],
         422: _problem_content("Invalid fields, or a feed URL that is refused"),

@@ -32,17 +32,23 @@ def sanitise_html(body_html: str) -> str:
     )
 
 
-_BLOCK_END = re.compile(r"</(p|li|h[2-6]|blockquote|figcaption|figure|ul|ol)>|<br\s*/?>", re.I)
+# nh3's output is normalised (lower-case tags, `<br>`), so plain replaces find every block end.
+_BLOCK_TAGS = ["p", "li", "h2", "h3", "h4", "h5", "h6", "blockquote", "figcaption", "figure"]
+_BLOCK_ENDS = (*(f"</{tag}>" for tag in [*_BLOCK_TAGS, "ul", "ol"]), "<br>")
 _TAG = re.compile(r"<[^>]*>")
-_SPACES = re.compile(r"[ \t\u00a0]+")
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u3000]+")
+_ODD_SPACE = re.compile(r"[\u00a0\u2000-\u200a\u3000]")
 
 
 def html_to_text(body_html: str) -> str:
     """The plain text of a sanitised body: one paragraph per line, entities decoded."""
-    marked = _BLOCK_END.sub("\n", body_html)
-    text = html.unescape(_TAG.sub("", marked))
-    lines = (_SPACES.sub(" ", line).strip() for line in text.splitlines())
-    return "\n".join(line for line in lines if line)
+    for end in _BLOCK_ENDS:
+        if end in body_html:
+            body_html = body_html.replace(end, "\n")
+    text = html.unescape(_TAG.sub("", body_html))
+    if "  " in text or "\t" in text or (not text.isascii() and _ODD_SPACE.search(text)):
+        text = _SPACES.sub(" ", text)
+    return "\n".join(filter(None, (line.strip(" ") for line in text.split("\n"))))
 
 
 # C0/C1 controls (except tab and newline), lone surrogates and the two noncharacters that
@@ -52,8 +58,11 @@ _UNWANTED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 
 def clean_text(text: str) -> str:
     """NFC text without control characters or invalid code points; CR/CRLF become LF."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return unicodedata.normalize("NFC", _UNWANTED.sub("", text))
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if _UNWANTED.search(text):
+        text = _UNWANTED.sub("", text)
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
 def clean_payload(value: Any) -> Any:
@@ -219,7 +228,8 @@ class LedgerEntry:
 
 
 class Ledger(Protocol):
-    async def get(self, uri: str) -> LedgerEntry | None: ...
+    async def get(self, uri: str, with_article: bool = True) -> LedgerEntry | None:
+        """`article_json` is left empty when not `with_article` (it is large)."""
 
     async def put(self, uri: str, entry: LedgerEntry) -> None: ...
 
@@ -266,7 +276,7 @@ class Intake:
 
     async def accept(self, article: Article) -> Receipt:
         article = prepare(article)
-        previous = await self._ledger.get(article.uri)
+        previous = await self._ledger.get(article.uri, with_article=False)
         digest = fingerprint(article)
         if previous is not None:
             if previous.fingerprint == digest:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import calendar
 import hashlib
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from services.ingest.domain import (
 )
 from shared.events import Article, ContractModel
 from shared.logging import get_logger
+from shared.ssrf import TargetRefused, check_addresses
 
 log = get_logger(__name__)
 
@@ -102,16 +102,11 @@ class FeedError(Exception):
 
 
 def check_feed_host(host: str, addresses: Iterable[str], allow_private: bool) -> None:
-    """Refuses loopback, private, link-local, reserved and metadata addresses."""
-    found = list(addresses)
-    if not found:
-        raise FeedError(f"{host} does not resolve")
-    if allow_private:
-        return
-    for address in found:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global or ip.is_multicast:
-            raise FeedError(f"{host} resolves to a non-public address ({ip}); refused")
+    """The shared SSRF policy (shared/ssrf.py), refusals as feed errors."""
+    try:
+        check_addresses(host, addresses, allow_private)
+    except TargetRefused as exc:
+        raise FeedError(str(exc)) from exc
 
 
 # --- entry -> Article -----------------------------------------------------------------------

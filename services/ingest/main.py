@@ -28,6 +28,7 @@ from services.ingest.settings import IngestSettings
 from shared.kafka import make_producer
 from shared.logging import configure_logging, get_logger
 from shared.serve import serve
+from shared.tracing import with_tracing
 
 log = get_logger(__name__)
 
@@ -91,7 +92,7 @@ def build() -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
     if not len(settings.api_keys):
         log.warning("no API keys configured: every write will be refused")
-    return create_app(settings, open_runtime)
+    return with_tracing(create_app(settings, open_runtime), settings)
 
 
 def main() -> None:

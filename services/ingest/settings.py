@@ -12,7 +12,9 @@ from shared.settings import NewsflowSettings
 
 
 class IngestSettings(NewsflowSettings):
+    # Interface the ingest API listens on (0.0.0.0 in containers).
     ingest_host: str = "127.0.0.1"
+    # Port of the ingest API.
     ingest_port: int = 8001
     # Uvicorn worker processes (each with its own producer); 2 suits a 2-core box.
     ingest_workers: int = 1
@@ -23,17 +25,23 @@ class IngestSettings(NewsflowSettings):
     ingest_api_keys_file: Path | None = None
     # Where a provider's uris must start; `{provider}` is replaced by the key's provider.
     ingest_uri_namespace: str = "urn:newsflow:{provider}:"
+    # Larger request bodies get 413.
     ingest_max_body_bytes: int = 1_048_576
+    # Longer headlines get 413.
     ingest_max_headline_chars: int = 300
+    # Most articles in one POST /v1/articles/batch (more: 413).
     ingest_max_batch_items: int = 500
     # Articles per key per window, shared by all replicas through Redis.
     ingest_rate_limit: int = 6_000
+    # The rate limit's window.
     ingest_rate_window_s: int = 60
     # How long a request waits for the broker's ack before answering 503.
     ingest_ack_timeout_s: float = 10.0
+    # `Retry-After` sent with 503 and 429 answers.
     ingest_retry_after_s: int = 5
     # Feeds polled from start-up (JSON list of {url, provider, section, interval_s}).
     ingest_feeds: list[FeedIn] = Field(default_factory=list)
+    # How often the poller looks for feeds that are due.
     ingest_feed_tick_s: float = 1.0
     # Loopback/private feed hosts are refused unless this is on (local demos and tests).
     ingest_feeds_allow_private: bool = False

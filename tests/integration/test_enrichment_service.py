@@ -193,8 +193,8 @@ async def test_a_restarted_instance_rebuilds_its_index_before_it_takes_work(
         followup = original.model_copy(
             update={
                 "uri": "urn:newsflow:test:followup",
-                "headline": original.headline + ": what happens next",
-                "summary": f"A follow-up. {original.summary}",
+                "headline": f"Follow-up: {original.headline}",
+                "summary": "Officials gave more details on Tuesday and answered questions.",
                 "versioncreated": T0 + timedelta(days=1),
                 "firstcreated": None,
             }

@@ -5,22 +5,20 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.delivery.domain import (
     SubscriptionRequest,
-    TargetRefused,
-    check_addresses,
-    check_scheme,
     new_secret,
     sign,
-    vet_target,
     webhook_body,
     webhook_id,
 )
 from shared.events import EventType
+from shared.ssrf import TargetRefused, check_addresses, check_scheme, vet_target
 
 pytestmark = pytest.mark.unit
 
@@ -145,3 +143,84 @@ def test_ninjs2_rendering_of_a_full_story_validates_against_iptc_schema() -> Non
         }
     )  # fmt: skip
     jsonschema.validate(to_ninjs2(story), schema)
+
+
+def _answer(status: int | None, retry_after: str | None = None) -> Any:
+    from services.delivery.domain import Answer
+
+    error = None if status and 200 <= status < 300 else f"HTTP {status}"
+    return Answer(status, error, 1.0, None, retry_after)
+
+
+def test_what_an_answer_means() -> None:
+    from services.delivery.domain import judge
+
+    now = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    schedule = [0, 5, 300]
+    assert judge(_answer(204), 1, schedule, now, 0, 3600).outcome == "delivered"
+    assert judge(_answer(410), 1, schedule, now, 0, 3600).outcome == "gone"
+    assert judge(_answer(302), 1, schedule, now, 0, 3600).delay_s == 5
+    assert judge(_answer(500), 2, schedule, now, 0, 3600).delay_s == 300
+    assert judge(_answer(500), 3, schedule, now, 0, 3600).outcome == "gave_up"
+    assert judge(_answer(503, "120"), 1, schedule, now, 0, 3600).delay_s == 120
+    asked = judge(_answer(429, "Wed, 25 Nov 2026 12:10:00 GMT"), 1, schedule, now, 0, 3600)
+    assert asked.delay_s == 600
+    assert judge(_answer(503, "999999"), 1, schedule, now, 0, 3600).delay_s == 3600
+    assert judge(_answer(500, "120"), 1, schedule, now, 0, 3600).delay_s == 5  # not honoured
+    jittered = [judge(_answer(None), 2, schedule, now, 0.2, 3600).delay_s for _ in range(50)]
+    assert all(240 <= (d or 0) <= 360 for d in jittered) and len(set(jittered)) > 1
+
+
+def test_retry_tiers_and_hops() -> None:
+    from services.delivery.domain import should_hop, tier_for
+
+    assert tier_for(0.4) is None
+    assert tier_for(5) == 5 and tier_for(299) == 120 and tier_for(36000) == 21600
+    assert not should_hop(120, 150) and should_hop(5, 300) and should_hop(None, 3)
+
+
+def test_breaker_opens_after_failures_in_a_row_and_closes_on_success() -> None:
+    from services.delivery.domain import Breaker
+
+    breaker = Breaker(failures=3, cooldown_s=30)
+    for _ in range(2):
+        breaker.record("e", ok=False, now=100)
+    assert breaker.open_until("e", 100) is None
+    breaker.record("e", ok=False, now=100)
+    assert breaker.open_until("e", 101) == 130
+    assert breaker.open_until("e", 131) is None
+    breaker.record("e", ok=True, now=131)
+    breaker.record("e", ok=False, now=132)
+    assert breaker.open_until("e", 132) is None
+
+
+def test_filters_and_rotation_overlap() -> None:
+    from datetime import timedelta
+
+    from services.delivery.domain import Subscription
+    from shared.events import Story
+    from tests.factories import article_payload
+
+    story = Story.model_validate(
+        {
+            **article_payload(urgency=2, language="en-GB", keywords=["Ferry"]),
+            "enrichment": {"section": {"id": "world", "name": "International",
+                                       "confidence": 1, "method": "provider"}},
+        }
+    )  # fmt: skip
+    sub = Subscription.create(
+        SubscriptionRequest(
+            url="https://p.example/h", sections=["World"], languages=["en"], keywords=["ferry"],
+            max_urgency=3, event_types=["story.published", "story.withdrawn"],
+        )
+    )  # fmt: skip
+    assert sub.wants(story, EventType.PUBLISHED)
+    assert not sub.wants(story, EventType.UPDATED)
+    assert not sub.model_copy(update={"max_urgency": 1}).wants(story, EventType.PUBLISHED)
+    assert not sub.model_copy(update={"languages": ["fr"]}).wants(story, EventType.PUBLISHED)
+    assert not sub.model_copy(update={"keywords": ["dam"]}).wants(story, EventType.PUBLISHED)
+
+    now = datetime(2026, 11, 25, tzinfo=UTC)
+    rotated = sub.rotated(new_secret(), timedelta(hours=24), now)
+    assert rotated.signing_secrets(now) == [rotated.secret, sub.secret]
+    assert rotated.signing_secrets(now + timedelta(hours=25)) == [rotated.secret]

@@ -217,7 +217,9 @@ def test_stories_older_than_the_window_are_not_linked() -> None:
     rules = EnrichmentRules(TAXONOMY, index=IndexSettings(window_s=3600))
     enricher = StoryEnricher(rules)
     publish(enricher, at(dam_story("urn:t:old"), 0))
-    followup = publish(enricher, at(dam_followup("urn:t:new"), 120))
+    followup = publish(enricher, at(dam_followup("urn:t:new"), 90))
+    assert followup.enrichment.related == []  # past the window: not linked
+    publish(enricher, at(dam_followup("urn:t:later"), 200))
     assert followup.enrichment.related == []
     assert "urn:t:old" not in enricher.index
 

@@ -65,3 +65,37 @@ def test_opentelemetry_is_off_by_default() -> None:
     app = FastAPI()
     setup_opentelemetry(app, "test", enabled=False)
     assert not hasattr(app.state, "tracer_provider")
+
+
+def test_http_requests_carry_the_callers_trace_into_events_and_metrics() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from shared.http import add_health_routes
+
+    app = FastAPI(title="newsflow probe")
+    registry = CollectorRegistry()
+    created: list[EventMeta] = []
+
+    @app.post("/v1/items/{item_id}")
+    async def item(item_id: str) -> dict[str, str]:
+        created.append(EventMeta.new(EventType.PUBLISHED, "urn:test"))
+        return {"id": item_id}
+
+    async def ready() -> bool:
+        return True
+
+    add_health_routes(app, registry, ready)
+    caller = new_traceparent()
+    with TestClient(app) as client:
+        response = client.post("/v1/items/urn%3Aa", headers={"traceparent": caller})
+        fresh = client.post("/v1/items/b")
+
+    assert trace_id(response.headers["traceparent"]) == trace_id(caller)
+    assert trace_id(traceparent_of(created[0])) == trace_id(caller)
+    assert trace_id(traceparent_of(created[1])) == trace_id(fresh.headers["traceparent"])
+    assert trace_id(caller) != trace_id(fresh.headers["traceparent"])
+    count = registry.get_sample_value(
+        "newsflow_probe_http_request_seconds_count",
+        {"method": "POST", "route": "/v1/items/{item_id}", "status": "200"},
+    )
+    assert count == 2
