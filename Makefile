@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CODE   := services shared ops tests $(wildcard bench)
 
-.PHONY: install run test lint typecheck browser unit integration e2e bench eval clean up down logs docs
+.PHONY: install run test lint typecheck browser unit integration e2e faults soak bench eval clean up down logs docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,17 @@ integration: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -m e2e
+
+faults: $(STAMP)
+	$(BIN)/python -m pytest -m faults
+
+# The fault suite with ten times the stories (kill -9 during 20,000 versions, and so on).
+soak: $(STAMP)
+	NEWSFLOW_FAULTS_SCALE=10 $(BIN)/python -m pytest -m faults
+
+# End-to-end benchmark: the three services vs a raw three-hop baseline; see docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench.e2e $(BENCH_ARGS)
 
 docs: $(STAMP)
 	$(BIN)/newsflow docs write

@@ -11,6 +11,9 @@ from collections import Counter, defaultdict
 import pytest
 
 from tests.faults.harness import (
+    ADMIN_TOKEN,
+    API_KEY,
+    SCALE,
     Infra,
     Partner,
     Sent,
@@ -24,17 +27,18 @@ from tests.faults.harness import (
 
 pytestmark = pytest.mark.faults
 
-STORIES = 1800
-CORRECTIONS = 200  # 2,000 versions in all
+STORIES = 1800 * SCALE
+CORRECTIONS = 200 * SCALE  # 2,000 versions in all (20,000 in `make soak`)
 
 
 def test_kill_minus_nine_each_service_mid_stream(infra: Infra, partner: Partner) -> None:
     stack = Stack(infra, {"NEWSFLOW_DELIVERY_RETRY_DELAYS_S": "[0, 1, 1, 2, 5, 10]"}).start()
     try:
-        everything = partner.url("all")
-        stack.subscribe(everything, [])
-        stack.subscribe(partner.url("sport"), ["sport"])
-        stack.subscribe(partner.url("world"), ["world"])
+        subscriptions = [
+            stack.subscribe(partner.url("all"), []),
+            stack.subscribe(partner.url("sport"), ["sport"]),
+            stack.subscribe(partner.url("world"), ["world"]),
+        ]
         sent = Sent()
         rng = random.Random()
         moments = {
@@ -64,7 +68,7 @@ def test_kill_minus_nine_each_service_mid_stream(infra: Infra, partner: Partner)
         # Every accepted version reaches the subscriber of everything.
         partner.wait(
             lambda: {(h.uri, h.version) for h in partner.delivered("all")} >= set(sent.accepted),
-            within_s=180,
+            within_s=180 * SCALE,
             what="every accepted version delivered to the subscriber of everything",
         )
         enriched = enriched_stories(stack)
@@ -89,5 +93,10 @@ def test_kill_minus_nine_each_service_mid_stream(infra: Infra, partner: Partner)
             )
 
         assert cache_mismatches(stack, latest_versions(enriched)) == []
+
+        logs = stack.log_text()
+        secrets = [API_KEY, ADMIN_TOKEN, *(s["secret"] for s in subscriptions)]
+        print(f"scanned {len(logs.splitlines())} log lines for {len(secrets)} secrets")
+        assert [s[:6] for s in secrets if s in logs or s.removeprefix("whsec_") in logs] == []
     finally:
         stack.stop()
