@@ -31,6 +31,7 @@ import uvloop
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.processes import raw_producer
 from bench.stories import SECTIONS, Item, stream
 from ops.devrun import http_json, wait_ready
 from ops.embedded import ChildProcess, free_port, spawn, start_kafka, start_redis, wait_for_port
@@ -421,13 +422,7 @@ class Options:
 
 async def _baseline(opts: Options, receiver: str, bootstrap: str, topic: str) -> list[Result]:
     urls = subscriber_urls(receiver)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        linger_ms=5,
-        max_batch_size=262_144,
-        compression_type="gzip",
-    )
+    producer = raw_producer(bootstrap)
     await producer.start()
     try:
         send = producer_sender(producer, topic)

@@ -69,16 +69,21 @@ def _consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
     )
 
 
-async def hop(bootstrap: str, source: str, target: str | None, urls: dict[str, list[str]]) -> None:
-    """consume -> produce (or -> POST to every subscriber of the record's section), no work."""
-    consumer = _consumer(bootstrap, source, f"bench-hop-{source}")
-    producer = AIOKafkaProducer(
+def raw_producer(bootstrap: str) -> AIOKafkaProducer:
+    """The baseline's plain aiokafka producer, batched like the services' (acks=all, gzip)."""
+    return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
         linger_ms=5,
         max_batch_size=262_144,
         compression_type="gzip",
     )
+
+
+async def hop(bootstrap: str, source: str, target: str | None, urls: dict[str, list[str]]) -> None:
+    """consume -> produce (or -> POST to every subscriber of the record's section), no work."""
+    consumer = _consumer(bootstrap, source, f"bench-hop-{source}")
+    producer = raw_producer(bootstrap)
     await consumer.start()
     await producer.start()
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
