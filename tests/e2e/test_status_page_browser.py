@@ -76,7 +76,7 @@ def test_ops_signs_in_and_shows_subscription_health(
         assert browser.current_url.endswith("/ops/login")
         browser.find_element(By.ID, "token").send_keys("not-the-token")
         browser.find_element(By.ID, "sign-in").click()
-        assert "not valid" in browser.page_source
+        WebDriverWait(browser, 10).until(lambda driver: "not valid" in driver.page_source)
 
         browser.find_element(By.ID, "token").send_keys(stack.admin_token)
         browser.find_element(By.ID, "sign-in").click()
