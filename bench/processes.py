@@ -70,13 +70,14 @@ def _consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
 
 
 def raw_producer(bootstrap: str) -> AIOKafkaProducer:
-    """The baseline's plain aiokafka producer, batched like the services' (acks=all, gzip)."""
+    """The baseline's plain aiokafka producer, batched and compressed like the services'."""
+    codec = NewsflowSettings().kafka_compression
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
         linger_ms=5,
         max_batch_size=262_144,
-        compression_type="gzip",
+        compression_type=None if codec == "none" else codec,
     )
 
 

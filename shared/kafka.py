@@ -29,7 +29,9 @@ def make_producer(settings: NewsflowSettings) -> AIOKafkaProducer:
         enable_idempotence=settings.kafka_enable_idempotence,
         linger_ms=settings.kafka_linger_ms,
         max_batch_size=settings.kafka_max_batch_bytes,
-        compression_type=None if settings.kafka_compression == "none" else "gzip",
+        compression_type=None
+        if settings.kafka_compression == "none"
+        else settings.kafka_compression,
         request_timeout_ms=15_000,
     )
 
