@@ -39,8 +39,10 @@ from services.delivery.domain import (
     SubscriptionStore,
     SubscriptionUpdate,
     endpoint_of,
+    fingerprint,
     judge,
     new_secret,
+    page_fingerprint,
     ping_body,
     render,
     should_hop,
@@ -50,7 +52,6 @@ from services.delivery.ops_page import add_ops_routes, sample_forever
 from services.delivery.reads import (
     CacheReads,
     cache_headers,
-    etag_of,
     latest_body,
     matches,
     sections_body,
@@ -818,8 +819,7 @@ def admin_only(request: Request, authorization: Annotated[str | None, Header()] 
 Deps = Annotated[DeliveryDeps, Depends(get_deps)]
 
 
-def _etagged(body: bytes, if_none_match: str | None, max_age: int) -> Response:
-    etag = etag_of(body)
+def _etagged(body: bytes, etag: str, if_none_match: str | None, max_age: int) -> Response:
     headers = cache_headers(etag, max_age)
     if matches(etag, if_none_match):
         return Response(status_code=304, headers=headers)
@@ -1033,10 +1033,12 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
         """The newest stories first, across all sections or in one section (its taxonomy id)."""
-        stories, cursor = await deps.cache.latest(
+        stories, cursor = await deps.cache.latest_tagged(
             section.lower() if section else None, limit, before
         )
-        return _etagged(latest_body(stories, cursor), if_none_match, settings.cache_max_age_s)
+        body = latest_body([s.body for s in stories], cursor)
+        etag = page_fingerprint(stories, cursor)
+        return _etagged(body, etag, if_none_match, settings.cache_max_age_s)
 
     @app.get("/v1/sections")
     async def sections(
@@ -1044,17 +1046,17 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
     ) -> Response:
         """Sections that have stories in the cache, with how many."""
         body = sections_body(await deps.cache.sections())
-        return _etagged(body, if_none_match, settings.cache_max_age_s)
+        return _etagged(body, fingerprint(body), if_none_match, settings.cache_max_age_s)
 
     @app.get("/v1/stories/{uri:path}", responses={200: {"description": "A Story"}})
     async def story(
         uri: str, deps: Deps, if_none_match: Annotated[str | None, Header()] = None
     ) -> Response:
         """One story by its uri (URL-encoded); 404 when unknown or withdrawn."""
-        body = await deps.cache.story(uri)
-        metrics.cache_reads.labels("miss" if body is None else "hit").inc()
-        if body is None:
+        found = await deps.cache.story_tagged(uri)
+        metrics.cache_reads.labels("miss" if found is None else "hit").inc()
+        if found is None:
             raise Problem(404, "unknown_story", f"no live story with uri {uri}")
-        return _etagged(body, if_none_match, settings.cache_max_age_s)
+        return _etagged(found.body, found.etag, if_none_match, settings.cache_max_age_s)
 
     return app

@@ -4,7 +4,6 @@ validation models, no re-serialising. The FastAPI routes stay the contract (Open
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.delivery.domain import StoryCache
+from services.delivery.domain import StoryCache, fingerprint, page_fingerprint
 
 LATEST_LIMIT_DEFAULT = 20
 LATEST_LIMIT_MAX = 100
@@ -30,10 +29,6 @@ def latest_body(stories: list[bytes], cursor: float | None) -> bytes:
 
 def sections_body(sections: list[dict[str, Any]]) -> bytes:
     return json.dumps({"items": sections}).encode()
-
-
-def etag_of(body: bytes) -> str:
-    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
 
 
 def matches(etag: str, if_none_match: str | None) -> bool:
@@ -96,28 +91,31 @@ class CacheReads:
         cache: StoryCache | None = getattr(deps, "cache", None)
         path: str = scope["path"]
         body: bytes | None = None
+        etag = ""
         if cache is None:
             pass
         elif path == "/v1/latest":
             query = latest_query(scope["query_string"])
             if query is not None:
-                stories, cursor = await cache.latest(*query)
-                body = latest_body(stories, cursor)
+                stories, cursor = await cache.latest_tagged(*query)
+                body = latest_body([s.body for s in stories], cursor)
+                etag = page_fingerprint(stories, cursor)
         elif path.startswith("/v1/stories/") and len(path) > len("/v1/stories/"):
-            body = await cache.story(path[len("/v1/stories/") :])
-            if body is not None:
+            found = await cache.story_tagged(path[len("/v1/stories/") :])
+            if found is not None:
                 self._on_story_hit()
+                body, etag = found
             path = "/v1/stories/{uri:path}"
         elif path == "/v1/sections" and not scope["query_string"]:
             body = sections_body(await cache.sections())
+            etag = fingerprint(body)
         if body is None:
             await self.app(scope, receive, send)
             return
         scope["route"] = self._route(scope, path)
-        await self._answer(scope, body, send)
+        await self._answer(scope, body, etag, send)
 
-    async def _answer(self, scope: Scope, body: bytes, send: Send) -> None:
-        etag = etag_of(body)
+    async def _answer(self, scope: Scope, body: bytes, etag: str, send: Send) -> None:
         if_none_match = b",".join(v for k, v in scope["headers"] if k == b"if-none-match")
         headers = [(b"etag", etag.encode()), (b"cache-control", self._cache_control)]
         if matches(etag, if_none_match.decode("latin-1")):
