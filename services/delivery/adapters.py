@@ -63,7 +63,8 @@ class RedisStoryCache:
         self._redis = redis
         self._prefix = f"{key_prefix}cache:"
         self._per_section = per_section
-        self._page = redis.register_script(self._PAGE)
+        # Reads of concurrent requests share one pipeline per loop tick: one round trip.
+        self._reads = _Coalescer(redis)
 
     def _story_key(self, uri: str) -> str:
         return f"{self._prefix}story:{uri}"
@@ -152,7 +153,13 @@ class RedisStoryCache:
     ) -> tuple[list[Tagged], float | None]:
         key = self._latest_key(section_id or self.ALL)
         high = "+inf" if before is None else f"({before!r}"
-        reply = await self._page(keys=[key], args=[high, limit, self._prefix + "story:"])
+
+        def page(pipe: Any) -> int:
+            # EVAL, not EVALSHA: a pipeline would check for the script on every flush.
+            pipe.eval(self._PAGE, 1, key, high, limit, self._prefix + "story:")
+            return 1
+
+        (reply,) = await self._reads.run(page)
         *values, more = reply
         cursor = float(more) if more else None
         return [_tagged(raw(v)) for v in values if v], cursor
@@ -162,7 +169,13 @@ class RedisStoryCache:
         return None if found is None else found.body
 
     async def story_tagged(self, uri: str) -> Tagged | None:
-        value = await self._redis.get(self._story_key(uri))
+        key = self._story_key(uri)
+
+        def get(pipe: Any) -> int:
+            pipe.get(key)
+            return 1
+
+        (value,) = await self._reads.run(get)
         return None if value is None else _tagged(raw(value))
 
     async def sections(self) -> list[dict[str, Any]]:
