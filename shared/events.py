@@ -5,8 +5,8 @@ Partners and internal teams build on exactly what is here; changing a field is a
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -309,8 +309,14 @@ INVALID_TRACE = "0" * 32
 current_traceparent: ContextVar[str | None] = ContextVar("current_traceparent", default=None)
 
 
+def _random_id(bits: int) -> str:
+    # Ids must be unique, not secret: the PRNG (as OpenTelemetry's SDK uses) spares every
+    # request two reads of the OS entropy source. All zeros is the invalid id.
+    return f"{random.getrandbits(bits) or 1:0{bits // 4}x}"
+
+
 def new_traceparent() -> str:
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    return f"00-{_random_id(128)}-{_random_id(64)}-01"
 
 
 def child_of(traceparent: str | None) -> str:
@@ -318,7 +324,7 @@ def child_of(traceparent: str | None) -> str:
     match = TRACEPARENT.match(traceparent or "")
     if not match or match.group(1) == INVALID_TRACE:
         return new_traceparent()
-    return f"00-{match.group(1)}-{secrets.token_hex(8)}-{match.group(3)}"
+    return f"00-{match.group(1)}-{_random_id(64)}-{match.group(3)}"
 
 
 def trace_id(traceparent: str | None) -> str | None:

@@ -35,10 +35,13 @@ def traced(traceparent: str | None, **fields: Any) -> Iterator[str]:
     carry it on, and every log line inside has its `trace_id` (and `fields`)."""
     current = child_of(traceparent)
     token = current_traceparent.set(current)
+    # Tokens restore exactly what was bound before, without copying the whole log context
+    # (this runs on every HTTP request).
+    bound = structlog.contextvars.bind_contextvars(trace_id=trace_id(current), **fields)
     try:
-        with structlog.contextvars.bound_contextvars(trace_id=trace_id(current), **fields):
-            yield current
+        yield current
     finally:
+        structlog.contextvars.reset_contextvars(**bound)
         current_traceparent.reset(token)
 
 

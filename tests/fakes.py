@@ -7,7 +7,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
 
-from services.delivery.domain import Job, Subscription
+from services.delivery.domain import Job, Subscription, Tagged, fingerprint
 from services.ingest.domain import LedgerEntry, StoredResponse
 from services.ingest.feeds import FeedIn, FeedState, FeedStatus
 from shared.events import Article, EventMeta
@@ -67,8 +67,18 @@ class FakeStoryCache:
         more = start + limit < len(values)
         return page, float(start + limit) if more else None
 
+    async def latest_tagged(
+        self, section_id: str | None, limit: int, before: float | None = None
+    ) -> tuple[list[Tagged], float | None]:
+        page, cursor = await self.latest(section_id, limit, before)
+        return [Tagged(body, fingerprint(body)) for body in page], cursor
+
     async def story(self, uri: str) -> bytes | None:
         return self.stories.get(uri)
+
+    async def story_tagged(self, uri: str) -> Tagged | None:
+        body = self.stories.get(uri)
+        return None if body is None else Tagged(body, fingerprint(body))
 
     async def sections(self) -> list[dict[str, Any]]:
         return [{"id": "world", "name": "International", "stories": len(self.stories)}]

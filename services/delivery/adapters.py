@@ -21,7 +21,9 @@ from services.delivery.domain import (
     Answer,
     Job,
     Subscription,
+    Tagged,
     fanout_headers,
+    fingerprint,
     tier_for,
 )
 from shared.events import DeliveryAttempt, EventMeta, EventType, Headers, Topics, encode
@@ -47,7 +49,8 @@ class CachedStory:
 class RedisStoryCache:
     """The latest-news cache. Key layout under `<prefix>cache:` (see docs/partners.md):
 
-    - `story:<uri>`        the story's exact JSON bytes from the topic (never re-encoded)
+    - `story:<uri>`        the story's fingerprint (26 bytes, `"<hex>"`, its ETag), then its
+                           exact JSON bytes from the topic (never re-encoded)
     - `latest:<section>`   sorted set uri -> first publication time (epoch s); `latest:all` too
     - `sections`           hash section id -> name
     - `version`            hash uri -> cached version (a late older version never wins)
@@ -60,7 +63,8 @@ class RedisStoryCache:
         self._redis = redis
         self._prefix = f"{key_prefix}cache:"
         self._per_section = per_section
-        self._page = redis.register_script(self._PAGE)
+        # Reads of concurrent requests share one pipeline per loop tick: one round trip.
+        self._reads = _Coalescer(redis)
 
     def _story_key(self, uri: str) -> str:
         return f"{self._prefix}story:{uri}"
@@ -92,7 +96,8 @@ class RedisStoryCache:
                 if story.withdrawn:
                     pipe.delete(self._story_key(story.uri))
                     continue
-                pipe.set(self._story_key(story.uri), story.story_json)
+                stored = fingerprint(story.story_json).encode() + story.story_json
+                pipe.set(self._story_key(story.uri), stored)
                 pipe.hset(self._prefix + "sections", story.section_id, story.section_name)
                 for section_id in (story.section_id, self.ALL):
                     key = self._latest_key(section_id)
@@ -140,16 +145,38 @@ class RedisStoryCache:
     ) -> tuple[list[bytes], float | None]:
         """Newest first; `before` is the cursor (exclusive). Returns the stories and the next
         cursor (None at the end)."""
+        stories, cursor = await self.latest_tagged(section_id, limit, before)
+        return [s.body for s in stories], cursor
+
+    async def latest_tagged(
+        self, section_id: str | None, limit: int, before: float | None = None
+    ) -> tuple[list[Tagged], float | None]:
         key = self._latest_key(section_id or self.ALL)
         high = "+inf" if before is None else f"({before!r}"
-        reply = await self._page(keys=[key], args=[high, limit, self._prefix + "story:"])
+
+        def page(pipe: Any) -> int:
+            # EVAL, not EVALSHA: a pipeline would check for the script on every flush.
+            pipe.eval(self._PAGE, 1, key, high, limit, self._prefix + "story:")
+            return 1
+
+        (reply,) = await self._reads.run(page)
         *values, more = reply
         cursor = float(more) if more else None
-        return [raw(v) for v in values if v], cursor
+        return [_tagged(raw(v)) for v in values if v], cursor
 
     async def story(self, uri: str) -> bytes | None:
-        value = await self._redis.get(self._story_key(uri))
-        return None if value is None else raw(value)
+        found = await self.story_tagged(uri)
+        return None if found is None else found.body
+
+    async def story_tagged(self, uri: str) -> Tagged | None:
+        key = self._story_key(uri)
+
+        def get(pipe: Any) -> int:
+            pipe.get(key)
+            return 1
+
+        (value,) = await self._reads.run(get)
+        return None if value is None else _tagged(raw(value))
 
     async def sections(self) -> list[dict[str, Any]]:
         names = await self._redis.hgetall(self._prefix + "sections")
@@ -163,6 +190,15 @@ class RedisStoryCache:
             for s, n in zip(ids, counts, strict=True)
             if n
         ]
+
+
+FINGERPRINT_LENGTH = 26
+
+
+def _tagged(stored: bytes) -> Tagged:
+    if stored[:1] == b'"':
+        return Tagged(stored[FINGERPRINT_LENGTH:], stored[:FINGERPRINT_LENGTH].decode())
+    return Tagged(stored, fingerprint(stored))  # written before fingerprints were stored
 
 
 class KafkaSubscriptionStore:

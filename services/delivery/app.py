@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -40,14 +39,23 @@ from services.delivery.domain import (
     SubscriptionStore,
     SubscriptionUpdate,
     endpoint_of,
+    fingerprint,
     judge,
     new_secret,
+    page_fingerprint,
     ping_body,
     render,
     should_hop,
     webhook_headers,
 )
 from services.delivery.ops_page import add_ops_routes, sample_forever
+from services.delivery.reads import (
+    CacheReads,
+    cache_headers,
+    latest_body,
+    matches,
+    sections_body,
+)
 from services.delivery.settings import DeliverySettings
 from services.delivery.status_page import Pulse
 from shared.events import (
@@ -793,9 +801,14 @@ class DepsStatus:
         return stories
 
 
-def get_deps(request: Request) -> DeliveryDeps:
+def deps_of(request: Request) -> DeliveryDeps:
     deps: DeliveryDeps = request.app.state.deps
     return deps
+
+
+async def get_deps(request: Request) -> DeliveryDeps:
+    # async: a plain `def` dependency would cost every request a hop through the thread pool.
+    return deps_of(request)
 
 
 def admin_only(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
@@ -806,10 +819,9 @@ def admin_only(request: Request, authorization: Annotated[str | None, Header()] 
 Deps = Annotated[DeliveryDeps, Depends(get_deps)]
 
 
-def _etagged(body: bytes, if_none_match: str | None, max_age: int) -> Response:
-    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}"}
-    if if_none_match and etag in {t.strip().removeprefix("W/") for t in if_none_match.split(",")}:
+def _etagged(body: bytes, etag: str, if_none_match: str | None, max_age: int) -> Response:
+    headers = cache_headers(etag, max_age)
+    if matches(etag, if_none_match):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type="application/json", headers=headers)
 
@@ -837,6 +849,12 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
     )
     install_problem_handlers(app)
     app.state.admin = BearerTokens([settings.admin_token])
+    # Added before the health routes' request metrics, so it runs inside them.
+    app.add_middleware(
+        CacheReads,
+        max_age=settings.cache_max_age_s,
+        on_story_hit=metrics.cache_reads.labels("hit").inc,
+    )
 
     async def is_ready() -> bool:
         deps: DeliveryDeps | None = getattr(app.state, "deps", None)
@@ -845,7 +863,7 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
 
     add_health_routes(app, metrics.registry, is_ready)
     pulse = Pulse()
-    add_ops_routes(app, settings.admin_token, lambda r: DepsStatus(get_deps(r)), pulse)
+    add_ops_routes(app, settings.admin_token, lambda r: DepsStatus(deps_of(r)), pulse)
 
     async def vetted(url: str, deps: DeliveryDeps) -> None:
         try:
@@ -1015,30 +1033,30 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
         """The newest stories first, across all sections or in one section (its taxonomy id)."""
-        stories, cursor = await deps.cache.latest(
+        stories, cursor = await deps.cache.latest_tagged(
             section.lower() if section else None, limit, before
         )
-        tail = b'],"next":' + (json.dumps(repr(cursor)).encode() if cursor else b"null") + b"}"
-        body = b'{"items":[' + b",".join(stories) + tail
-        return _etagged(body, if_none_match, settings.cache_max_age_s)
+        body = latest_body([s.body for s in stories], cursor)
+        etag = page_fingerprint(stories, cursor)
+        return _etagged(body, etag, if_none_match, settings.cache_max_age_s)
 
     @app.get("/v1/sections")
     async def sections(
         deps: Deps, if_none_match: Annotated[str | None, Header()] = None
     ) -> Response:
         """Sections that have stories in the cache, with how many."""
-        body = json.dumps({"items": await deps.cache.sections()}).encode()
-        return _etagged(body, if_none_match, settings.cache_max_age_s)
+        body = sections_body(await deps.cache.sections())
+        return _etagged(body, fingerprint(body), if_none_match, settings.cache_max_age_s)
 
     @app.get("/v1/stories/{uri:path}", responses={200: {"description": "A Story"}})
     async def story(
         uri: str, deps: Deps, if_none_match: Annotated[str | None, Header()] = None
     ) -> Response:
         """One story by its uri (URL-encoded); 404 when unknown or withdrawn."""
-        body = await deps.cache.story(uri)
-        metrics.cache_reads.labels("miss" if body is None else "hit").inc()
-        if body is None:
+        found = await deps.cache.story_tagged(uri)
+        metrics.cache_reads.labels("miss" if found is None else "hit").inc()
+        if found is None:
             raise Problem(404, "unknown_story", f"no live story with uri {uri}")
-        return _etagged(body, if_none_match, settings.cache_max_age_s)
+        return _etagged(found.body, found.etag, if_none_match, settings.cache_max_age_s)
 
     return app

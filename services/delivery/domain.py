@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator
@@ -521,11 +521,35 @@ class SubscriptionStore(Protocol):
     async def all(self) -> list[Subscription]: ...
 
 
+class Tagged(NamedTuple):
+    """A cached story's bytes with their fingerprint (the read API's ETag), stored together so
+    no read hashes a body."""
+
+    body: bytes
+    etag: str
+
+
+def fingerprint(body: bytes) -> str:
+    """A strong entity tag for `body`: a quoted 24-hex-digit BLAKE2b digest (26 characters)."""
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def page_fingerprint(stories: Sequence[Tagged], cursor: float | None) -> str:
+    """The entity tag of a page of stories: what its items' tags and its cursor determine."""
+    return fingerprint(b"".join(s.etag.encode() for s in stories) + repr(cursor).encode())
+
+
 class StoryCache(Protocol):
     async def latest(
         self, section_id: str | None, limit: int, before: float | None
     ) -> tuple[list[bytes], float | None]: ...
 
+    async def latest_tagged(
+        self, section_id: str | None, limit: int, before: float | None
+    ) -> tuple[list[Tagged], float | None]: ...
+
     async def story(self, uri: str) -> bytes | None: ...
+
+    async def story_tagged(self, uri: str) -> Tagged | None: ...
 
     async def sections(self) -> list[dict[str, Any]]: ...

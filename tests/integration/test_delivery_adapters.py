@@ -17,7 +17,7 @@ from services.delivery.adapters import (
     RedisStoryCache,
     webhook_session,
 )
-from services.delivery.domain import Subscription, SubscriptionRequest
+from services.delivery.domain import Subscription, SubscriptionRequest, fingerprint
 from shared.events import Topics
 from tests.receiver import WebhookReceiver
 
@@ -86,6 +86,27 @@ async def test_a_story_moving_section_leaves_the_old_list(redis: Redis, prefix: 
     await cache.apply([cached("urn:a", "politics", 1, version=2)])
     assert (await cache.latest("world", 10))[0] == []
     assert len((await cache.latest("politics", 10))[0]) == 1
+
+
+async def test_stories_carry_their_fingerprint_and_concurrent_reads_get_their_own_answers(
+    redis: Redis, prefix: str
+) -> None:
+    cache = RedisStoryCache(redis, prefix, per_section=100)
+    stories = [cached(f"urn:c{i}", "world", 100 + i) for i in range(40)]
+    await cache.apply(stories)
+    found, pages = await asyncio.gather(
+        asyncio.gather(*(cache.story_tagged(s.uri) for s in [*stories, cached("urn:no", "x", 1)])),
+        asyncio.gather(*(cache.latest_tagged("world", n) for n in (1, 5))),
+    )
+    assert found == [(s.story_json, fingerprint(s.story_json)) for s in stories] + [None]
+    assert [len(page) for page, _ in pages] == [1, 5]
+
+    # A story written before fingerprints were stored is still served, tagged on the fly.
+    await redis.set(f"{prefix}cache:story:urn:c0", b'{"uri":"urn:c0"}')
+    assert await cache.story_tagged("urn:c0") == (
+        b'{"uri":"urn:c0"}',
+        fingerprint(b'{"uri":"urn:c0"}'),
+    )
 
 
 async def test_subscriptions_are_shared_by_instances_and_survive_a_restart(

@@ -225,3 +225,33 @@ def test_etag_gives_304_and_cache_control(client: TestClient, cache: FakeStoryCa
         client.get("/v1/stories/u1", headers={"If-None-Match": story.headers["etag"]}).status_code
         == 304
     )
+
+
+def test_cache_reads_answer_like_the_documented_routes(
+    client: TestClient, cache: FakeStoryCache
+) -> None:
+    cache.stories["u1"] = b'{"uri":"u1"}'
+    story = client.get("/v1/stories/u1")
+    assert story.status_code == 200 and story.content == b'{"uri":"u1"}'
+    assert story.headers["content-type"] == "application/json"
+    assert story.headers["etag"] and story.headers["traceparent"].startswith("00-")
+    page = client.get("/v1/latest?section=WORLD&limit=1")
+    assert page.json() == {"items": [{"uri": "u1"}], "next": None}
+    assert client.get("/v1/sections").json()["items"][0]["id"] == "world"
+    # What the validator must judge is still judged by it, with the documented problem body.
+    for query in ["limit=abc", "limit=%2B5x", "before=soon", "section=" + "x" * 65]:
+        answer = client.get(f"/v1/latest?{query}")
+        assert answer.status_code == 422 and answer.json()["code"] == "invalid_request", query
+    metrics = client.get("/metrics").text
+    assert 'route="/v1/stories/{uri:path}"' in metrics and 'route="/v1/latest"' in metrics
+    assert 'newsflow_delivery_cache_reads_total{result="hit"} 1.0' in metrics
+
+
+def test_a_page_etag_changes_when_a_story_on_it_changes(
+    client: TestClient, cache: FakeStoryCache
+) -> None:
+    cache.stories["u1"] = b'{"uri":"u1","v":1}'
+    first = client.get("/v1/latest").headers["etag"]
+    assert client.get("/v1/latest").headers["etag"] == first
+    cache.stories["u1"] = b'{"uri":"u1","v":2}'  # a correction, same place in the list
+    assert client.get("/v1/latest", headers={"If-None-Match": first}).status_code == 200
