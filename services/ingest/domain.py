@@ -307,7 +307,7 @@ class Intake:
         self._ledger = ledger
         self._source = source
         # A claim outlives the longest publish plus the ledger write; after a crash it expires.
-        self._claim_ttl_s = 2 * publish_timeout_s + 10
+        self._claim_ttl_s = publish_timeout_s + 5
         # A twin request waits about as long as the winner's publish may take, then gets 503.
         self._twin_wait_s = publish_timeout_s + 1
         self._claim_poll_s = claim_poll_s
