@@ -5,7 +5,8 @@ no HTTP server and no load generator in the process, so the figure is what one r
 
 Starts the embedded broker and redis-server, calls the ASGI app directly with ~3 KB articles
 (fresh uri each) from `concurrency` tasks, and prints process CPU µs per request (broker and
-Redis run in their own processes and are not counted). Every process started is stopped by pid.
+Redis run in their own processes and are not counted). `--bare`: the bench's bare endpoint.
+Every process started here is stopped by its pid.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import uuid
 from typing import Any
 
-from bench.ingest import KEY, article
+from bench.ingest import KEY, article, bare_app
 from ops.embedded import start_kafka, start_redis
 from services.ingest.app import create_app
 from services.ingest.main import open_runtime
@@ -66,8 +67,10 @@ async def post(app: Any, body: bytes) -> int:
     return status
 
 
-async def run(settings: IngestSettings, requests: int, concurrency: int, profile: str) -> None:
-    app = create_app(settings, open_runtime)
+async def run(
+    settings: IngestSettings, requests: int, concurrency: int, profile: str, bare: bool
+) -> None:
+    app = bare_app() if bare else create_app(settings, open_runtime)
     bodies = [article("bench") for _ in range(requests + 500)]
     async with app.router.lifespan_context(app):
         statuses: dict[int, int] = {}
@@ -91,7 +94,8 @@ async def run(settings: IngestSettings, requests: int, concurrency: int, profile
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         done = per_task * concurrency
         print(
-            f"{done} requests, statuses {statuses}: {cpu / done * 1e6:.0f} µs CPU a request, "
+            f"{'bare' if bare else 'ingest'}: {done} requests, statuses {statuses}: "
+            f"{cpu / done * 1e6:.0f} µs CPU a request, "
             f"{done / wall:.0f} req/s in-process"
         )
 
@@ -102,11 +106,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", default="", help="write cProfile stats of the last round")
+    parser.add_argument("--bare", action="store_true", help="the bare endpoint instead")
     args = parser.parse_args()
     kafka, redis = start_kafka(), start_redis()
     try:
         prefix = f"cpu{uuid.uuid4().hex[:6]}."
         asyncio.run(ensure_topics(kafka.address, Topics(prefix).all()))
+        os.environ.update(
+            NEWSFLOW_KAFKA_BOOTSTRAP_SERVERS=kafka.address, NEWSFLOW_TOPIC_PREFIX=prefix
+        )  # the bare endpoint reads its settings from the environment
         settings = IngestSettings(
             kafka_bootstrap_servers=kafka.address,
             redis_url=redis.address,
@@ -121,7 +129,8 @@ def main() -> None:
 
         for round_ in range(args.rounds):
             last = round_ == args.rounds - 1
-            uvloop.run(run(settings, args.requests, args.concurrency, args.profile if last else ""))
+            profile = args.profile if last else ""
+            uvloop.run(run(settings, args.requests, args.concurrency, profile, args.bare))
     finally:
         redis.stop()
         kafka.stop()
