@@ -4,8 +4,9 @@
 
 Starts the embedded broker (Tansu) and redis-server, then for each round: the bare endpoint
 (same uvicorn stack: JSON parse + raw aiokafka send awaiting the ack, no validation) and the
-real ingest service, each loaded by aiohttp clients on loopback. Every process started here
-is stopped by its pid.
+real ingest service, each loaded by aiohttp clients on loopback. Also prints the server's CPU
+time (all its processes, from /proc) per request in the measured window: unlike the rates, it
+hardly depends on what else runs on the box. Every process started here is stopped by its pid.
 """
 
 from __future__ import annotations
@@ -80,6 +81,30 @@ def article(provider: str) -> bytes:
     )
 
 
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and every live descendant of it."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {pid}, True
+    while grew:
+        found = {child for child, parent in parents.items() if parent in tree}
+        grew = not found <= tree
+        tree |= found
+    ticks = 0
+    for member in tree:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Result:
     name: str
@@ -87,6 +112,7 @@ class Result:
     other: int
     seconds: float
     latencies_ms: list[float]
+    server_cpu_s: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -96,15 +122,22 @@ class Result:
     def p99(self) -> float:
         return statistics.quantiles(self.latencies_ms, n=100)[98]
 
+    @property
+    def cpu_us(self) -> float:
+        """Server CPU (all its processes) per answered request in the measured window."""
+        return self.server_cpu_s / max(1, self.accepted + self.other) * 1e6
+
     def line(self) -> str:
         return (
             f"{self.name:8} {self.rate:8.0f} accepted/s  p50 "
             f"{statistics.median(self.latencies_ms):5.1f} ms  p99 {self.p99:5.1f} ms  "
-            f"(non-2xx: {self.other})"
+            f"server CPU {self.cpu_us:4.0f} µs/request  (non-2xx: {self.other})"
         )
 
 
-async def load(name: str, url: str, seconds: float, concurrency: int) -> Result:
+async def load(
+    name: str, url: str, seconds: float, concurrency: int, server_cpu: Callable[[], float]
+) -> Result:
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     bodies = [article("bench") for _ in range(2000)]
     latencies: list[float] = []
@@ -127,11 +160,13 @@ async def load(name: str, url: str, seconds: float, concurrency: int) -> Result:
         await asyncio.gather(*(client(i, warm, False) for i in range(concurrency)))
         # Fresh uris for the measured part, so every request publishes a new record.
         bodies[:] = [article("bench") for _ in range(len(bodies))]
+        cpu = server_cpu()
         started = time.perf_counter()
         until = started + seconds
         await asyncio.gather(*(client(i, until, True) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return Result(name, counts["ok"], counts["other"], elapsed, latencies)
+        cpu = server_cpu() - cpu
+    return Result(name, counts["ok"], counts["other"], elapsed, latencies, cpu)
 
 
 def start_server(argv: list[str], env: dict[str, str], port: int) -> ChildProcess:
@@ -152,7 +187,9 @@ def run_one(
     server = start_server(make(port), {**env, "NEWSFLOW_INGEST_PORT": str(port)}, port)
     try:
         url = f"http://127.0.0.1:{port}/v1/articles"
-        return asyncio.run(load(name, url, args.seconds, args.concurrency))
+        return asyncio.run(
+            load(name, url, args.seconds, args.concurrency, lambda: process_tree_cpu_s(server.pid))
+        )
     finally:
         server.stop()
 
@@ -207,7 +244,9 @@ def main() -> None:
         best_ingest = max(ingests, key=lambda r: r.rate)
         print(
             f"best: ingest {best_ingest.rate:.0f}/s (p99 {best_ingest.p99:.1f} ms), "
-            f"bare {best_bare.rate:.0f}/s, ratio {best_ingest.rate / best_bare.rate:.2f}"
+            f"bare {best_bare.rate:.0f}/s, ratio {best_ingest.rate / best_bare.rate:.2f}; "
+            f"server CPU a request: ingest {best_ingest.cpu_us:.0f} µs, "
+            f"bare {best_bare.cpu_us:.0f} µs"
         )
     finally:
         redis.stop()

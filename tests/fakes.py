@@ -2,37 +2,63 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
 
 from services.delivery.domain import Job, Subscription, Tagged, fingerprint
-from services.ingest.domain import LedgerEntry, StoredResponse
+from services.ingest.domain import Claim, LedgerEntry, StoredResponse
 from services.ingest.feeds import FeedIn, FeedState, FeedStatus
-from shared.events import Article, EventMeta
+from shared.events import Article, EventMeta, decode_article
 
 
 class FakePublisher:
     def __init__(self) -> None:
         self.published: list[tuple[Article, EventMeta]] = []
         self.broker_down = False
+        self.failures = 0  # the next `failures` publishes fail (after `ack_delay_s`)
+        self.ack_delay_s = 0.0
 
-    async def publish(self, article: Article, meta: EventMeta) -> None:
-        if self.broker_down:
+    async def publish(self, article: Article, meta: EventMeta, value: bytes | None = None) -> None:
+        if self.ack_delay_s:
+            await asyncio.sleep(self.ack_delay_s)
+        if self.broker_down or self.failures:
+            self.failures = max(0, self.failures - 1)
             raise KafkaConnectionError("broker unreachable")
-        self.published.append((article, meta))
+        self.published.append((article if value is None else decode_article(value), meta))
 
 
 class FakeLedger:
+    """The ledger's rules in memory: claims are taken only for versions newer than recorded."""
+
     def __init__(self) -> None:
         self.entries: dict[str, LedgerEntry] = {}
+        self.claims: dict[tuple[str, int], tuple[str, str]] = {}  # -> (fingerprint, token)
 
     async def get(self, uri: str, with_article: bool = True) -> LedgerEntry | None:
         return self.entries.get(uri)
 
+    async def claim(
+        self, uri: str, version: int, fingerprint: str, token: str, ttl_s: float
+    ) -> Claim:
+        previous = self.entries.get(uri)
+        if previous is not None and previous.version >= version:
+            return Claim(previous, won=False)
+        holder = self.claims.setdefault((uri, version), (fingerprint, token))
+        won = holder[1] == token
+        return Claim(previous, won=won, held_by=None if won else holder[0])
+
     async def put(self, uri: str, entry: LedgerEntry) -> None:
-        self.entries[uri] = entry
+        recorded = self.entries.get(uri)
+        if recorded is None or recorded.version < entry.version:
+            self.entries[uri] = entry
+        self.claims.pop((uri, entry.version), None)
+
+    async def release(self, uri: str, version: int, token: str) -> None:
+        if self.claims.get((uri, version), ("", ""))[1] == token:
+            del self.claims[(uri, version)]
 
 
 class FakeSubscriptionStore:

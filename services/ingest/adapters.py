@@ -14,7 +14,7 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
-from services.ingest.domain import LedgerEntry, StoredResponse
+from services.ingest.domain import Claim, LedgerEntry, StoredResponse
 from services.ingest.feeds import (
     FeedError,
     FeedIn,
@@ -37,11 +37,14 @@ class KafkaArticlePublisher:
         self._topic = topic
         self._ack_timeout_s = ack_timeout_s
 
-    async def publish(self, article: Article, meta: EventMeta) -> None:
+    async def publish(self, article: Article, meta: EventMeta, value: bytes | None = None) -> None:
         """Waits for the broker's ack (acks=all); a slow broker raises `TimeoutError`."""
         async with asyncio.timeout(self._ack_timeout_s):
             ack = await self._producer.send(
-                self._topic, encode(article), key=article.uri.encode(), headers=meta.to_headers()
+                self._topic,
+                encode(article) if value is None else value,
+                key=article.uri.encode(),
+                headers=meta.to_headers(),
             )
             await ack
 
@@ -87,55 +90,134 @@ class Coalescer(Generic[T, R]):
 
 _LEDGER_FIELDS = ["version", "event_id", "event_type", "fingerprint"]
 
+# One call serves a whole batch of claims (one round trip, one command to pack and parse).
+# KEYS: per claim, the uri's ledger hash and the claim on uri+version.
+# ARGV: per claim, version, fingerprint, token, ttl ms.
+# Answers per claim the recorded fields, then 1 if the caller now holds the claim, else the
+# holder's "fingerprint token" (nil when the recorded version is already as high).
+_CLAIM = """
+local answers = {}
+for i = 1, #KEYS / 2 do
+  local ledger, claim = KEYS[2 * i - 1], KEYS[2 * i]
+  local at = 4 * (i - 1)
+  local version, fingerprint, token, ttl = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+  local recorded = redis.call('HMGET', ledger, 'version', 'event_id', 'event_type', 'fingerprint')
+  local won, holder = 0, false
+  if not (recorded[1] and tonumber(recorded[1]) >= tonumber(version)) then
+    if redis.call('SET', claim, fingerprint .. ' ' .. token, 'NX', 'PX', ttl) then
+      won = 1
+    else
+      holder = redis.call('GET', claim)
+    end
+  end
+  for _, value in ipairs({recorded[1], recorded[2], recorded[3], recorded[4], won, holder}) do
+    answers[#answers + 1] = value
+  end
+end
+return answers
+"""
+# KEYS: per entry, the ledger hash and the claim. ARGV: per entry, version, event_id,
+# event_type, fingerprint, article JSON. Never replaces a version with a lower (or the same)
+# one, whatever order replicas write in; drops the claim.
+_RECORD = """
+for i = 1, #KEYS / 2 do
+  local ledger, claim, at = KEYS[2 * i - 1], KEYS[2 * i], 5 * (i - 1)
+  local recorded = redis.call('HGET', ledger, 'version')
+  if not recorded or tonumber(recorded) < tonumber(ARGV[at + 1]) then
+    redis.call('HSET', ledger, 'version', ARGV[at + 1], 'event_id', ARGV[at + 2],
+               'event_type', ARGV[at + 3], 'fingerprint', ARGV[at + 4], 'article', ARGV[at + 5])
+  end
+  redis.call('DEL', claim)
+end
+return #KEYS / 2
+"""
+# KEYS: claim. ARGV: the claimer's token; another holder's claim is left alone.
+_RELEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and string.sub(holder, -string.len(ARGV[1]) - 1) == ' ' .. ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+_CLAIM_FIELDS = 6
+
 
 class RedisLedger:
-    """One hash per uri holding the last accepted version; shared by every ingest replica."""
+    """One hash per uri holding the last accepted version, and short-lived claims on versions
+    being published; shared by every ingest replica."""
 
     def __init__(self, redis: Redis, key_prefix: str) -> None:
         self._redis = redis
         self._prefix = f"{key_prefix}ingest:article:"
-        self._reads: Coalescer[str, list[Any]] = Coalescer(self._read_many)
-        self._writes: Coalescer[tuple[str, LedgerEntry], Any] = Coalescer(self._write_many)
+        self._claims = f"{key_prefix}ingest:claim:"
+        self._claim_calls: Coalescer[tuple[str, int, str, str, int], list[Any]] = Coalescer(
+            self._claim_many
+        )
+        self._writes: Coalescer[tuple[str, LedgerEntry], None] = Coalescer(self._write_many)
 
     async def get(self, uri: str, with_article: bool = True) -> LedgerEntry | None:
         """The stored article JSON (3 KB and more) is fetched only when asked for."""
-        if with_article:
-            values = await self._redis.hmget(self._prefix + uri, [*_LEDGER_FIELDS, "article"])
-        else:
-            values = await self._reads.submit(uri)
-        if values[0] is None:
-            return None
-        return LedgerEntry(
-            version=int(_text(values[0])),
-            event_id=_text(values[1]),
-            event_type=_text(values[2]),
-            fingerprint=_text(values[3]),
-            article_json=_text(values[4]) if with_article else "",
+        fields = [*_LEDGER_FIELDS, "article"] if with_article else _LEDGER_FIELDS
+        values = await self._redis.hmget(self._prefix + uri, fields)
+        return _entry(values, with_article)
+
+    async def claim(
+        self, uri: str, version: int, fingerprint: str, token: str, ttl_s: float
+    ) -> Claim:
+        ttl_ms = max(1, int(ttl_s * 1000))
+        values = await self._claim_calls.submit((uri, version, fingerprint, token, ttl_ms))
+        holder = values[5]
+        return Claim(
+            previous=_entry(values, with_article=False),
+            won=values[4] == 1,
+            held_by=_text(holder).partition(" ")[0] if holder is not None else None,
         )
 
     async def put(self, uri: str, entry: LedgerEntry) -> None:
         await self._writes.submit((uri, entry))
 
-    async def _read_many(self, uris: list[str]) -> list[list[Any]]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for uri in uris:
-                pipe.hmget(self._prefix + uri, _LEDGER_FIELDS)
-            return list(await pipe.execute())
+    async def release(self, uri: str, version: int, token: str) -> None:
+        await self._redis.eval(_RELEASE, 1, self._claim_key(uri, version), token)
 
-    async def _write_many(self, writes: list[tuple[str, LedgerEntry]]) -> list[Any]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for uri, entry in writes:
-                pipe.hset(
-                    self._prefix + uri,
-                    mapping={
-                        "version": entry.version,
-                        "event_id": entry.event_id,
-                        "event_type": entry.event_type,
-                        "fingerprint": entry.fingerprint,
-                        "article": entry.article_json,
-                    },
-                )
-            return list(await pipe.execute())
+    def _claim_key(self, uri: str, version: int) -> str:
+        return f"{self._claims}{uri}:{version}"
+
+    async def _claim_many(self, calls: list[tuple[str, int, str, str, int]]) -> list[list[Any]]:
+        keys: list[Any] = []
+        args: list[Any] = []
+        for uri, version, fingerprint, token, ttl_ms in calls:
+            keys += (self._prefix + uri, self._claim_key(uri, version))
+            args += (version, fingerprint, token, ttl_ms)
+        # EVAL sends the script each time; a few hundred bytes per batch buy no NOSCRIPT path.
+        answers = await self._redis.eval(_CLAIM, len(keys), *keys, *args)
+        return [answers[i : i + _CLAIM_FIELDS] for i in range(0, len(answers), _CLAIM_FIELDS)]
+
+    async def _write_many(self, writes: list[tuple[str, LedgerEntry]]) -> list[None]:
+        keys: list[Any] = []
+        args: list[Any] = []
+        for uri, entry in writes:
+            keys += (self._prefix + uri, self._claim_key(uri, entry.version))
+            args += (
+                entry.version,
+                entry.event_id,
+                entry.event_type,
+                entry.fingerprint,
+                entry.article_json,
+            )
+        await self._redis.eval(_RECORD, len(keys), *keys, *args)
+        return [None] * len(writes)
+
+
+def _entry(values: list[Any], with_article: bool) -> LedgerEntry | None:
+    if values[0] is None:
+        return None
+    return LedgerEntry(
+        version=int(_text(values[0])),
+        event_id=_text(values[1]),
+        event_type=_text(values[2]),
+        fingerprint=_text(values[3]),
+        article_json=_text(values[4]) if with_article else "",
+    )
 
 
 class RedisRateLimiter:
@@ -143,7 +225,8 @@ class RedisRateLimiter:
 
     A replica leases up to `lease` articles of budget at a time (one INCRBY), then spends the
     lease locally: one Redis round trip per `lease` articles instead of one per request. A
-    window can overshoot by at most `lease - 1` articles per replica.
+    window can overshoot by at most `lease - 1` articles per replica. Requests arriving while a
+    lease is on its way wait for it rather than each leasing (and losing) a share of the budget.
     """
 
     def __init__(
@@ -155,14 +238,17 @@ class RedisRateLimiter:
         self._window = window_s
         self._lease = max(1, min(lease, per_window // 20))
         self._leased: dict[str, tuple[int, int]] = {}  # key_id -> (window, articles left)
+        self._leasing: dict[str, asyncio.Lock] = {}
 
     async def hit(self, key_id: str, cost: int) -> float | None:
         now = time.time()
         window = int(now // self._window)
-        held_window, left = self._leased.get(key_id, (window, 0))
-        if held_window != window:
-            left = 0
-        if left < cost:
+        if self._spend(key_id, window, cost):
+            return None
+        async with self._leasing.setdefault(key_id, asyncio.Lock()):
+            if self._spend(key_id, window, cost):
+                return None
+            left = self._left(key_id, window)
             want = max(self._lease, cost - left)
             key = f"{self._prefix}{key_id}:{window}"
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -170,12 +256,21 @@ class RedisRateLimiter:
                 pipe.expire(key, self._window * 2)
                 count, _ = await pipe.execute()
             granted = max(0, min(want, self._limit - (int(count) - want)))
-            left += granted
-            if left < cost:
-                self._leased[key_id] = (window, left)
-                return (window + 1) * self._window - now
+            self._leased[key_id] = (window, self._left(key_id, window) + granted)
+            if self._spend(key_id, window, cost):
+                return None
+        return (window + 1) * self._window - now
+
+    def _left(self, key_id: str, window: int) -> int:
+        held_window, left = self._leased.get(key_id, (window, 0))
+        return left if held_window == window else 0
+
+    def _spend(self, key_id: str, window: int, cost: int) -> bool:
+        left = self._left(key_id, window)
+        if left < cost:
+            return False
         self._leased[key_id] = (window, left - cost)
-        return None
+        return True
 
 
 class RedisIdempotencyStore:

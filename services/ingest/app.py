@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +16,7 @@ import orjson
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import models_json_schema
@@ -120,6 +121,16 @@ class IngestMetrics:
 
 
 Ready = Callable[[], Awaitable[bool]]
+Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+class PlainRoute(APIRoute):
+    """A route whose endpoint reads the `Request` and returns the `Response` itself: documented
+    in OpenAPI like any other, but FastAPI's parameter solving is skipped on the hot path."""
+
+    def get_route_handler(self) -> Endpoint:
+        endpoint: Endpoint = self.endpoint
+        return endpoint
 
 
 @dataclass
@@ -399,7 +410,16 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
         metrics.articles.labels("accepted" if receipt.created else "duplicate").inc()
         return (202 if receipt.created else 200), _receipt(receipt)
 
-    @app.post(
+    def plain_post(path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+        def register(endpoint: Endpoint) -> Endpoint:
+            app.router.add_api_route(
+                path, endpoint, methods=["POST"], route_class_override=PlainRoute, **options
+            )
+            return endpoint
+
+        return register
+
+    @plain_post(
         "/v1/articles",
         status_code=202,
         response_model=Accepted,
@@ -420,7 +440,7 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
         A higher `version` of a known `uri` is a correction (`newsflow.article.updated`); the
         identical re-post answers `200` with the original `event_id`.
         """
-        # Headers are read by hand here: FastAPI's parameter machinery costs ~0.3 ms a request.
+        # Headers are read by hand: FastAPI's parameter machinery would cost ~0.1 ms a request.
         key, runtime = identify(request), get_runtime_now(request)
         idempotency_key = idempotency_key_of(request)
         payload, raw = await read_json(request)
@@ -434,7 +454,7 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
             lambda: accept_one(runtime, runtime.intake.accept(article)),
         )
 
-    @app.post(
+    @plain_post(
         "/v1/articles/batch",
         response_model=BatchOut,
         responses={**AUTH_ERRORS, **BODY_ERRORS},

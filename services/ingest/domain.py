@@ -4,10 +4,13 @@ safe. No I/O."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import html
+import itertools
 import re
+import secrets
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ from typing import Any, Protocol
 
 import nh3
 
-from shared.events import Article, EventMeta, EventType, event_type_for
+from shared.events import Article, EventMeta, EventType, encode, event_type_for
 
 # What a story body may keep: paragraphs, links, lists, emphasis, headings, figures and images.
 ALLOWED_TAGS = {
@@ -26,15 +29,18 @@ ALLOWED_TAGS = {
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title", "width", "height"}}
 
 
+# Built once: a Cleaner keeps the allowlist on the Rust side instead of converting it per call.
+_SANITISER = nh3.Cleaner(
+    tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, url_schemes={"http", "https"}
+)
+
+
 def sanitise_html(body_html: str) -> str:
-    return nh3.clean(
-        body_html, tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, url_schemes={"http", "https"}
-    )
+    return _SANITISER.clean(body_html)
 
 
-# nh3's output is normalised (lower-case tags, `<br>`), so plain replaces find every block end.
-_BLOCK_TAGS = ["p", "li", "h2", "h3", "h4", "h5", "h6", "blockquote", "figcaption", "figure"]
-_BLOCK_ENDS = (*(f"</{tag}>" for tag in [*_BLOCK_TAGS, "ul", "ol"]), "<br>")
+# nh3's output is normalised (lower-case tags, `<br>`), so a plain pattern finds every block end.
+_BLOCK_END = re.compile(r"</(?:p|li|h[2-6]|blockquote|figcaption|figure|ul|ol)>|<br>")
 _TAG = re.compile(r"<[^>]*>")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u3000]+")
 _ODD_SPACE = re.compile(r"[\u00a0\u2000-\u200a\u3000]")
@@ -42,10 +48,9 @@ _ODD_SPACE = re.compile(r"[\u00a0\u2000-\u200a\u3000]")
 
 def html_to_text(body_html: str) -> str:
     """The plain text of a sanitised body: one paragraph per line, entities decoded."""
-    for end in _BLOCK_ENDS:
-        if end in body_html:
-            body_html = body_html.replace(end, "\n")
-    text = html.unescape(_TAG.sub("", body_html))
+    text = _TAG.sub("", _BLOCK_END.sub("\n", body_html))
+    if "&" in text:
+        text = html.unescape(text)
     if "  " in text or "\t" in text or (not text.isascii() and _ODD_SPACE.search(text)):
         text = _SPACES.sub(" ", text)
     return "\n".join(filter(None, (line.strip(" ") for line in text.split("\n"))))
@@ -227,16 +232,36 @@ class LedgerEntry:
     article_json: str
 
 
+@dataclass(frozen=True)
+class Claim:
+    """The ledger's answer to "may I publish this uri+version?", read and claimed atomically."""
+
+    previous: LedgerEntry | None  # the last recorded version (without `article_json`)
+    won: bool  # the caller holds uri+version now: it publishes, then records or releases
+    held_by: str | None = None  # another caller holds it: the fingerprint of its content
+
+
 class Ledger(Protocol):
     async def get(self, uri: str, with_article: bool = True) -> LedgerEntry | None:
         """`article_json` is left empty when not `with_article` (it is large)."""
 
-    async def put(self, uri: str, entry: LedgerEntry) -> None: ...
+    async def claim(
+        self, uri: str, version: int, fingerprint: str, token: str, ttl_s: float
+    ) -> Claim:
+        """Reads the last recorded version and, in the same step, claims uri+version if it is
+        newer. One caller wins; the claim lasts until recorded, released or `ttl_s` passed."""
+
+    async def put(self, uri: str, entry: LedgerEntry) -> None:
+        """Records `entry` unless a version at least as high is recorded; drops its claim."""
+
+    async def release(self, uri: str, version: int, token: str) -> None:
+        """Drops the claim on uri+version if `token` still holds it (the publish failed)."""
 
 
 class ArticlePublisher(Protocol):
-    async def publish(self, article: Article, meta: EventMeta) -> None:
-        """Returns only once the broker acknowledged the record (acks=all)."""
+    async def publish(self, article: Article, meta: EventMeta, value: bytes | None = None) -> None:
+        """Returns only once the broker acknowledged the record (acks=all). `value` is the
+        article already encoded, when the caller has it."""
 
 
 @dataclass(frozen=True)
@@ -267,30 +292,68 @@ def prepare(article: Article) -> Article:
 
 
 class Intake:
-    """Accepts article versions: publishes new ones, recognises re-posts, refuses stale ones."""
+    """Accepts article versions: publishes new ones, recognises re-posts, refuses stale ones.
 
-    def __init__(self, publisher: ArticlePublisher, ledger: Ledger, source: str) -> None:
+    Replicas share the ledger: a version is published only by the request that claimed it, so
+    the same post arriving twice at once (two replicas, or one) makes one record, not two.
+    """
+
+    def __init__(
+        self,
+        publisher: ArticlePublisher,
+        ledger: Ledger,
+        source: str,
+        publish_timeout_s: float = 10.0,
+        claim_poll_s: float = 0.02,
+    ) -> None:
         self._publisher = publisher
         self._ledger = ledger
         self._source = source
+        # A claim outlives the longest publish plus the ledger write; after a crash it expires.
+        self._claim_ttl_s = publish_timeout_s + 5
+        # A twin request waits about as long as the winner's publish may take, then gets 503.
+        self._twin_wait_s = publish_timeout_s + 1
+        self._claim_poll_s = claim_poll_s
+        # Claim tokens: unique across replicas (random prefix) without a syscall per article.
+        self._tokens = (f"{secrets.token_hex(8)}-{n}" for n in itertools.count())
 
     async def accept(self, article: Article) -> Receipt:
         article = prepare(article)
-        previous = await self._ledger.get(article.uri, with_article=False)
         digest = fingerprint(article)
-        if previous is not None:
-            if previous.fingerprint == digest:
-                return Receipt(
-                    article.uri, previous.version, previous.event_id, previous.event_type, False
-                )
-            if article.version <= previous.version:
-                raise VersionConflict(article.uri, article.version, previous.version)
+        token = next(self._tokens)
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._twin_wait_s
+        while True:
+            claim = await self._ledger.claim(
+                article.uri, article.version, digest, token, self._claim_ttl_s
+            )
+            previous = claim.previous
+            if previous is not None:
+                if previous.fingerprint == digest:
+                    return Receipt(
+                        article.uri, previous.version, previous.event_id, previous.event_type, False
+                    )
+                if article.version <= previous.version:
+                    raise VersionConflict(article.uri, article.version, previous.version)
+            if claim.won:
+                break
+            if claim.held_by != digest:
+                raise VersionConflict(article.uri, article.version, article.version)
+            # The identical post is being published by another request: its event is ours.
+            if loop.time() >= give_up_at:
+                raise TimeoutError(f"{article.uri} version {article.version} is still publishing")
+            await asyncio.sleep(self._claim_poll_s)
         event_type = event_type_for(article, previous.version if previous else None)
         meta = EventMeta.new(event_type, self._source)
-        await self._publisher.publish(article, meta)
-        entry = LedgerEntry(
-            article.version, meta.id, event_type, digest, article.model_dump_json(exclude_none=True)
-        )
+        value = encode(article)
+        try:
+            await self._publisher.publish(article, meta, value)
+        except BaseException:
+            # Not published: let a retry claim it now rather than after the claim expires.
+            with contextlib.suppress(Exception):
+                await self._ledger.release(article.uri, article.version, token)
+            raise
+        entry = LedgerEntry(article.version, meta.id, event_type, digest, value.decode())
         await self._ledger.put(article.uri, entry)
         return Receipt(article.uri, article.version, meta.id, event_type, True)
 

@@ -51,6 +51,7 @@ async def open_runtime(settings: IngestSettings) -> AsyncIterator[IngestRuntime]
             ),
             RedisLedger(redis, settings.redis_key_prefix),
             source=f"{settings.event_source}:ingest",
+            publish_timeout_s=settings.ingest_ack_timeout_s,
         )
         registry = RedisFeedRegistry(redis, settings.redis_key_prefix)
         poller = FeedPoller(

@@ -6,8 +6,10 @@ import asyncio
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -78,6 +80,36 @@ def test_articles_reach_the_topic_and_reposts_do_not(
     assert len(records) == 5
     data = json.loads(mine[0].value or b"")
     assert data["body_text"]
+
+
+def test_one_version_posted_at_once_to_two_replicas_is_published_once(
+    kafka_bootstrap: str, redis_url: str, prefix: str, topics: Topics
+) -> None:
+    payload = article_payload()
+    rival = {**payload, "headline": "A different story under the same version"}
+    posts = 24
+    start = threading.Barrier(posts + 1)
+    settings = settings_for(kafka_bootstrap, redis_url, prefix)
+    with running(settings) as one, running(settings) as two:
+
+        def post(i: int) -> Any:
+            start.wait()
+            return (one if i % 2 else two).post("/v1/articles", json=payload, headers=AUTH)
+
+        with ThreadPoolExecutor(posts) as pool:
+            pending = [pool.submit(post, i) for i in range(posts)]
+            start.wait()
+            answers = [p.result() for p in pending]
+        late_rival = one.post("/v1/articles", json=rival, headers=AUTH)
+
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] * (posts - 1) + [202]
+    assert len({a.json()["event_id"] for a in answers}) == 1
+    assert late_rival.status_code == 409
+    # Nothing else goes to this test's topic: read until the timeout to see any extra record.
+    records = asyncio.run(read_records(kafka_bootstrap, topics.ingested, 2, within_s=5))
+    assert [r.key for r in records] == [payload["uri"].encode()]
+    assert dict(records[0].headers)["ce_id"].decode() == answers[0].json()["event_id"]
 
 
 def test_rate_limit_is_shared_by_replicas(

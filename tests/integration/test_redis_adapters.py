@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 from redis.asyncio import Redis
@@ -26,3 +28,43 @@ async def test_ledger_round_trip(redis: Redis, prefix: str) -> None:
     assert await ledger.get("urn:u") is None
     await ledger.put("urn:u", entry)
     assert await ledger.get("urn:u") == entry
+
+
+async def test_ledger_never_records_a_lower_version_over_a_higher_one(
+    redis: Redis, prefix: str
+) -> None:
+    ledger = RedisLedger(redis, prefix)
+    newer = LedgerEntry(3, "evt-3", "newsflow.article.updated", "c", '{"version":3}')
+    older = LedgerEntry(2, "evt-2", "newsflow.article.updated", "b", '{"version":2}')
+    await ledger.put("urn:u", newer)
+    await ledger.put("urn:u", older)
+    assert await ledger.get("urn:u") == newer
+
+
+async def test_one_claim_per_version_until_recorded_or_released(redis: Redis, prefix: str) -> None:
+    ledger = RedisLedger(redis, prefix)
+    first, twin, rival = await asyncio.gather(
+        ledger.claim("urn:u", 1, "fp-a", "t1", 30),
+        ledger.claim("urn:u", 1, "fp-a", "t2", 30),
+        ledger.claim("urn:u", 1, "fp-b", "t3", 30),
+    )
+    assert [first.won, twin.won, rival.won] == [True, False, False]
+    assert (twin.held_by, rival.held_by) == ("fp-a", "fp-a")
+
+    await ledger.release("urn:u", 1, "t2")  # not the holder: nothing happens
+    assert not (await ledger.claim("urn:u", 1, "fp-a", "t4", 30)).won
+    await ledger.release("urn:u", 1, "t1")
+    assert (await ledger.claim("urn:u", 1, "fp-a", "t5", 30)).won
+
+    entry = LedgerEntry(1, "evt-1", "newsflow.article.published", "fp-a", "{}")
+    await ledger.put("urn:u", entry)
+    after = await ledger.claim("urn:u", 1, "fp-a", "t6", 30)
+    assert (after.won, after.previous) == (False, replace(entry, article_json=""))
+    assert (await ledger.claim("urn:u", 2, "fp-c", "t7", 30)).won
+
+
+async def test_a_claim_expires(redis: Redis, prefix: str) -> None:
+    ledger = RedisLedger(redis, prefix)
+    assert (await ledger.claim("urn:u", 1, "fp", "t1", 0.05)).won
+    await asyncio.sleep(0.1)
+    assert (await ledger.claim("urn:u", 1, "fp", "t2", 30)).won

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
@@ -190,6 +192,42 @@ def test_broker_down_is_503_with_retry_after(client: TestClient, publisher: Fake
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert response.json()["code"] == "broker_unavailable"
+
+
+def at_once(client: TestClient, payloads: list[dict[str, Any]]) -> list[int]:
+    """Posts every payload at the same moment; the answers' statuses, sorted."""
+    start = threading.Barrier(len(payloads) + 1)
+
+    def send(payload: dict[str, Any]) -> Any:
+        start.wait()
+        return post(client, payload)
+
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        pending = [pool.submit(send, payload) for payload in payloads]
+        start.wait()
+        return sorted(p.result().status_code for p in pending)
+
+
+def test_a_failed_publish_lets_its_waiting_twin_publish(
+    client: TestClient, publisher: FakePublisher
+) -> None:
+    payload = article_payload()
+    publisher.ack_delay_s = 0.2
+    publisher.failures = 1
+
+    # The first publish fails (503); its twin, waiting on the claim, then publishes it itself.
+    assert at_once(client, [payload, payload]) == [202, 503]
+    assert len(publisher.published) == 1
+
+
+def test_other_content_for_a_version_being_published_is_409(
+    client: TestClient, publisher: FakePublisher
+) -> None:
+    payload = article_payload()
+    publisher.ack_delay_s = 0.2
+
+    assert at_once(client, [payload, {**payload, "headline": "Other"}]) == [202, 409]
+    assert len(publisher.published) == 1
 
 
 def test_health_and_metrics(client: TestClient) -> None:
