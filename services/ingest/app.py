@@ -242,6 +242,22 @@ def _json_body(schema: str, example: Any) -> dict[str, Any]:
     }
 
 
+# A client that sends its whole body before reading the answer (urllib, requests, many CMSes)
+# sees a reset instead of our 413 if we close with its body unread; so an oversized body is
+# read and dropped, up to this much (beyond it, the answer goes out at once).
+DISCARD_AT_MOST = 32 * 1024 * 1024
+
+
+async def _discard(request: Request, declared: int = 0) -> None:
+    if declared > DISCARD_AT_MOST:
+        return
+    read = 0
+    async for chunk in request.stream():
+        read += len(chunk)
+        if read > DISCARD_AT_MOST:
+            return
+
+
 def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> FastAPI:
     metrics = IngestMetrics()
     keys: KeyRing = settings.api_keys
@@ -307,12 +323,17 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
         )
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > settings.ingest_max_body_bytes:
+            await _discard(request, int(length))
             raise too_large
-        body = b""
+        chunks: list[bytes] = []
+        size = 0
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > settings.ingest_max_body_bytes:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > settings.ingest_max_body_bytes:
+                await _discard(request)
                 raise too_large
+        body = b"".join(chunks)
         try:
             return clean_payload(orjson.loads(body)), body
         except orjson.JSONDecodeError as exc:
