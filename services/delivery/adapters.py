@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from redis.asyncio import Redis
 
 from services.delivery.domain import (
@@ -24,7 +25,7 @@ from services.delivery.domain import (
     fanout_headers,
     tier_for,
 )
-from shared.events import DeliveryAttempt, EventMeta, EventType, Headers, Topics, encode
+from shared.events import EventMeta, EventType, Headers, Topics
 from shared.kafka import DeadLetters
 from shared.logging import get_logger
 from shared.redis import raw, text
@@ -380,9 +381,7 @@ class RedisDeliveryState:
         found = await self._coalesced.run(ops) if earlier else []
         return next((v for v, queued in zip(earlier, found, strict=True) if queued), None)
 
-    async def settled(
-        self, job: Job, attempt: DeliveryAttempt | None, delivered: bool, dead: bool
-    ) -> None:
+    async def settled(self, job: Job, attempt: bytes | None, delivered: bool, dead: bool) -> None:
         """The job leaves the order guard; its attempt and fate are kept (coalesced)."""
 
         def ops(pipe: Any) -> int:
@@ -393,17 +392,18 @@ class RedisDeliveryState:
                 pipe.hset(dead_key, job.message_id, job.to_json())
                 count += 1
             if attempt is not None:
-                count += self._push_attempt(pipe, attempt)
+                count += self._push_attempt(pipe, job.subscription_id, attempt)
             return count
 
         await self._coalesced.run(ops)
 
-    async def attempted(self, attempt: DeliveryAttempt) -> None:
-        await self._coalesced.run(lambda pipe: self._push_attempt(pipe, attempt))
+    async def attempted(self, subscription_id: str, attempt: bytes) -> None:
+        """Keeps an attempt record (`encode(DeliveryAttempt)`) of a job that goes on."""
+        await self._coalesced.run(lambda pipe: self._push_attempt(pipe, subscription_id, attempt))
 
-    def _push_attempt(self, pipe: Any, attempt: DeliveryAttempt) -> int:
-        key = f"{self._prefix}attempts:{attempt.subscription_id}"
-        pipe.lpush(key, attempt.model_dump_json(exclude_none=True))
+    def _push_attempt(self, pipe: Any, subscription_id: str, attempt: bytes) -> int:
+        key = f"{self._prefix}attempts:{subscription_id}"
+        pipe.lpush(key, attempt)
         pipe.ltrim(key, 0, self._attempts_kept - 1)
         return 2
 
@@ -488,15 +488,27 @@ class KafkaAttemptLog:
         self._producer = producer
         self._topic = topic
         self._source = source
+        self._partition_of: dict[bytes, int] = {}
+        self._partitioner = DefaultPartitioner()
 
-    async def record(self, attempt: DeliveryAttempt) -> None:
+    async def record(self, subscription_id: str, attempt: bytes) -> None:
+        """`attempt` is `encode(DeliveryAttempt)`; not awaited until the broker has it."""
         meta = EventMeta.new(self.EVENT_TYPE, self._source)
+        key = subscription_id.encode()
+        partition = self._partition_of.get(key)
+        if partition is None:
+            partition = await self._partition(key)
         await self._producer.send(
-            self._topic,
-            encode(attempt),
-            key=attempt.subscription_id.encode(),
-            headers=meta.to_headers(),
+            self._topic, attempt, key=key, headers=meta.to_headers(), partition=partition
         )
+
+    async def _partition(self, key: bytes) -> int:
+        # The client's own partitioner (same partition as a keyed send), once per subscription:
+        # it is pure Python and otherwise runs for every attempt.
+        partitions = sorted(await self._producer.partitions_for(self._topic))
+        found: int = self._partitioner(key, partitions, partitions)
+        self._partition_of[key] = found
+        return found
 
     async def flush(self) -> None:
         """Waits until every attempt recorded so far is acknowledged by the broker."""

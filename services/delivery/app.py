@@ -60,6 +60,7 @@ from shared.events import (
     Story,
     Topics,
     decode_story,
+    encode,
 )
 from shared.http import BearerTokens, Problem, add_health_routes, install_problem_handlers
 from shared.kafka import DeadLetters, IncomingRecord, observe_lag
@@ -485,6 +486,10 @@ class Sender:
         self._paused_until: dict[TopicPartition, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._marked_failing: set[str] = set()
+        self._outcomes = {
+            outcome: metrics.webhooks.labels(outcome)
+            for outcome in ("delivered", "failed", "gave_up")
+        }
 
     @property
     def topics(self) -> list[str]:
@@ -642,7 +647,8 @@ class Sender:
         outcome: Literal["delivered", "failed", "gave_up"] = (
             "delivered" if delivered else "failed" if verdict.outcome == "retry" else "gave_up"
         )
-        attempt = DeliveryAttempt(
+        # Built from values of known types: no validation needed on the hot path.
+        attempt = DeliveryAttempt.model_construct(
             subscription_id=subscription.id,
             webhook_id=job.message_id,
             story_uri=job.story_uri,
@@ -658,26 +664,27 @@ class Sender:
             next_retry_at=next_at,
             response_body=answer.body,
         )
-        self._metrics.webhooks.labels(outcome).inc()
+        self._outcomes[outcome].inc()
         self._metrics.webhook_latency.observe(answer.duration_ms / 1000)
-        await self._attempt_log.record(attempt)
+        record = encode(attempt)  # once, for the attempt log and the Redis copy
+        await self._attempt_log.record(attempt.subscription_id, record)
+        if delivered:
+            await self._state.settled(job, record, delivered=True, dead=False)
+            await self._succeeded(subscription)
+            return
         with structlog.contextvars.bound_contextvars(
             subscription_id=subscription.id, article_uri=job.story_uri, webhook_id=job.message_id
         ):
-            if delivered:
-                await self._state.settled(job, attempt, delivered=True, dead=False)
-                await self._succeeded(subscription)
-                return
             log.warning("webhook attempt failed", attempt=job.attempt, error=answer.error)
             if verdict.outcome == "retry":
                 assert next_at is not None
                 await self._queue.put(
                     [replace(job, attempt=job.attempt + 1, due=next_at.timestamp())]
                 )
-                await self._state.attempted(attempt)
+                await self._state.attempted(attempt.subscription_id, record)
                 await self._failed(subscription, now)
                 return
-            await self._state.settled(job, attempt, delivered=False, dead=True)
+            await self._state.settled(job, record, delivered=False, dead=True)
             if verdict.outcome == "gone":
                 await self._disable(subscription.id, "the endpoint answered 410 Gone", "gone")
             else:
