@@ -8,7 +8,7 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -329,6 +329,56 @@ class _Coalescer:
             start += count
 
 
+@dataclass
+class _Settlements:
+    """The settle writes of one loop tick, merged per key and sent as one script call (one
+    round trip and one reply, however many jobs settled): pending-set removals, dead letters,
+    attempt records (each list trimmed once)."""
+
+    done: asyncio.Future[None]
+    pending: dict[str, list[str]] = field(default_factory=dict)
+    dead: dict[str, dict[str, str]] = field(default_factory=dict)
+    attempts: dict[str, list[bytes]] = field(default_factory=dict)
+
+    # ARGV: kept, then three sections, each a count of keys and per key its count of items.
+    SCRIPT = """
+    local i = 1
+    local function take() i = i + 1; return ARGV[i] end
+    local kept = tonumber(ARGV[1])
+    for _ = 1, tonumber(take()) do
+        local key = take()
+        for _ = 1, tonumber(take()) do redis.call('SREM', key, take()) end
+    end
+    for _ = 1, tonumber(take()) do
+        local key = take()
+        for _ = 1, tonumber(take()) do
+            local id = take()
+            redis.call('HSET', key, id, take())
+        end
+    end
+    for _ = 1, tonumber(take()) do
+        local key = take()
+        for _ = 1, tonumber(take()) do redis.call('LPUSH', key, take()) end
+        redis.call('LTRIM', key, 0, kept - 1)
+    end
+    return 1
+    """
+
+    def args(self, kept: int) -> list[Any]:
+        found: list[Any] = [kept, len(self.pending)]
+        for key, members in self.pending.items():
+            found += [key, len(members), *members]
+        found.append(len(self.dead))
+        for key, fields in self.dead.items():
+            found += [key, len(fields)]
+            for message_id, job in fields.items():
+                found += [message_id, job]
+        found.append(len(self.attempts))
+        for key, records in self.attempts.items():
+            found += [key, len(records), *records]  # oldest first: the newest ends up on top
+        return found
+
+
 class RedisDeliveryState:
     """What delivery remembers per subscription in Redis, under `<prefix>delivery:`:
 
@@ -347,6 +397,9 @@ class RedisDeliveryState:
         self._prefix = f"{key_prefix}delivery:"
         self._attempts_kept = attempts_kept
         self._coalesced = _Coalescer(redis)
+        self._settle = redis.register_script(_Settlements.SCRIPT)
+        self._batch: _Settlements | None = None
+        self._flushing: asyncio.Task[None] | None = None
 
     def _pending(self, uri: str, version: int) -> str:
         return f"{self._prefix}pending:{uri}:{version}"
@@ -382,30 +435,42 @@ class RedisDeliveryState:
         return next((v for v, queued in zip(earlier, found, strict=True) if queued), None)
 
     async def settled(self, job: Job, attempt: bytes | None, delivered: bool, dead: bool) -> None:
-        """The job leaves the order guard; its attempt and fate are kept (coalesced)."""
-
-        def ops(pipe: Any) -> int:
-            pipe.srem(self._pending(job.story_uri, job.version), job.subscription_id)
-            count = 1
-            if dead:
-                dead_key = f"{self._prefix}dead:{job.subscription_id}"
-                pipe.hset(dead_key, job.message_id, job.to_json())
-                count += 1
-            if attempt is not None:
-                count += self._push_attempt(pipe, job.subscription_id, attempt)
-            return count
-
-        await self._coalesced.run(ops)
+        """The job leaves the order guard; its attempt (`encode(DeliveryAttempt)`) and fate are
+        kept. Written with every other settlement of this loop tick, in one script call."""
+        batch = self._settling()
+        pending = batch.pending.setdefault(self._pending(job.story_uri, job.version), [])
+        pending.append(job.subscription_id)
+        if dead:
+            dead_key = f"{self._prefix}dead:{job.subscription_id}"
+            batch.dead.setdefault(dead_key, {})[job.message_id] = job.to_json()
+        if attempt is not None:
+            batch.attempts.setdefault(self._attempts_key(job.subscription_id), []).append(attempt)
+        await asyncio.shield(batch.done)  # a cancelled caller must not cancel the others' write
 
     async def attempted(self, subscription_id: str, attempt: bytes) -> None:
-        """Keeps an attempt record (`encode(DeliveryAttempt)`) of a job that goes on."""
-        await self._coalesced.run(lambda pipe: self._push_attempt(pipe, subscription_id, attempt))
+        """Keeps the attempt record of a job that goes on to a retry."""
+        batch = self._settling()
+        batch.attempts.setdefault(self._attempts_key(subscription_id), []).append(attempt)
+        await asyncio.shield(batch.done)
 
-    def _push_attempt(self, pipe: Any, subscription_id: str, attempt: bytes) -> int:
-        key = f"{self._prefix}attempts:{subscription_id}"
-        pipe.lpush(key, attempt)
-        pipe.ltrim(key, 0, self._attempts_kept - 1)
-        return 2
+    def _attempts_key(self, subscription_id: str) -> str:
+        return f"{self._prefix}attempts:{subscription_id}"
+
+    def _settling(self) -> _Settlements:
+        if self._batch is None:
+            self._batch = _Settlements(asyncio.get_running_loop().create_future())
+            self._flushing = asyncio.create_task(self._write_settlements(self._batch))
+        return self._batch
+
+    async def _write_settlements(self, batch: _Settlements) -> None:
+        await asyncio.sleep(0)  # let the settlements of this loop tick join the batch
+        self._batch = None
+        try:
+            await self._settle(args=batch.args(self._attempts_kept))
+        except Exception as exc:
+            batch.done.set_exception(exc)
+        else:
+            batch.done.set_result(None)
 
     async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
         found = await self._redis.lrange(f"{self._prefix}attempts:{subscription_id}", 0, limit - 1)

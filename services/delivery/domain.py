@@ -435,7 +435,7 @@ class Job:
     due: float  # epoch seconds
     story_json: bytes
 
-    @property
+    @functools.cached_property
     def message_id(self) -> str:
         return webhook_id(self.subscription_id, self.story_uri, self.version, self.event_type)
 
