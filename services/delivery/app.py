@@ -240,18 +240,18 @@ class StoryConsumer:
         batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
     ) -> None:
         records: list[IncomingRecord] = []
-        # Partition order is kept; across partitions, the batch runs in time order.
-        for message in heapq.merge(*batches.values(), key=lambda m: m.timestamp):
-            try:
-                meta = EventMeta.from_headers(message.headers)
-            except InvalidEvent as exc:
-                await self._dead_letters.park(message, str(exc))
-                continue
-            records.append(
-                IncomingRecord(message.topic, message.partition, message.offset, message.key,
-                               message.value, list(message.headers), meta)
-            )  # fmt: skip
         try:
+            # Partition order is kept; across partitions, the batch runs in time order.
+            for message in heapq.merge(*batches.values(), key=lambda m: m.timestamp):
+                try:
+                    meta = EventMeta.from_headers(message.headers)
+                except InvalidEvent as exc:
+                    await self._dead_letters.park(message, str(exc))
+                    continue
+                records.append(
+                    IncomingRecord(message.topic, message.partition, message.offset,
+                                   message.key, message.value, list(message.headers), meta)
+                )  # fmt: skip
             jobs_of = await self.handle(records)
         except asyncio.CancelledError:
             raise
