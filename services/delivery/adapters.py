@@ -8,13 +8,14 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from redis.asyncio import Redis
 
 from services.delivery.domain import (
@@ -26,7 +27,7 @@ from services.delivery.domain import (
     fingerprint,
     tier_for,
 )
-from shared.events import DeliveryAttempt, EventMeta, EventType, Headers, Topics, encode
+from shared.events import EventMeta, EventType, Headers, Topics
 from shared.kafka import DeadLetters
 from shared.logging import get_logger
 from shared.redis import raw, text
@@ -364,6 +365,56 @@ class _Coalescer:
             start += count
 
 
+@dataclass
+class _Settlements:
+    """The settle writes of one loop tick, merged per key and sent as one script call (one
+    round trip and one reply, however many jobs settled): pending-set removals, dead letters,
+    attempt records (each list trimmed once)."""
+
+    done: asyncio.Future[None]
+    pending: dict[str, list[str]] = field(default_factory=dict)
+    dead: dict[str, dict[str, str]] = field(default_factory=dict)
+    attempts: dict[str, list[bytes]] = field(default_factory=dict)
+
+    # ARGV: kept, then three sections, each a count of keys and per key its count of items.
+    SCRIPT = """
+    local i = 1
+    local function take() i = i + 1; return ARGV[i] end
+    local kept = tonumber(ARGV[1])
+    for _ = 1, tonumber(take()) do
+        local key = take()
+        for _ = 1, tonumber(take()) do redis.call('SREM', key, take()) end
+    end
+    for _ = 1, tonumber(take()) do
+        local key = take()
+        for _ = 1, tonumber(take()) do
+            local id = take()
+            redis.call('HSET', key, id, take())
+        end
+    end
+    for _ = 1, tonumber(take()) do
+        local key = take()
+        for _ = 1, tonumber(take()) do redis.call('LPUSH', key, take()) end
+        redis.call('LTRIM', key, 0, kept - 1)
+    end
+    return 1
+    """
+
+    def args(self, kept: int) -> list[Any]:
+        found: list[Any] = [kept, len(self.pending)]
+        for key, members in self.pending.items():
+            found += [key, len(members), *members]
+        found.append(len(self.dead))
+        for key, fields in self.dead.items():
+            found += [key, len(fields)]
+            for message_id, job in fields.items():
+                found += [message_id, job]
+        found.append(len(self.attempts))
+        for key, records in self.attempts.items():
+            found += [key, len(records), *records]  # oldest first: the newest ends up on top
+        return found
+
+
 class RedisDeliveryState:
     """What delivery remembers per subscription in Redis, under `<prefix>delivery:`:
 
@@ -382,6 +433,9 @@ class RedisDeliveryState:
         self._prefix = f"{key_prefix}delivery:"
         self._attempts_kept = attempts_kept
         self._coalesced = _Coalescer(redis)
+        self._settle = redis.register_script(_Settlements.SCRIPT)
+        self._batch: _Settlements | None = None
+        self._flushing: asyncio.Task[None] | None = None
 
     def _pending(self, uri: str, version: int) -> str:
         return f"{self._prefix}pending:{uri}:{version}"
@@ -416,32 +470,43 @@ class RedisDeliveryState:
         found = await self._coalesced.run(ops) if earlier else []
         return next((v for v, queued in zip(earlier, found, strict=True) if queued), None)
 
-    async def settled(
-        self, job: Job, attempt: DeliveryAttempt | None, delivered: bool, dead: bool
-    ) -> None:
-        """The job leaves the order guard; its attempt and fate are kept (coalesced)."""
+    async def settled(self, job: Job, attempt: bytes | None, delivered: bool, dead: bool) -> None:
+        """The job leaves the order guard; its attempt (`encode(DeliveryAttempt)`) and fate are
+        kept. Written with every other settlement of this loop tick, in one script call."""
+        batch = self._settling()
+        pending = batch.pending.setdefault(self._pending(job.story_uri, job.version), [])
+        pending.append(job.subscription_id)
+        if dead:
+            dead_key = f"{self._prefix}dead:{job.subscription_id}"
+            batch.dead.setdefault(dead_key, {})[job.message_id] = job.to_json()
+        if attempt is not None:
+            batch.attempts.setdefault(self._attempts_key(job.subscription_id), []).append(attempt)
+        await asyncio.shield(batch.done)  # a cancelled caller must not cancel the others' write
 
-        def ops(pipe: Any) -> int:
-            pipe.srem(self._pending(job.story_uri, job.version), job.subscription_id)
-            count = 1
-            if dead:
-                dead_key = f"{self._prefix}dead:{job.subscription_id}"
-                pipe.hset(dead_key, job.message_id, job.to_json())
-                count += 1
-            if attempt is not None:
-                count += self._push_attempt(pipe, attempt)
-            return count
+    async def attempted(self, subscription_id: str, attempt: bytes) -> None:
+        """Keeps the attempt record of a job that goes on to a retry."""
+        batch = self._settling()
+        batch.attempts.setdefault(self._attempts_key(subscription_id), []).append(attempt)
+        await asyncio.shield(batch.done)
 
-        await self._coalesced.run(ops)
+    def _attempts_key(self, subscription_id: str) -> str:
+        return f"{self._prefix}attempts:{subscription_id}"
 
-    async def attempted(self, attempt: DeliveryAttempt) -> None:
-        await self._coalesced.run(lambda pipe: self._push_attempt(pipe, attempt))
+    def _settling(self) -> _Settlements:
+        if self._batch is None:
+            self._batch = _Settlements(asyncio.get_running_loop().create_future())
+            self._flushing = asyncio.create_task(self._write_settlements(self._batch))
+        return self._batch
 
-    def _push_attempt(self, pipe: Any, attempt: DeliveryAttempt) -> int:
-        key = f"{self._prefix}attempts:{attempt.subscription_id}"
-        pipe.lpush(key, attempt.model_dump_json(exclude_none=True))
-        pipe.ltrim(key, 0, self._attempts_kept - 1)
-        return 2
+    async def _write_settlements(self, batch: _Settlements) -> None:
+        await asyncio.sleep(0)  # let the settlements of this loop tick join the batch
+        self._batch = None
+        try:
+            await self._settle(args=batch.args(self._attempts_kept))
+        except Exception as exc:
+            batch.done.set_exception(exc)
+        else:
+            batch.done.set_result(None)
 
     async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
         found = await self._redis.lrange(f"{self._prefix}attempts:{subscription_id}", 0, limit - 1)
@@ -524,15 +589,27 @@ class KafkaAttemptLog:
         self._producer = producer
         self._topic = topic
         self._source = source
+        self._partition_of: dict[bytes, int] = {}
+        self._partitioner = DefaultPartitioner()
 
-    async def record(self, attempt: DeliveryAttempt) -> None:
+    async def record(self, subscription_id: str, attempt: bytes) -> None:
+        """`attempt` is `encode(DeliveryAttempt)`; not awaited until the broker has it."""
         meta = EventMeta.new(self.EVENT_TYPE, self._source)
+        key = subscription_id.encode()
+        partition = self._partition_of.get(key)
+        if partition is None:
+            partition = await self._partition(key)
         await self._producer.send(
-            self._topic,
-            encode(attempt),
-            key=attempt.subscription_id.encode(),
-            headers=meta.to_headers(),
+            self._topic, attempt, key=key, headers=meta.to_headers(), partition=partition
         )
+
+    async def _partition(self, key: bytes) -> int:
+        # The client's own partitioner (same partition as a keyed send), once per subscription:
+        # it is pure Python and otherwise runs for every attempt.
+        partitions = sorted(await self._producer.partitions_for(self._topic))
+        found: int = self._partitioner(key, partitions, partitions)
+        self._partition_of[key] = found
+        return found
 
     async def flush(self) -> None:
         """Waits until every attempt recorded so far is acknowledged by the broker."""

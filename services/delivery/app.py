@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -14,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Protocol
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
@@ -61,11 +62,13 @@ from services.delivery.status_page import Pulse
 from shared.events import (
     RETRY_TIERS_S,
     DeliveryAttempt,
+    EventMeta,
     EventType,
     InvalidEvent,
     Story,
     Topics,
     decode_story,
+    encode,
 )
 from shared.http import BearerTokens, Problem, add_health_routes, install_problem_handlers
 from shared.kafka import DeadLetters, IncomingRecord, observe_lag
@@ -155,9 +158,14 @@ class Fanout:
         self._metrics = metrics
 
     async def publish(self, items: Sequence[Outgoing]) -> None:
-        """Cache, then hand jobs to Kafka; returns once both are durable."""
+        """Cache, then hand jobs to the outbox; returns once both are durable."""
+        await self._queue.put_fanout([group for group in await self.prepare(items) if group])
+
+    async def prepare(self, items: Sequence[Outgoing]) -> list[list[Job]]:
+        """Caches the versions and marks their jobs queued (the order guard); returns each
+        item's jobs, one per matching subscription, for the caller to send or hand on."""
         if not items:
-            return
+            return []
         # Stories that were ever released (a withdrawal of one never released, e.g. still
         # under embargo, goes only to who got it: nobody, so nothing leaks).
         released = set(await self._cache.versions([i.story.uri for i in items]))
@@ -176,15 +184,13 @@ class Fanout:
                 if item.story.uri not in released:
                     targets = set()
                 targets |= {s.id for s in subscriptions if s.id in got}
-            group = [
+            groups.append([
                 Job(sub_id, item.story.uri, item.story.version, item.event_type, 1, now,
                     item.story_json)
                 for sub_id in sorted(targets)
-            ]  # fmt: skip
-            if group:
-                groups.append(group)
+            ])  # fmt: skip
         await self._state.queued([job for group in groups for job in group])
-        await self._queue.put_fanout(groups)
+        return groups
 
     async def not_overtaken(self, items: Sequence[Outgoing]) -> list[Outgoing]:
         """Drops versions older than what the cache already holds (e.g. a story withdrawn while
@@ -200,17 +206,84 @@ class Fanout:
 
 
 class StoryConsumer:
-    """Handles a batch of `stories.enriched.v1`: embargoed stories wait on a durable schedule,
-    the rest are cached and fanned out; the batch commits once the jobs are on the outbox."""
+    """Reads `stories.enriched.v1`: embargoed stories wait on a durable schedule, the rest are
+    cached and their first attempts start at once, in this process (no hop through the outbox).
+    A record's offset is committed once every job of it is settled (delivered, dead-lettered,
+    or handed on to a retry tier), so a crash re-sends (same `webhook-id`) rather than loses."""
 
-    def __init__(self, fanout: Fanout, dead_letters: DeadLetters, metrics: DeliveryMetrics):
+    def __init__(
+        self,
+        fanout: Fanout,
+        sender: Sender,
+        dead_letters: DeadLetters,
+        metrics: DeliveryMetrics,
+        commit_interval_s: float,
+    ) -> None:
         self._fanout = fanout
+        self._sender = sender
         self._dead_letters = dead_letters
         self._metrics = metrics
+        self._commit_interval_s = commit_interval_s
 
-    async def handle(self, records: list[IncomingRecord]) -> None:
+    async def run(self, consumer: AIOKafkaConsumer) -> None:
+        progress = _Progress(consumer)
+        last_commit = time.monotonic()
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=100, max_records=500)
+                if batches:
+                    await self._take(consumer, progress, batches)
+                if time.monotonic() - last_commit >= self._commit_interval_s:
+                    await progress.commit()
+                    await observe_lag(consumer, self._metrics.consumer)
+                    last_commit = time.monotonic()
+        finally:
+            await self._sender.drain()
+            await progress.commit()
+
+    async def _take(
+        self,
+        consumer: AIOKafkaConsumer,
+        progress: _Progress,
+        batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    ) -> None:
+        records: list[IncomingRecord] = []
+        try:
+            # Partition order is kept; across partitions, the batch runs in time order.
+            for message in heapq.merge(*batches.values(), key=lambda m: m.timestamp):
+                try:
+                    meta = EventMeta.from_headers(message.headers)
+                except InvalidEvent as exc:
+                    await self._dead_letters.park(message, str(exc))
+                    continue
+                records.append(
+                    IncomingRecord(message.topic, message.partition, message.offset,
+                                   message.key, message.value, list(message.headers), meta)
+                )  # fmt: skip
+            jobs_of = await self.handle(records)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Redis or the broker away: nothing was sent, read the batch again
+            log.exception("batch failed; rewinding to retry it")
+            for tp, messages in batches.items():
+                consumer.seek(tp, messages[0].offset)
+            await asyncio.sleep(1.0)
+            return
+        for tp, messages in batches.items():
+            for message in messages:
+                jobs = jobs_of.get((tp.partition, message.offset))
+                if jobs:
+                    await self._sender.dispatch(jobs, progress.started(tp, message.offset))
+                else:
+                    progress.passed(tp, message.offset)
+        for record in records:
+            self._metrics.consumer.consumed.labels(record.topic).inc()
+
+    async def handle(self, records: list[IncomingRecord]) -> dict[tuple[int, int], list[Job]]:
+        """The jobs of each record, by (partition, offset); returns once they are marked
+        queued and the versions cached."""
         now = datetime.now(UTC)
-        ready: list[Outgoing] = []
+        ready: list[tuple[IncomingRecord, Outgoing]] = []
         held: list[Outgoing] = []
         for record in records:
             with record_context(record.meta):
@@ -219,10 +292,17 @@ class StoryConsumer:
                 except (InvalidEvent, ValueError) as exc:
                     await self._dead_letters.park(record, str(exc))
                     continue
-                (held if _under_embargo(item, now) else ready).append(item)
+                if _under_embargo(item, now):
+                    held.append(item)
+                else:
+                    ready.append((record, item))
                 log.debug("story received", article_uri=item.story.uri, version=item.story.version)
         await self._fanout.schedule_embargoed(held)
-        await self._fanout.publish(ready)
+        groups = await self._fanout.prepare([item for _, item in ready])
+        return {
+            (record.partition, record.offset): jobs
+            for (record, _), jobs in zip(ready, groups, strict=True)
+        }
 
 
 def _outgoing(value: bytes | None, event_type: str) -> Outgoing:
@@ -324,6 +404,46 @@ class _Offsets:
         return min(self.in_flight) if self.in_flight else self.next
 
 
+class _Progress:
+    """Which records of one consumer are still being worked on; commits the offsets behind
+    the oldest of them (offsets behind a job still in flight wait for it)."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+        self._offsets: dict[TopicPartition, _Offsets] = {}
+
+    def passed(self, tp: TopicPartition, offset: int) -> None:
+        """Nothing (more) to do for this record."""
+        self._offsets.setdefault(tp, _Offsets()).next = offset + 1
+
+    def started(self, tp: TopicPartition, offset: int) -> Callable[[], None]:
+        """The record is being worked on; call what this returns once it is settled."""
+        offsets = self._offsets.setdefault(tp, _Offsets())
+        offsets.in_flight.add(offset)
+        offsets.next = offset + 1
+        return functools.partial(offsets.in_flight.discard, offset)
+
+    async def commit(self) -> None:
+        assigned = self._consumer.assignment()
+        ready = {}
+        for tp, offsets in list(self._offsets.items()):
+            if tp not in assigned:
+                del self._offsets[tp]
+                continue
+            position = offsets.committable()
+            if position > offsets.committed and position >= 0:
+                ready[tp] = position
+        if not ready:
+            return
+        try:
+            await self._consumer.commit(ready)
+        except Exception as exc:  # a rebalance: the new owner resends what was not committed
+            log.warning("commit failed", error=str(exc))
+            return
+        for tp, position in ready.items():
+            self._offsets[tp].committed = position
+
+
 @dataclass
 class _Gate:
     """One endpoint's concurrency limit, and how many jobs queue for it."""
@@ -370,10 +490,14 @@ class Sender:
         self._breaker = Breaker(
             settings.delivery_breaker_failures, settings.delivery_breaker_cooldown_s
         )
-        self._offsets: dict[TopicPartition, _Offsets] = {}
+        self._progress = _Progress(consumer)
         self._paused_until: dict[TopicPartition, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._marked_failing: set[str] = set()
+        self._outcomes = {
+            outcome: metrics.webhooks.labels(outcome)
+            for outcome in ("delivered", "failed", "gave_up")
+        }
 
     @property
     def topics(self) -> list[str]:
@@ -388,13 +512,27 @@ class Sender:
                 for tp, messages in batches.items():
                     await self._take(tp, messages)
                 if time.monotonic() - last_commit >= self._settings.delivery_commit_interval_s:
-                    await self._commit()
+                    await self._progress.commit()
                     await observe_lag(self._consumer, self._metrics.consumer)
                     last_commit = time.monotonic()
         finally:
-            if self._tasks:
-                await asyncio.wait(self._tasks, timeout=5)
-            await self._commit()
+            await self.drain()
+            await self._progress.commit()
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Gives the jobs in flight a moment to settle (at shutdown)."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout_s)
+
+    async def dispatch(
+        self, jobs: list[Job], settled: Callable[[], None], requeue: bool = False
+    ) -> None:
+        """Works on one record's jobs in a task of its own (waits while too many records are in
+        flight); `settled` is called once every job is settled (not if cancelled)."""
+        await self._records.acquire()
+        task = asyncio.create_task(self._settle_record(jobs, requeue))
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._done, settled))
 
     def _resume_due(self) -> None:
         now = time.time()
@@ -407,7 +545,6 @@ class Sender:
                 del self._paused_until[tp]
 
     async def _take(self, tp: TopicPartition, messages: list[Any]) -> None:
-        offsets = self._offsets.setdefault(tp, _Offsets())
         tier = self._tier_of.get(tp.topic)
         for message in messages:
             try:
@@ -416,7 +553,7 @@ class Sender:
                 jobs = []
                 await self._dead_letters.park(message, f"unreadable job: {exc}")
             if not jobs:
-                offsets.next = message.offset + 1
+                self._progress.passed(tp, message.offset)
                 continue
             due = jobs[0].due
             wait = due - time.time()
@@ -426,12 +563,7 @@ class Sender:
                 self._consumer.pause(tp)
                 self._paused_until[tp] = due
                 return
-            await self._records.acquire()
-            offsets.in_flight.add(message.offset)
-            offsets.next = message.offset + 1
-            task = asyncio.create_task(self._settle_record(jobs, requeue=wait > 0))
-            self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._done, offsets, message.offset))
+            await self.dispatch(jobs, self._progress.started(tp, message.offset), wait > 0)
 
     async def _settle_record(self, jobs: list[Job], requeue: bool) -> None:
         if requeue:
@@ -456,31 +588,11 @@ class Sender:
                 log.exception("job not settled; trying again", webhook_id=job.message_id)
                 await asyncio.sleep(1.0)
 
-    def _done(self, offsets: _Offsets, offset: int, task: asyncio.Task[None]) -> None:
+    def _done(self, settled: Callable[[], None], task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._records.release()
         if not task.cancelled():
-            offsets.in_flight.discard(offset)
-
-    async def _commit(self) -> None:
-        assigned = self._consumer.assignment()
-        ready = {}
-        for tp, offsets in list(self._offsets.items()):
-            if tp not in assigned:
-                del self._offsets[tp]
-                continue
-            position = offsets.committable()
-            if position > offsets.committed and position >= 0:
-                ready[tp] = position
-        if not ready:
-            return
-        try:
-            await self._consumer.commit(ready)
-        except Exception as exc:  # a rebalance: the new owner resends what was not committed
-            log.warning("commit failed", error=str(exc))
-            return
-        for tp, position in ready.items():
-            self._offsets[tp].committed = position
+            settled()
 
     async def _defer(self, job: Job, wait_s: float, reason: str) -> None:
         self._metrics.deferred.labels(reason).inc()
@@ -543,7 +655,8 @@ class Sender:
         outcome: Literal["delivered", "failed", "gave_up"] = (
             "delivered" if delivered else "failed" if verdict.outcome == "retry" else "gave_up"
         )
-        attempt = DeliveryAttempt(
+        # Built from values of known types: no validation needed on the hot path.
+        attempt = DeliveryAttempt.model_construct(
             subscription_id=subscription.id,
             webhook_id=job.message_id,
             story_uri=job.story_uri,
@@ -559,26 +672,27 @@ class Sender:
             next_retry_at=next_at,
             response_body=answer.body,
         )
-        self._metrics.webhooks.labels(outcome).inc()
+        self._outcomes[outcome].inc()
         self._metrics.webhook_latency.observe(answer.duration_ms / 1000)
-        await self._attempt_log.record(attempt)
+        record = encode(attempt)  # once, for the attempt log and the Redis copy
+        await self._attempt_log.record(attempt.subscription_id, record)
+        if delivered:
+            await self._state.settled(job, record, delivered=True, dead=False)
+            await self._succeeded(subscription)
+            return
         with structlog.contextvars.bound_contextvars(
             subscription_id=subscription.id, article_uri=job.story_uri, webhook_id=job.message_id
         ):
-            if delivered:
-                await self._state.settled(job, attempt, delivered=True, dead=False)
-                await self._succeeded(subscription)
-                return
             log.warning("webhook attempt failed", attempt=job.attempt, error=answer.error)
             if verdict.outcome == "retry":
                 assert next_at is not None
                 await self._queue.put(
                     [replace(job, attempt=job.attempt + 1, due=next_at.timestamp())]
                 )
-                await self._state.attempted(attempt)
+                await self._state.attempted(attempt.subscription_id, record)
                 await self._failed(subscription, now)
                 return
-            await self._state.settled(job, attempt, delivered=False, dead=True)
+            await self._state.settled(job, record, delivered=False, dead=True)
             if verdict.outcome == "gone":
                 await self._disable(subscription.id, "the endpoint answered 410 Gone", "gone")
             else:

@@ -197,7 +197,7 @@ def _key(secret: str) -> bytes:
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     """`v1,<base64 HMAC-SHA256 of "id.timestamp.body">` keyed by the decoded secret."""
     signed = f"{message_id}.{timestamp}.".encode() + body
-    digest = hmac.new(_key(secret), signed, hashlib.sha256).digest()
+    digest = hmac.digest(_key(secret), signed, "sha256")  # one-shot: OpenSSL's fast path
     return "v1," + base64.b64encode(digest).decode()
 
 
@@ -435,7 +435,7 @@ class Job:
     due: float  # epoch seconds
     story_json: bytes
 
-    @property
+    @functools.cached_property
     def message_id(self) -> str:
         return webhook_id(self.subscription_id, self.story_uri, self.version, self.event_type)
 

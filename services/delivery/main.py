@@ -36,7 +36,7 @@ from services.delivery.app import (
     release_embargoes,
 )
 from services.delivery.settings import DeliverySettings
-from shared.kafka import DeadLetters, consume_forever, make_consumer, make_producer
+from shared.kafka import DeadLetters, make_consumer, make_producer
 from shared.logging import configure_logging
 from shared.serve import serve
 from shared.ssrf import Resolver
@@ -72,7 +72,8 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
             )
             # Groups carry the topic prefix too, so environments sharing a cluster stay apart.
             group = settings.topic_prefix + settings.delivery_group_id
-            stories = _consumer(settings, topics.enriched, group)
+            # The story topic is the hop to the partners now: the shared (short) fetch wait.
+            stories = make_consumer(settings, topics.enriched, group)
             jobs = _consumer(settings, topics.outbox, group + "-sender")
             session = await stack.enter_async_context(
                 webhook_session(resolve_host, settings.delivery_allow_private_targets)
@@ -106,12 +107,11 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
                 await cache_built.wait()
                 await stories.start()
                 try:
-                    await consume_forever(
-                        stories,
-                        StoryConsumer(fanout, dead_letters, metrics).handle,
-                        dead_letters,
-                        metrics=metrics.consumer,
-                    )
+                    story_consumer = StoryConsumer(
+                        fanout, job_sender, dead_letters, metrics,
+                        settings.delivery_commit_interval_s,
+                    )  # fmt: skip
+                    await story_consumer.run(stories)
                 finally:
                     await stories.stop()
 

@@ -52,9 +52,11 @@ class DeliverySettings(NewsflowSettings):
     delivery_order_recheck_s: float = 2.0
     # Attempts kept per subscription for GET .../attempts and /ops.
     delivery_attempts_kept: int = 1000
-    # How often the sender commits settled job offsets.
+    # How often the story consumer and the sender commit the offsets of settled records.
     delivery_commit_interval_s: float = 0.5
-    # Longest a fetch waits for records (Tansu answers only when it runs out).
+    # Longest a fetch of the sender (outbox and retry tiers) waits for records (Tansu answers
+    # only when it runs out). The story consumer, which sends first attempts, uses
+    # NEWSFLOW_KAFKA_FETCH_MAX_WAIT_MS.
     delivery_fetch_max_wait_ms: int = 100
     # How often embargoed stories are checked for release.
     embargo_poll_s: float = 1.0

@@ -14,11 +14,12 @@ from services.delivery.adapters import (
     AiohttpWebhookSender,
     CachedStory,
     KafkaSubscriptionStore,
+    RedisDeliveryState,
     RedisStoryCache,
     webhook_session,
 )
-from services.delivery.domain import Subscription, SubscriptionRequest, fingerprint
-from shared.events import Topics
+from services.delivery.domain import Job, Subscription, SubscriptionRequest, fingerprint
+from shared.events import EventType, Topics
 from tests.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.integration
@@ -107,6 +108,32 @@ async def test_stories_carry_their_fingerprint_and_concurrent_reads_get_their_ow
         b'{"uri":"urn:c0"}',
         fingerprint(b'{"uri":"urn:c0"}'),
     )
+
+
+async def test_settlements_of_many_jobs_release_the_order_guard_and_keep_attempts(
+    redis: Redis, prefix: str
+) -> None:
+    state = RedisDeliveryState(redis, prefix, attempts_kept=3)
+    jobs = [
+        Job(f"sub_{n % 2}", "urn:u", 1, EventType.PUBLISHED, 1, 0.0, b'{"uri":"urn:u"}')
+        for n in range(6)
+    ]
+    later = Job("sub_0", "urn:u", 2, EventType.UPDATED, 1, 0.0, b'{"uri":"urn:u"}')
+    await state.queued([jobs[0], jobs[1], later])
+    assert await state.oldest_pending(later) == 1
+    # Settled together (one loop tick), as the sender does with jobs finishing at once.
+    await asyncio.gather(
+        *(
+            state.settled(job, f'{{"n":{n}}}'.encode(), delivered=n != 5, dead=n == 5)
+            for n, job in enumerate(jobs)
+        ),
+        state.attempted("sub_1", b'{"n":6}'),
+    )
+    assert await state.oldest_pending(later) is None
+    assert await state.attempts("sub_0", 10) == [{"n": 4}, {"n": 2}, {"n": 0}]
+    assert await state.attempts("sub_1", 10) == [{"n": 6}, {"n": 5}, {"n": 3}]  # capped at 3
+    assert [j.subscription_id for j in await state.dead_letters("sub_1")] == ["sub_1"]
+    assert await state.dead_letters("sub_0") == []
 
 
 async def test_subscriptions_are_shared_by_instances_and_survive_a_restart(
