@@ -40,6 +40,7 @@ class KafkaStoryTable:
         observe: Callable[[Article], None],
         *,
         max_records: int = 2000,
+        fetch_max_wait_ms: int = 20,
     ) -> None:
         self._topic = topic
         self._observe = observe
@@ -50,6 +51,10 @@ class KafkaStoryTable:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            # The enricher waits for this reader before each batch (`caught_up_with`), and the
+            # embedded broker answers a fetch only when this wait runs out: it is on every
+            # story's path (aiokafka's default, 500 ms, was most of the end-to-end latency).
+            fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self._partitions: list[TopicPartition] = []
         self._read: dict[int, int] = {}  # partition -> next offset to observe

@@ -61,7 +61,10 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
             await producer.start()
             stack.push_async_callback(producer.stop)
             table = KafkaStoryTable(
-                settings.kafka_bootstrap_servers, topics.ingested, enricher.observe
+                settings.kafka_bootstrap_servers,
+                topics.ingested,
+                enricher.observe,
+                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             )
             await table.start()
             stack.push_async_callback(table.stop)
