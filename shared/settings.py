@@ -34,8 +34,8 @@ class NewsflowSettings(BaseSettings):
     )
     kafka_compression: Literal["zstd", "lz4", "gzip", "none"] = Field(
         "zstd",
-        description="Record compression. zstd costs about as much CPU as none and still "
-        "shrinks stories ~3x; gzip costs ~8x more CPU per 3 KB record (docs/benchmarks.md).",
+        description="Record compression. zstd costs about as much CPU as none and shrinks "
+        "batches of stories ~4x; gzip costs ~8x more CPU per 3 KB story (docs/benchmarks.md).",
     )
     topic_prefix: str = Field("", description="Prepended to every topic name.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis server.")
