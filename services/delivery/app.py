@@ -626,6 +626,11 @@ class Sender:
         finally:
             gate.waiting -= 1
         try:
+            # The breaker may have opened while this job queued for the endpoint.
+            open_until = self._breaker.open_until(endpoint, time.time())
+            if open_until is not None:
+                await self._defer(job, open_until - time.time(), "breaker")
+                return
             # The global cap counts requests on the wire, not jobs queued for a slow endpoint.
             async with self._slots:
                 await self._attempt(subscription, job, endpoint)

@@ -1,0 +1,88 @@
+"""The sender's per-endpoint limit and circuit breaker, over in-memory fakes (no connections)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from services.delivery.app import DeliveryMetrics, Sender
+from services.delivery.domain import Answer, Job, Subscription, SubscriptionRequest
+from services.delivery.settings import DeliverySettings
+from shared.events import EventType, Topics
+from tests.fakes import FakeSubscriptionStore
+
+pytestmark = pytest.mark.unit
+
+
+class Recorder:
+    """Stands in for the queue, attempt log, state and subscription events: keeps what it got."""
+
+    def __init__(self) -> None:
+        self.queued: list[Job] = []
+        self.settled: list[tuple[str, bool]] = []
+
+    async def put(self, jobs: list[Job]) -> None:
+        self.queued.extend(jobs)
+
+    async def record(self, *args: Any) -> None:
+        return None
+
+    async def settled_(self, job: Job, attempt: Any, delivered: bool, dead: bool) -> None:
+        self.settled.append((job.message_id, delivered))
+
+    async def attempted(self, *args: Any) -> None:
+        return None
+
+    async def oldest_pending(self, job: Job) -> int | None:
+        return None
+
+
+async def test_jobs_queued_for_an_endpoint_wait_once_its_breaker_opens() -> None:
+    settings = DeliverySettings(
+        delivery_per_endpoint_in_flight=1, delivery_breaker_failures=1,
+        delivery_breaker_cooldown_s=30,
+    )  # fmt: skip
+    store = FakeSubscriptionStore()
+    subscription = Subscription.create(SubscriptionRequest(url="https://partner.example/hook"))
+    await store.add(subscription)
+    recorder = Recorder()
+    state: Any = type("State", (), {})()
+    state.settled = recorder.settled_
+    state.attempted = recorder.attempted
+    state.oldest_pending = recorder.oldest_pending
+    posted: list[str] = []
+    release = asyncio.Event()
+
+    async def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
+        posted.append(headers["webhook-id"])
+        await release.wait()
+        return Answer(503, "HTTP 503", 1.0)
+
+    unused: Any = None
+    sender = Sender(
+        unused, Topics(""), store, state, recorder, post, recorder, recorder,  # type: ignore[arg-type]
+        DeliveryMetrics(), settings, unused,
+    )  # fmt: skip
+    jobs = [
+        Job(subscription.id, f"urn:story:{i}", 1, EventType.PUBLISHED, 1, 0.0, b"{}")
+        for i in range(3)
+    ]
+    settled: list[int] = []
+    await sender.dispatch(jobs, lambda: settled.append(1))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(posted) == 1  # the others wait for the endpoint's one slot
+    release.set()
+    await sender.drain()
+
+    assert settled == [1]
+    assert posted == [jobs[0].message_id]  # the failure opened the breaker: no more sent
+    assert [j.story_uri for j in recorder.queued] == [
+        jobs[0].story_uri,  # its retry
+        jobs[1].story_uri,  # held until the breaker's cooldown is over
+        jobs[2].story_uri,
+    ]
+    assert recorder.queued[0].attempt == 2
+    assert all(j.attempt == 1 and j.due > 0 for j in recorder.queued[1:])
