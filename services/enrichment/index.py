@@ -13,6 +13,7 @@ import zlib
 from array import array
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -309,12 +310,12 @@ class StoryIndex:
         self._newest = max(self._newest, features.time)
         self._sizes[slot] = max(1, features.distinct)
         norm = self._length_norm(features)
-        ids = []
-        for term, count in features.term_counts.items():
-            term_id = self._term_id(term)
-            ids.append(term_id)
-            self._postings_docs[term_id].append(slot)
-            self._postings_weights[term_id].append(count * (_K1 + 1) / (count + norm))
+        known = list(map(self._terms.get, terms))
+        ids = cast(list[int], known) if None not in known else list(map(self._term_id, terms))
+        docs, weights = self._postings_docs, self._postings_weights
+        for term_id, count in zip(ids, counts, strict=True):
+            docs[term_id].append(slot)
+            weights[term_id].append(count * (_K1 + 1) / (count + norm))
         self._postings_per_term[ids] += 1
         self._bands.add(slot, features.signature)
         self._evict()
@@ -333,14 +334,13 @@ class StoryIndex:
 
     # --- answering ----------------------------------------------------------------------------
 
-    def neighbours(self, article: Article, limit: int, min_score: float) -> Neighbours:
+    def neighbours(self, features: Features, limit: int, min_score: float) -> Neighbours:
         """Earlier live stories about the same events, best first, and the original it repeats.
 
-        Only stories that first appeared before this one count, so the answer does not depend on
-        how far an instance has read past it.
+        `features` are the story's (see `features`). Only stories that first appeared before
+        this one count, so the answer does not depend on how far an instance has read past it.
         """
-        features = self.features(article)
-        me = self._slots.get(article.uri, -1)
+        me = self._slots.get(features.uri, -1)
         earlier = self._earlier(features)
         duplicates = self._duplicates(features, me, earlier)
         duplicate_of = min(duplicates, key=self._order_key, default=None)
