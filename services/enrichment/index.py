@@ -13,6 +13,7 @@ import zlib
 from array import array
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
+from operator import itemgetter
 from typing import cast
 
 import numpy as np
@@ -116,7 +117,9 @@ class Shingler:
         if len(w) > 1:
             # A word pair: the first word's hash mixed into the high bits, the second's added.
             w = (w[:-1] * np.uint64(0x9E3779B97F4A7C15)) ^ w[1:]
-        rows = (self._a * w + self._b) >> np.uint64(32)
+        rows = self._a * w
+        rows += self._b
+        rows >>= np.uint64(32)
         return np.asarray(rows.min(axis=1), dtype=np.uint32)
 
 
@@ -131,7 +134,8 @@ def features_of(article: Article, shingler: Shingler) -> Features:
         url=str(article.url) if article.url else None,
         time=(article.firstcreated or article.versioncreated).timestamp(),
         # The story's most frequent terms (headline and summary count twice, so they are in).
-        term_counts=dict(counts.most_common(_INDEXED_TERMS)),
+        # (`sorted` is stable, like `most_common`, and quicker on a few hundred terms.)
+        term_counts=dict(sorted(counts.items(), key=itemgetter(1), reverse=True)[:_INDEXED_TERMS]),
         length=len(read.terms),
         distinct=len(counts),
         entities=entities,
@@ -399,9 +403,9 @@ class StoryIndex:
         """
         total = float(len(self._uris)) + 1.0
         common = max(500.0, total / 50)
-        frequent = heapq.nlargest(
-            2 * self.settings.query_terms, features.term_counts.items(), key=lambda tc: tc[1]
-        )
+        frequent = sorted(features.term_counts.items(), key=itemgetter(1), reverse=True)[
+            : 2 * self.settings.query_terms
+        ]
         known = [(self._terms.get(term), count) for term, count in frequent]
         pairs = [(term_id, count) for term_id, count in known if term_id is not None]
         if not pairs:
@@ -447,30 +451,26 @@ class StoryIndex:
             [np.frombuffer(self._postings_weights[t], dtype=np.float32) for t, _ in selected]
         )
         term_of = np.repeat(np.arange(len(selected)), lengths)
+        # Later (or dead) stories are weighed zero rather than cut out: no copies of the postings.
         mask = earlier.of(docs)
-        docs, weights, term_of = docs[mask], weights[mask], term_of[mask]
-        df = np.bincount(term_of, minlength=len(selected)) + 1.0
+        df = np.bincount(term_of, weights=mask, minlength=len(selected)) + 1.0
         idf = np.log(1.0 + (earlier.stories + 1.0 - df + 0.5) / (df + 0.5))
         counts = np.fromiter((c for _, c in selected), dtype=np.float64, count=len(selected))
         own = float((idf * counts * (_K1 + 1) / (counts + norm)).sum())
-        if docs.size == 0 or own <= 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        # Sum per story: each term's postings are sorted by slot, so a stable sort only merges
-        # runs; no pass over the whole index.
-        order = np.argsort(docs, kind="stable")
-        docs = docs[order]
-        first = np.empty(docs.size, dtype=bool)
-        first[0] = True
-        np.not_equal(docs[1:], docs[:-1], out=first[1:])
-        candidates = docs[first]
-        scores: FloatArray = np.asarray(
-            np.bincount(
-                np.cumsum(first) - 1,
-                weights=(idf[term_of] * weights)[order],
-                minlength=candidates.size,
-            ),
-            dtype=np.float64,
-        )
+        if own <= 0:
+            return none
+        # Sum per story over the whole slot range (cheaper than sorting the postings); the
+        # earlier stories hit are the candidates.
+        size = len(self._uris)
+        contributions = idf[term_of] * weights
+        contributions *= mask
+        summed = np.bincount(docs, weights=contributions, minlength=size)
+        hit = np.zeros(size, dtype=bool)
+        hit[docs] = mask  # every posting of one story has the same mask
+        candidates = np.flatnonzero(hit)
+        if candidates.size == 0:
+            return none
+        scores: FloatArray = np.asarray(summed[candidates], dtype=np.float64)
         theirs = own * self._sizes[candidates] / max(1, features.distinct)
         scores /= np.maximum(
             np.sqrt(own * theirs), _LENGTH_MISMATCH_FLOOR * np.maximum(own, theirs)
