@@ -503,8 +503,24 @@ class StoryIndex:
             for slot in np.flatnonzero(times == features.time).tolist()
             if alive[slot] and (uri := self._uris[slot]) is not None and uri < features.uri
         ]
-        stories = int(np.count_nonzero((times < features.time) & (times >= since) & alive))
-        return _Earlier(self._times, self._alive, features.time, since, ties, stories + len(ties))
+        # Usually no story has left since the last compaction and none is out of the window:
+        # then "earlier" is one comparison.
+        all_alive = self._dead == 0
+        all_recent = not self._by_age or self._by_age[0][0] >= since
+        earlier = times < features.time
+        if not all_recent:
+            earlier &= times >= since
+        if not all_alive:
+            earlier &= alive
+        stories = int(np.count_nonzero(earlier)) + len(ties)
+        return _Earlier(
+            self._times,
+            None if all_alive else self._alive,
+            features.time,
+            None if all_recent else since,
+            ties,
+            stories,
+        )
 
     def _order_key(self, slot: int) -> tuple[float, str]:
         uri = self._uris[slot]
@@ -588,24 +604,29 @@ class _Earlier:
     """
 
     times: FloatArray
-    alive: npt.NDArray[np.bool_]
+    alive: npt.NDArray[np.bool_] | None  # None: every story indexed is alive
     time: float
-    since: float
+    since: float | None  # None: every story indexed is within the window
     ties: list[int]
     stories: int
 
     def of(self, slots: IntArray) -> npt.NDArray[np.bool_]:
         times = self.times[slots]
-        earlier = (times < self.time) & (times >= self.since) & self.alive[slots]
+        earlier = times < self.time
+        if self.since is not None:
+            earlier &= times >= self.since
+        if self.alive is not None:
+            earlier &= self.alive[slots]
         if self.ties:
             earlier |= np.isin(slots, self.ties)
         return earlier
 
     def holds(self, slot: int) -> bool:
-        time = float(self.times[slot])
-        if not self.alive[slot]:
+        if self.alive is not None and not self.alive[slot]:
             return False
-        return self.since <= time < self.time or slot in self.ties
+        time = float(self.times[slot])
+        in_window = self.since is None or time >= self.since
+        return (in_window and time < self.time) or slot in self.ties
 
 
 def _with_time(features: Features, time: float) -> Features:
