@@ -1,8 +1,9 @@
 """The related-story index: BM25 over headline+summary+body, entity overlap, recency, duplicates.
 
 Pure and in memory. Every instance builds the same index from the same topic, so it answers the
-same. Scoring is sparse and vectorised: postings are numpy arrays per term, one query touches
-only its rarest terms, and documents carry their BM25 weights precomputed.
+same. Scoring is sparse and vectorised: postings are compact arrays per term, one query touches
+only its rarest terms, and documents carry their BM25 weights precomputed. Near-duplicates are
+MinHash signatures over word pairs, found through LSH bands.
 """
 
 from __future__ import annotations
