@@ -273,3 +273,19 @@ def test_entity_rules_read_titles_demonyms_and_organisation_words() -> None:
 
 def test_plain_text_drops_markup() -> None:
     assert plain_text("<p>Tom &amp; Jerry</p><p>go</p>").split() == ["Tom", "&", "Jerry", "go"]
+
+
+def test_links_and_duplicates_survive_a_long_run_of_evictions() -> None:
+    # Thousands of stories through a small index: removed stories are swept out of the postings
+    # and the duplicate buckets (which also grow on the way); the answers must stay the same.
+    enricher = StoryEnricher(EnrichmentRules(TAXONOMY, index=IndexSettings(capacity=500)))
+    for i in range(5000):
+        enricher.observe(
+            article(i / 60, uri=f"urn:t:filler-{i}", headline=f"Filler {i}", summary=f"Item {i}.")
+        )
+    publish(enricher, at(dam_story("urn:t:dam-1"), 100))
+    resent = publish(enricher, at(dam_story("urn:t:dam-2", byline="Other desk"), 101))
+    followup = publish(enricher, at(dam_followup("urn:t:dam-3"), 102))
+    assert len(enricher.index) == 500
+    assert resent.enrichment.duplicate_of == "urn:t:dam-1"
+    assert [r.uri for r in followup.enrichment.related] == ["urn:t:dam-1"]
