@@ -52,6 +52,10 @@ class IndexSettings:
     half_life_s: float = 3 * 24 * 3600.0  # recency decay: an older story counts half after this
     duplicate_similarity: float = 0.7  # estimated Jaccard of word-pair shingles
     candidates: int = 50
+    # A term held by more than this share of the earlier stories (and at least `common_floor`
+    # of them) is too common to find an event by; it is not a query term.
+    common_share: float = 0.02
+    common_floor: int = 500
     average_length: float = 80.0  # BM25's average story length, in counted terms
 
 
@@ -236,8 +240,6 @@ class StoryIndex:
         self._terms: dict[str, int] = {}
         self._postings_docs: list[array[int]] = []
         self._postings_weights: list[array[float]] = []
-        # Postings per term, dead ones included: only a cheap guess at how common a term is.
-        self._postings_per_term: IntArray = np.zeros(1024, dtype=np.int64)
         self._slots: dict[str, int] = {}  # uri -> slot of its live version
         self._entity_ids: dict[str, int] = {}
         # Per slot; a removed story's uri is None.
@@ -321,7 +323,6 @@ class StoryIndex:
         for term_id, count in zip(ids, counts, strict=True):
             docs[term_id].append(slot)
             weights[term_id].append(count * (_K1 + 1) / (count + norm))
-        self._postings_per_term[ids] += 1
         self._bands.add(slot, features.signature)
         self._evict()
 
@@ -354,8 +355,13 @@ class StoryIndex:
         if candidates.size == 0:
             return Neighbours([], self._uri(duplicate_of))
         if candidates.size > self.settings.candidates:
-            top = np.argpartition(-base, self.settings.candidates)[: self.settings.candidates]
-            candidates, base = candidates[top], base[top]
+            # The best few by score; all stories tied with the last one stay (whatever order
+            # an instance indexed them in, the same stories go on).
+            cut = np.partition(base, base.size - self.settings.candidates)[
+                base.size - self.settings.candidates
+            ]
+            keep = base >= cut
+            candidates, base = candidates[keep], base[keep]
 
         ages = np.maximum(0.0, features.time - self._times[candidates])
         decays = 0.5 ** (ages / self.settings.half_life_s)
@@ -395,30 +401,56 @@ class StoryIndex:
             related.append(Match(uri, headline, self._urls[slot], round(score, 4)))
         return Neighbours(related, self._uri(duplicate_of))
 
-    def _query_terms(self, features: Features) -> list[tuple[int, int]]:
-        """The story's most telling terms (term id, count): frequent in it, rare in the index.
+    def _query_terms(self, features: Features, earlier: _Earlier) -> _Query:
+        """The story's most telling terms: frequent in it, rare among the earlier stories.
 
-        Rarity is read in whole powers of two of the index's size over the term's postings, so
-        a few stories more or less read by an instance do not change which terms are chosen.
-        Terms in more than 2% of a large index say nothing about an event and are skipped.
+        Rarity is the document frequency among the stories before this one only (see
+        `_Earlier`), so an instance that has read past this story chooses the same terms and
+        weighs them alike. Terms in more than a small share of the earlier stories say nothing
+        about an event and are skipped; their postings are read only far enough to know that.
         """
-        total = float(len(self._uris)) + 1.0
-        common = max(500.0, total / 50)
         frequent = sorted(features.term_counts.items(), key=itemgetter(1), reverse=True)[
             : 2 * self.settings.query_terms
         ]
         known = [(self._terms.get(term), count) for term, count in frequent]
         pairs = [(term_id, count) for term_id, count in known if term_id is not None]
-        if not pairs:
-            return []
-        ids = np.fromiter((t for t, _ in pairs), dtype=np.int64, count=len(pairs))
+        if not pairs or not earlier.stories:
+            return _Query.empty()
+        common = max(self.settings.common_floor, int(earlier.stories * self.settings.common_share))
+        ids = [term_id for term_id, _ in pairs]
+        df = self._earlier_frequencies(ids, earlier, common)
         counts = np.fromiter((c for _, c in pairs), dtype=np.float64, count=len(pairs))
-        sizes = self._postings_per_term[ids].astype(np.float64)
-        rarity = np.floor(np.log2(total / (sizes + 1.0)))
-        weight = np.where(sizes > common, -1.0, rarity * (1.0 + np.log(counts)))
+        rarity = np.log((earlier.stories + 1.0) / (df + 1.0))
+        weight = np.where(df > common, -1.0, rarity * (1.0 + np.log(counts)))
         # Stable: equal weights keep the story's own term order.
-        order = np.argsort(-weight, kind="stable")[: self.settings.query_terms]
-        return [pairs[i] for i in order.tolist() if weight[i] >= 0]
+        order = [
+            i
+            for i in np.argsort(-weight, kind="stable")[: self.settings.query_terms].tolist()
+            if weight[i] >= 0
+        ]
+        return _Query(
+            np.array([ids[i] for i in order], dtype=np.int64),
+            counts[order],
+            df[order],
+        )
+
+    def _earlier_frequencies(self, ids: list[int], earlier: _Earlier, common: int) -> FloatArray:
+        """How many earlier stories hold each term, exactly up to `common`; above it, some
+        number above `common` (the postings are read only until that is certain).
+        """
+        postings = [np.frombuffer(self._postings_docs[t], dtype=np.int32) for t in ids]
+        heads = [docs[: common + 1] for docs in postings]
+        lengths = np.fromiter(map(len, heads), dtype=np.int64, count=len(heads))
+        if not lengths.sum():
+            return np.zeros(len(ids))
+        slots = np.concatenate(heads, dtype=np.int64)
+        term_of = np.repeat(np.arange(len(ids)), lengths)
+        df = np.bincount(term_of, weights=earlier.of(slots), minlength=len(ids))
+        # A long posting list whose head held later or departed stories: count it all.
+        for i, docs in enumerate(postings):
+            if len(docs) > common + 1 and df[i] <= common:
+                df[i] = np.count_nonzero(earlier.of(docs.astype(np.int64)))
+        return np.asarray(df, dtype=np.float64)
 
     def _length_norm(self, features: Features) -> float:
         # A fixed average length, not the index's: a story's weights must not depend on what else
@@ -429,34 +461,34 @@ class StoryIndex:
         """BM25 of the earlier stories against this one, relative to this one's own score:
         the stories scored and their scores.
 
-        Document frequencies count earlier stories only, and the query terms are chosen without
-        looking at the index: two instances that read different amounts past this story score
-        it alike. Scores are divided by both stories' own scores (the other's estimated from its
-        size); a long article and its short teaser are not punished below a floor.
+        Document frequencies count earlier stories only, for choosing the query terms as for
+        weighing them: two instances that read different amounts past this story, in different
+        orders, score it alike. Scores are divided by both stories' own scores (the other's
+        estimated from its size); a long article and its short teaser are not punished below a
+        floor.
         """
-        selected = self._query_terms(features)
+        query = self._query_terms(features, earlier)
         none = np.zeros(0, dtype=np.int64), np.zeros(0)
-        if not selected:
+        if not len(query.terms):
             return none
         norm = self._length_norm(features)
+        selected = query.terms.tolist()
         lengths = np.fromiter(
-            (len(self._postings_docs[t]) for t, _ in selected), dtype=np.int64, count=len(selected)
+            (len(self._postings_docs[t]) for t in selected), dtype=np.int64, count=len(selected)
         )
-        if not lengths.sum():
-            return none
         docs = np.concatenate(
-            [np.frombuffer(self._postings_docs[t], dtype=np.int32) for t, _ in selected],
+            [np.frombuffer(self._postings_docs[t], dtype=np.int32) for t in selected],
             dtype=np.int64,  # gathers index faster with the platform's own integers
         )
         weights = np.concatenate(
-            [np.frombuffer(self._postings_weights[t], dtype=np.float32) for t, _ in selected]
+            [np.frombuffer(self._postings_weights[t], dtype=np.float32) for t in selected]
         )
         term_of = np.repeat(np.arange(len(selected)), lengths)
-        # Later (or dead) stories are weighed zero rather than cut out: no copies of the postings.
+        # Later (or departed) stories are weighed zero rather than cut out: no copies.
         mask = earlier.of(docs)
-        df = np.bincount(term_of, weights=mask, minlength=len(selected)) + 1.0
+        df = query.frequencies + 1.0
         idf = np.log(1.0 + (earlier.stories + 1.0 - df + 0.5) / (df + 0.5))
-        counts = np.fromiter((c for _, c in selected), dtype=np.float64, count=len(selected))
+        counts = query.counts
         own = float((idf * counts * (_K1 + 1) / (counts + norm)).sum())
         if own <= 0:
             return none
@@ -539,10 +571,6 @@ class StoryIndex:
             term_id = self._terms[term] = len(self._postings_docs)
             self._postings_docs.append(array("i"))
             self._postings_weights.append(array("f"))
-            if term_id >= len(self._postings_per_term):
-                self._postings_per_term = np.concatenate(
-                    [self._postings_per_term, np.zeros(term_id + 1, dtype=np.int64)]
-                )
         return term_id
 
     def _entity_id(self, key: str) -> int:
@@ -592,10 +620,22 @@ class StoryIndex:
                 self._postings_docs[term_id] = array("i", slots[keep].tobytes())
                 self._postings_weights[term_id] = array("f", weights[keep].tobytes())
             del slots
-            self._postings_per_term[term_id] = kept
         live = np.flatnonzero(alive[: len(self._uris)])
         self._bands = _Bands.of(live, self._signatures[live])
         self._dead = 0
+
+
+@dataclass(frozen=True)
+class _Query:
+    """The terms a story is looked up by, its counts of them and their earlier frequencies."""
+
+    terms: IntArray
+    counts: FloatArray
+    frequencies: FloatArray
+
+    @classmethod
+    def empty(cls) -> _Query:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.enrichment import Newsroom
 from services.enrichment.classifier import SectionClassifier
 from services.enrichment.domain import EnrichmentRules, StoryEnricher, assign_section
 from services.enrichment.entities import extract_entities
@@ -289,3 +291,37 @@ def test_links_and_duplicates_survive_a_long_run_of_evictions() -> None:
     assert len(enricher.index) == 500
     assert resent.enrichment.duplicate_of == "urn:t:dam-1"
     assert [r.uri for r in followup.enrichment.related] == ["urn:t:dam-1"]
+
+
+def test_an_instance_that_has_read_ahead_links_exactly_like_one_that_has_not() -> None:
+    # Two instances in one group: each reads every story from the story table, in its own
+    # interleaving of the partitions and at its own pace, and enriches some of them. A story's
+    # links and duplicate must not depend on how far (or in what order) its instance has read.
+    newsroom = Newsroom(seed=3, events=200)
+    stream = [newsroom.story(n, T0 + timedelta(seconds=2 * n)) for n in range(2000)]
+    for n in range(40, len(stream), 40):  # wire stories re-sent under a new uri
+        resent = stream[n - 25].model_copy(update={"uri": f"urn:newsflow:bench:resent-{n}"})
+        stream[n] = resent.model_copy(update={"versioncreated": T0 + timedelta(seconds=2 * n)})
+
+    def answer(story: Story) -> tuple[list[tuple[str, float]], str | None]:
+        found = story.enrichment
+        return [(r.uri, r.score) for r in found.related], found.duplicate_of
+
+    in_step = StoryEnricher(RULES)
+    expected = [answer(publish(in_step, story)) for story in stream]
+
+    rng = random.Random(5)
+    partitions = [stream[p::6] for p in range(6)]
+    ahead = StoryEnricher(RULES)
+    while any(partitions):
+        partition = rng.choice([p for p in partitions if p])
+        burst = rng.randint(1, 40)
+        for story in partition[:burst]:
+            ahead.observe(story)
+        del partition[:burst]
+    assert len(ahead.index) == len(in_step.index)
+    got = [answer(ahead.enrich(story)) for story in stream]
+
+    assert sum(1 for related, _ in expected if related) > len(stream) // 2
+    assert sum(1 for _, duplicate_of in expected if duplicate_of) >= 45
+    assert [n for n, (e, g) in enumerate(zip(expected, got, strict=True)) if e != g] == []
