@@ -12,6 +12,7 @@ import heapq
 import math
 import zlib
 from array import array
+from bisect import bisect_left
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
 from operator import itemgetter
@@ -407,7 +408,7 @@ class StoryIndex:
         Rarity is the document frequency among the stories before this one only (see
         `_Earlier`), so an instance that has read past this story chooses the same terms and
         weighs them alike. Terms in more than a small share of the earlier stories say nothing
-        about an event and are skipped; their postings are read only far enough to know that.
+        about an event and are skipped.
         """
         frequent = sorted(features.term_counts.items(), key=itemgetter(1), reverse=True)[
             : 2 * self.settings.query_terms
@@ -418,7 +419,7 @@ class StoryIndex:
             return _Query.empty()
         common = max(self.settings.common_floor, int(earlier.stories * self.settings.common_share))
         ids = [term_id for term_id, _ in pairs]
-        df = self._earlier_frequencies(ids, earlier, common)
+        df = self._earlier_frequencies(ids, earlier)
         counts = np.fromiter((c for _, c in pairs), dtype=np.float64, count=len(pairs))
         rarity = np.log((earlier.stories + 1.0) / (df + 1.0))
         weight = np.where(df > common, -1.0, rarity * (1.0 + np.log(counts)))
@@ -434,23 +435,36 @@ class StoryIndex:
             df[order],
         )
 
-    def _earlier_frequencies(self, ids: list[int], earlier: _Earlier, common: int) -> FloatArray:
-        """How many earlier stories hold each term, exactly up to `common`; above it, some
-        number above `common` (the postings are read only until that is certain).
+    def _earlier_frequencies(self, ids: list[int], earlier: _Earlier) -> FloatArray:
+        """How many earlier stories hold each term.
+
+        Postings are in slot order: those inside the run of all-earlier slots are counted by
+        two binary searches; only the others (stories read about the same time as this one or
+        past it, departed or out-of-window ones before the run) are looked up one by one.
         """
-        postings = [np.frombuffer(self._postings_docs[t], dtype=np.int32) for t in ids]
-        heads = [docs[: common + 1] for docs in postings]
-        lengths = np.fromiter(map(len, heads), dtype=np.int64, count=len(heads))
-        if not lengths.sum():
-            return np.zeros(len(ids))
-        slots = np.concatenate(heads, dtype=np.int64)
-        term_of = np.repeat(np.arange(len(ids)), lengths)
-        df = np.bincount(term_of, weights=earlier.of(slots), minlength=len(ids))
-        # A long posting list whose head held later or departed stories: count it all.
-        for i, docs in enumerate(postings):
-            if len(docs) > common + 1 and df[i] <= common:
-                df[i] = np.count_nonzero(earlier.of(docs.astype(np.int64)))
-        return np.asarray(df, dtype=np.float64)
+        first, end = earlier.run
+        df = np.zeros(len(ids))
+        rest: list[npt.NDArray[np.int32]] = []
+        owners: list[int] = []
+        for i, term_id in enumerate(ids):
+            postings = self._postings_docs[term_id]
+            start = bisect_left(postings, first) if first else 0
+            stop = bisect_left(postings, end, start)
+            df[i] = stop - start
+            if stop < len(postings) or start:
+                docs = np.frombuffer(postings, dtype=np.int32)
+                if stop < len(postings):
+                    rest.append(docs[stop:])
+                    owners.append(i)
+                if start:
+                    rest.append(docs[:start])
+                    owners.append(i)
+        if rest:
+            lengths = np.fromiter(map(len, rest), dtype=np.int64, count=len(rest))
+            slots = np.concatenate(rest, dtype=np.int64)
+            owner = np.repeat(np.array(owners, dtype=np.int64), lengths)
+            df += np.bincount(owner, weights=earlier.of(slots), minlength=len(ids))
+        return df
 
     def _length_norm(self, features: Features) -> float:
         # A fixed average length, not the index's: a story's weights must not depend on what else
@@ -483,7 +497,6 @@ class StoryIndex:
         weights = np.concatenate(
             [np.frombuffer(self._postings_weights[t], dtype=np.float32) for t in selected]
         )
-        term_of = np.repeat(np.arange(len(selected)), lengths)
         # Later (or departed) stories are weighed zero rather than cut out: no copies.
         mask = earlier.of(docs)
         df = query.frequencies + 1.0
@@ -492,15 +505,13 @@ class StoryIndex:
         own = float((idf * counts * (_K1 + 1) / (counts + norm)).sum())
         if own <= 0:
             return none
-        # Sum per story over the whole slot range (cheaper than sorting the postings); the
-        # earlier stories hit are the candidates.
-        size = len(self._uris)
-        contributions = idf[term_of] * weights
+        # Sum per story over the whole slot range (cheaper than sorting the postings). Every
+        # weight and idf is positive: the earlier stories hit are the ones with a sum.
+        contributions = np.repeat(idf, lengths)
+        contributions *= weights
         contributions *= mask
-        summed = np.bincount(docs, weights=contributions, minlength=size)
-        hit = np.zeros(size, dtype=bool)
-        hit[docs] = mask  # every posting of one story has the same mask
-        candidates = np.flatnonzero(hit)
+        summed = np.bincount(docs, weights=contributions, minlength=len(self._uris))
+        candidates = np.flatnonzero(summed)
         if candidates.size == 0:
             return none
         scores: FloatArray = np.asarray(summed[candidates], dtype=np.float64)
@@ -531,29 +542,16 @@ class StoryIndex:
         times = self._times[:size]
         alive = self._alive[:size]
         since = features.time - self.settings.window_s
-        ties = [
-            slot
-            for slot in np.flatnonzero(times == features.time).tolist()
-            if alive[slot] and (uri := self._uris[slot]) is not None and uri < features.uri
-        ]
-        # Usually no story has left since the last compaction and none is out of the window:
-        # then "earlier" is one comparison.
-        all_alive = self._dead == 0
-        all_recent = not self._by_age or self._by_age[0][0] >= since
         earlier = times < features.time
-        if not all_recent:
+        # Usually no story has left since the last compaction and none is out of the window.
+        if self._by_age and self._by_age[0][0] < since:
             earlier &= times >= since
-        if not all_alive:
+        if self._dead:
             earlier &= alive
-        stories = int(np.count_nonzero(earlier)) + len(ties)
-        return _Earlier(
-            self._times,
-            None if all_alive else self._alive,
-            features.time,
-            None if all_recent else since,
-            ties,
-            stories,
-        )
+        for slot in np.flatnonzero(times == features.time).tolist():
+            if alive[slot] and (uri := self._uris[slot]) is not None and uri < features.uri:
+                earlier[slot] = True
+        return _Earlier.of_mask(earlier)
 
     def _order_key(self, slot: int) -> tuple[float, str]:
         uri = self._uris[slot]
@@ -641,33 +639,29 @@ class _Query:
 @dataclass(frozen=True)
 class _Earlier:
     """Which stories count as earlier than the one being enriched: first seen before it (ties
-    broken by uri), within the window, alive; and how many there are.
+    broken by uri), within the window, alive; how many there are; and the longest run of slots
+    from the first earlier one that are all earlier (most of the index: an instance reads the
+    story table about in time order).
     """
 
-    times: FloatArray
-    alive: npt.NDArray[np.bool_] | None  # None: every story indexed is alive
-    time: float
-    since: float | None  # None: every story indexed is within the window
-    ties: list[int]
+    mask: npt.NDArray[np.bool_]  # per slot
     stories: int
+    run: tuple[int, int]  # [first, end) slots, all earlier
+
+    @classmethod
+    def of_mask(cls, mask: npt.NDArray[np.bool_]) -> _Earlier:
+        first = int(np.argmax(mask)) if mask.size else 0  # the first earlier slot
+        if not mask.size or not mask[first]:
+            return cls(mask, 0, (0, 0))
+        rest = mask[first:]
+        end = first + (int(np.argmin(rest)) if not rest.all() else rest.size)
+        return cls(mask, int(np.count_nonzero(mask)), (first, end))
 
     def of(self, slots: IntArray) -> npt.NDArray[np.bool_]:
-        times = self.times[slots]
-        earlier = times < self.time
-        if self.since is not None:
-            earlier &= times >= self.since
-        if self.alive is not None:
-            earlier &= self.alive[slots]
-        if self.ties:
-            earlier |= np.isin(slots, self.ties)
-        return earlier
+        return np.asarray(self.mask[slots], dtype=bool)
 
     def holds(self, slot: int) -> bool:
-        if self.alive is not None and not self.alive[slot]:
-            return False
-        time = float(self.times[slot])
-        in_window = self.since is None or time >= self.since
-        return (in_window and time < self.time) or slot in self.ties
+        return slot < self.mask.size and bool(self.mask[slot])
 
 
 def _with_time(features: Features, time: float) -> Features:
