@@ -419,7 +419,7 @@ class StoryIndex:
             return _Query.empty()
         common = max(self.settings.common_floor, int(earlier.stories * self.settings.common_share))
         ids = [term_id for term_id, _ in pairs]
-        df = self._earlier_frequencies(ids, earlier)
+        df = self._earlier_frequencies(ids, earlier, common)
         counts = np.fromiter((c for _, c in pairs), dtype=np.float64, count=len(pairs))
         rarity = np.log((earlier.stories + 1.0) / (df + 1.0))
         weight = np.where(df > common, -1.0, rarity * (1.0 + np.log(counts)))
@@ -435,12 +435,14 @@ class StoryIndex:
             df[order],
         )
 
-    def _earlier_frequencies(self, ids: list[int], earlier: _Earlier) -> FloatArray:
-        """How many earlier stories hold each term.
+    def _earlier_frequencies(self, ids: list[int], earlier: _Earlier, common: int) -> FloatArray:
+        """How many earlier stories hold each term: exactly up to `common`, above it some
+        number above `common`.
 
         Postings are in slot order: those inside the run of all-earlier slots are counted by
         two binary searches; only the others (stories read about the same time as this one or
-        past it, departed or out-of-window ones before the run) are looked up one by one.
+        past it, departed or out-of-window ones before the run) are looked up one by one, and
+        only for terms the run has not already shown to be common.
         """
         first, end = earlier.run
         df = np.zeros(len(ids))
@@ -451,7 +453,7 @@ class StoryIndex:
             start = bisect_left(postings, first) if first else 0
             stop = bisect_left(postings, end, start)
             df[i] = stop - start
-            if stop < len(postings) or start:
+            if df[i] <= common and (stop < len(postings) or start):
                 docs = np.frombuffer(postings, dtype=np.int32)
                 if stop < len(postings):
                     rest.append(docs[stop:])
@@ -511,7 +513,7 @@ class StoryIndex:
         contributions *= weights
         contributions *= mask
         summed = np.bincount(docs, weights=contributions, minlength=len(self._uris))
-        candidates = np.flatnonzero(summed)
+        candidates = np.flatnonzero(summed > 0)  # (a float array's own nonzero is 4x slower)
         if candidates.size == 0:
             return none
         scores: FloatArray = np.asarray(summed[candidates], dtype=np.float64)
