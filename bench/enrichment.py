@@ -220,7 +220,8 @@ async def run(args: argparse.Namespace) -> None:
         measured = records(newsroom, args.indexed, args.stories)
         size = statistics.mean(len(v) for _, v in measured)
         await produce(bootstrap, topics.ingested, preload)
-        await skip_to_end(bootstrap, topics.ingested, "bench-enrichment")
+        # The service's group carries the topic prefix (see services/enrichment/main.py).
+        await skip_to_end(bootstrap, topics.ingested, topics.prefix + "bench-enrichment")
 
         port = free_port()
         env = {

@@ -131,7 +131,7 @@ class StoryEnricher:
             features.term_counts,
         )
         started = time.perf_counter()
-        found = self.index.neighbours(article, rules.related_limit, rules.related_min_score)
+        found = self.index.neighbours(features, rules.related_limit, rules.related_min_score)
         if lookup_timer is not None:
             lookup_timer(time.perf_counter() - started)
         related = [

@@ -178,23 +178,40 @@ def extract_entities(text: str) -> FoundEntities:
     people: dict[str, None] = {}
     places: dict[str, None] = {}
     orgs: dict[str, None] = {}
+    found = {"place": places, "org": orgs, "person": people}
+    if len(_READINGS) > _READINGS_MAX:
+        _READINGS.clear()
     for match in _CAPITALISED.finditer(text):
-        name = _clean(match.group(0))
-        at_start = bool(_SENTENCE_START.search(text[max(0, match.start() - 4) : match.start()]))
-        for part in _split_on_gazetteer(name):
-            kind, canonical = _classify(
-                part, text[max(0, match.start() - 40) : match.start()], at_start
-            )
-            if kind == "place":
-                places[canonical] = None
-            elif kind == "org":
-                orgs[canonical] = None
-            elif kind == "person":
-                people[canonical] = None
-    for word in re.findall(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?\b", text):
+        start = match.start()
+        at_start = bool(_SENTENCE_START.search(text[max(0, start - 4) : start]))
+        before = text[max(0, start - 40) : start]
+        previous = before.rstrip().rsplit(None, 1)[-1].casefold() if before.strip() else ""
+        key = (match.group(0), previous in TITLES, at_start)
+        reading = _READINGS.get(key)
+        if reading is None:
+            reading = _READINGS[key] = _read_name(*key)
+        for kind, canonical in reading:
+            found[kind][canonical] = None
+    for word in _DEMONYM_CANDIDATE.findall(text):
         if (country := DEMONYMS.get(word.casefold())) is not None:
             places[country] = None
     return FoundEntities(tuple(_fold_surnames(people)), tuple(places), tuple(orgs))
+
+
+# Names recur from story to story: each (name, after a title, at a sentence start) is read once.
+_READINGS: dict[tuple[str, bool, bool], tuple[tuple[str, str], ...]] = {}
+_READINGS_MAX = 200_000
+_DEMONYM_CANDIDATE = re.compile(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?\b")
+
+
+def _read_name(found: str, after_title: bool, at_start: bool) -> tuple[tuple[str, str], ...]:
+    """What a capitalised run is: (kind, canonical name) for each entity in it."""
+    readings = []
+    for part in _split_on_gazetteer(_clean(found)):
+        kind, canonical = _classify(part, after_title, at_start)
+        if kind != "none":
+            readings.append((kind, canonical))
+    return tuple(readings)
 
 
 def _clean(name: str) -> str:
@@ -235,7 +252,8 @@ def _after_role(parts: list[str]) -> list[str] | None:
     return rest if 1 <= len([p for p in rest if p not in CONNECTORS]) <= 3 else []
 
 
-def _classify(name: str, before: str, at_start: bool) -> tuple[str, str]:
+def _classify(name: str, after_title: bool, at_start: bool) -> tuple[str, str]:
+    """`after_title`: the word before the name is a title ("coach", "President")."""
     folded = name.casefold()
     if not name or folded in {"i"}:
         return "none", name
@@ -254,9 +272,8 @@ def _classify(name: str, before: str, at_start: bool) -> tuple[str, str]:
         return "org", name
     if name.isupper() and 2 <= len(name) <= 6:
         return "org", name
-    previous = before.rstrip().rsplit(None, 1)[-1].casefold() if before.strip() else ""
     real_parts = [p for p in parts if p not in CONNECTORS]
-    if previous in TITLES and len(real_parts) <= 3:
+    if after_title and len(real_parts) <= 3:
         return "person", name
     if 2 <= len(real_parts) <= 3 and not (at_start and len(real_parts) == 1):
         return "person", name

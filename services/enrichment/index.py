@@ -1,8 +1,9 @@
 """The related-story index: BM25 over headline+summary+body, entity overlap, recency, duplicates.
 
 Pure and in memory. Every instance builds the same index from the same topic, so it answers the
-same. Scoring is sparse and vectorised: postings are numpy arrays per term, one query touches
-only its rarest terms, and documents carry their BM25 weights precomputed.
+same. Scoring is sparse and vectorised: postings are compact arrays per term, one query touches
+only its rarest terms, and documents carry their BM25 weights precomputed. Near-duplicates are
+MinHash signatures over word pairs, found through LSH bands.
 """
 
 from __future__ import annotations
@@ -10,27 +11,33 @@ from __future__ import annotations
 import heapq
 import math
 import zlib
+from array import array
+from bisect import bisect_left
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
+from operator import itemgetter
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
-from datasketch import MinHash, MinHashLSH
 
 from services.enrichment.entities import FoundEntities, extract_entities
-from services.enrichment.text import full_text, story_text, tokens, words
+from services.enrichment.text import normalise, read_story
 from shared.events import Article
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+Signature = npt.NDArray[np.uint32]
 
 NUM_PERM = 64
+_BANDS = 8  # LSH: 8 bands of 8 rows finds pairs from an estimated Jaccard of about 0.7
+_ROWS = NUM_PERM // _BANDS
 _K1 = 1.2
 _B = 0.75
-_SHINGLE = 2
 _INDEXED_TERMS = 80
 _RECENT_WITH_TERMS = 20_000
-_SHINGLED_CHARS = 1500
+# A re-sent wire story repeats its opening; its first words are enough to know it.
+_SHINGLED_WORDS = 250
 _ENTITY_CHARS = 2000
 # A teaser and a long article about one event share only a small part of the long one's weight;
 # the geometric mean of both self-scores forgives that, but never below this share of the larger.
@@ -46,6 +53,10 @@ class IndexSettings:
     half_life_s: float = 3 * 24 * 3600.0  # recency decay: an older story counts half after this
     duplicate_similarity: float = 0.7  # estimated Jaccard of word-pair shingles
     candidates: int = 50
+    # A term held by more than this share of the earlier stories (and at least `common_floor`
+    # of them) is too common to find an event by; it is not a query term.
+    common_share: float = 0.02
+    common_floor: int = 500
     average_length: float = 80.0  # BM25's average story length, in counted terms
 
 
@@ -63,7 +74,7 @@ class Features:
     distinct: int
     entities: FoundEntities
     entity_keys: frozenset[str]
-    signature: npt.NDArray[np.uint32]
+    signature: Signature
 
 
 @dataclass(frozen=True)
@@ -80,74 +91,48 @@ class Neighbours:
     duplicate_of: str | None
 
 
-class _Postings:
-    """One term's stories and weights; appends go to a list, flushed to numpy in blocks."""
-
-    __slots__ = ("_docs", "_pending_docs", "_pending_weights", "_size", "_weights")
-
-    def __init__(self) -> None:
-        self._docs: IntArray = np.zeros(0, dtype=np.int64)
-        self._weights: FloatArray = np.zeros(0)
-        self._size = 0
-        self._pending_docs: list[int] = []
-        self._pending_weights: list[float] = []
-
-    def append(self, doc: int, weight: float) -> None:
-        self._pending_docs.append(doc)
-        self._pending_weights.append(weight)
-        if len(self._pending_docs) >= 64:
-            self._flush()
-
-    @property
-    def size(self) -> int:
-        return self._size + len(self._pending_docs)
-
-    def arrays(self) -> tuple[IntArray, FloatArray]:
-        if self._pending_docs:
-            self._flush()
-        return self._docs[: self._size], self._weights[: self._size]
-
-    def keep(self, alive: npt.NDArray[np.bool_]) -> int:
-        docs, weights = self.arrays()
-        mask = alive[docs]
-        self._docs, self._weights = docs[mask].copy(), weights[mask].copy()
-        self._size = len(self._docs)
-        return self._size
-
-    def _flush(self) -> None:
-        end = self._size + len(self._pending_docs)
-        if end > len(self._docs):
-            capacity = max(end, 2 * len(self._docs))
-            self._docs = np.resize(self._docs, capacity)
-            self._weights = np.resize(self._weights, capacity)
-        self._docs[self._size : end] = self._pending_docs
-        self._weights[self._size : end] = self._pending_weights
-        self._size = end
-        self._pending_docs.clear()
-        self._pending_weights.clear()
-
-
 class Shingler:
-    """MinHash signatures with fixed permutations: every instance signs a text the same way."""
+    """MinHash signatures with fixed permutations: every instance signs a text the same way.
+
+    Word pairs are hashed once (crc32 of each word, mixed), then all permutations are applied
+    as one numpy multiply-add-shift (a universal hash family) and the minimum taken per row.
+    """
 
     def __init__(self) -> None:
-        self.permutations = MinHash(num_perm=NUM_PERM, seed=1).permutations
+        rng = np.random.RandomState(1)
+        # Odd 64-bit multipliers and 64-bit offsets: h(x) = (a*x + b) mod 2^64 >> 32.
+        self._a = (rng.randint(0, 2**63 - 1, NUM_PERM, dtype=np.uint64) << np.uint64(1)) | 1
+        self._b = rng.randint(0, 2**63 - 1, NUM_PERM, dtype=np.uint64) << np.uint64(1)
+        self._a = self._a.reshape(NUM_PERM, 1)
+        self._b = self._b.reshape(NUM_PERM, 1)
+        self._word_hashes: dict[str, int] = {}
 
-    def signature(self, text: str) -> npt.NDArray[np.uint32]:
-        # A re-sent wire story repeats its opening; the first words are enough to know it.
-        seq = words(text[:_SHINGLED_CHARS])
-        shingles = {" ".join(seq[i : i + _SHINGLE]) for i in range(max(1, len(seq) - 1))}
-        minhash = MinHash(
-            num_perm=NUM_PERM, permutations=self.permutations, scheme="affine32", hashfunc=_crc32
-        )
-        minhash.update_batch([s.encode() for s in shingles])
-        return np.asarray(minhash.hashvalues, dtype=np.uint32)
+    def signature(self, words: list[str]) -> Signature:
+        """The signature of a story from its lower-cased words (`ReadStory.words`)."""
+        cache = self._word_hashes
+        if len(cache) > 500_000:
+            cache.clear()
+        seq = words[:_SHINGLED_WORDS]
+        hashes = list(map(cache.get, seq))
+        if None in hashes:
+            for i, h in enumerate(hashes):
+                if h is None:
+                    word = seq[i]
+                    hashes[i] = cache[word] = zlib.crc32(normalise(word).encode())
+        w = np.asarray(hashes or [0], dtype=np.uint64)
+        if len(w) > 1:
+            # A word pair: the first word's hash mixed into the high bits, the second's added.
+            w = (w[:-1] * np.uint64(0x9E3779B97F4A7C15)) ^ w[1:]
+        rows = self._a * w
+        rows += self._b
+        rows >>= np.uint64(32)
+        return np.asarray(rows.min(axis=1), dtype=np.uint32)
 
 
 def features_of(article: Article, shingler: Shingler) -> Features:
-    counts = Counter(tokens(story_text(article)))
-    text = full_text(article)
-    entities = extract_entities(text[:_ENTITY_CHARS])
+    read = read_story(article)
+    counts = Counter(read.terms)
+    entities = extract_entities(read.text[:_ENTITY_CHARS])
     return Features(
         uri=article.uri,
         version=article.version,
@@ -155,17 +140,97 @@ def features_of(article: Article, shingler: Shingler) -> Features:
         url=str(article.url) if article.url else None,
         time=(article.firstcreated or article.versioncreated).timestamp(),
         # The story's most frequent terms (headline and summary count twice, so they are in).
-        term_counts=dict(counts.most_common(_INDEXED_TERMS)),
-        length=sum(counts.values()),
+        # (`sorted` is stable, like `most_common`, and quicker on a few hundred terms.)
+        term_counts=dict(sorted(counts.items(), key=itemgetter(1), reverse=True)[:_INDEXED_TERMS]),
+        length=len(read.terms),
         distinct=len(counts),
         entities=entities,
         entity_keys=entities.keys,
-        signature=shingler.signature(text),
+        signature=shingler.signature(read.words),
     )
 
 
+class _Bands:
+    """LSH buckets of signature bands in one open-addressing table of numpy arrays.
+
+    A band's key is a 64-bit mix of its rows (0 means empty); a bucket holding several stories
+    takes several cells. Removed stories stay until `rebuild`: callers check who is alive.
+    """
+
+    _MIX = np.array([0x9E3779B97F4A7C15 + 2 * i for i in range(_ROWS)], dtype=np.uint64).reshape(
+        1, _ROWS
+    )
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self._keys = np.zeros(capacity, dtype=np.uint64)
+        self._slots = np.zeros(capacity, dtype=np.int64)
+        self._used = 0
+
+    @classmethod
+    def keys_of(cls, signatures: Signature) -> npt.NDArray[np.uint64]:
+        """Band keys of one signature (shape (NUM_PERM,)) or many (shape (n, NUM_PERM))."""
+        bands = signatures.reshape(-1, _BANDS, _ROWS).astype(np.uint64)
+        keys = (bands * cls._MIX).sum(axis=2, dtype=np.uint64)
+        keys ^= np.arange(1, _BANDS + 1, dtype=np.uint64) << np.uint64(58)
+        keys[keys == 0] = 1
+        return np.asarray(keys, dtype=np.uint64)
+
+    def add(self, slot: int, signature: Signature) -> None:
+        if 2 * (self._used + _BANDS) > len(self._keys):
+            self._grow()
+        mask = len(self._keys) - 1
+        table = self._keys
+        for key in self.keys_of(signature)[0].tolist():
+            cell = key & mask
+            while table[cell]:
+                cell = (cell + 1) & mask
+            table[cell] = key
+            self._slots[cell] = slot
+        self._used += _BANDS
+
+    def candidates(self, signature: Signature) -> set[int]:
+        mask = len(self._keys) - 1
+        table = self._keys
+        found: set[int] = set()
+        for key in self.keys_of(signature)[0].tolist():
+            cell = key & mask
+            while stored := int(table[cell]):
+                if stored == key:
+                    found.add(int(self._slots[cell]))
+                cell = (cell + 1) & mask
+        return found
+
+    @classmethod
+    def of(cls, slots: IntArray, signatures: Signature) -> _Bands:
+        """Buckets holding only these stories (their signatures in the same order)."""
+        capacity = 1 << 16
+        while capacity < 4 * _BANDS * len(slots):
+            capacity *= 2
+        bands = cls(capacity)
+        for slot, signature in zip(slots.tolist(), signatures, strict=True):
+            bands.add(slot, signature)
+        return bands
+
+    def _grow(self) -> None:
+        keys, slots = self._keys, self._slots
+        used = np.flatnonzero(keys)
+        self._keys = np.zeros(2 * len(keys), dtype=np.uint64)
+        self._slots = np.zeros(2 * len(keys), dtype=np.int64)
+        mask = len(self._keys) - 1
+        for key, slot in zip(keys[used].tolist(), slots[used].tolist(), strict=True):
+            cell = key & mask
+            while self._keys[cell]:
+                cell = (cell + 1) & mask
+            self._keys[cell] = key
+            self._slots[cell] = slot
+
+
 class StoryIndex:
-    """Recent live stories; `neighbours` ranks the ones an editor would link from a story."""
+    """Recent live stories; `neighbours` ranks the ones an editor would link from a story.
+
+    Stories are kept as columns (numpy arrays and plain lists indexed by slot), postings as
+    compact arrays per term, and entities as interned ids: a few hundred bytes per story.
+    """
 
     def __init__(self, settings: IndexSettings | None = None) -> None:
         self.settings = settings or IndexSettings()
@@ -174,19 +239,29 @@ class StoryIndex:
 
     def _reset(self) -> None:
         self._terms: dict[str, int] = {}
-        self._postings: list[_Postings] = []
-        # Postings per term, dead ones included: only a cheap guess at how common a term is.
-        self._postings_per_term: IntArray = np.zeros(1024, dtype=np.int64)
+        self._postings_docs: list[array[int]] = []
+        self._postings_weights: list[array[float]] = []
         self._slots: dict[str, int] = {}  # uri -> slot of its live version
-        self._features: list[Features | None] = []
+        self._entity_ids: dict[str, int] = {}
+        # Per slot; a removed story's uri is None.
+        self._uris: list[str | None] = []
+        self._headlines: list[str | None] = []
+        self._urls: list[str | None] = []
+        self._entities: list[tuple[int, ...]] = []
+        self._versions: IntArray = np.zeros(1024, dtype=np.int64)
+        self._signatures: Signature = np.zeros((1024, NUM_PERM), dtype=np.uint32)
         self._times: FloatArray = np.zeros(1024)
         self._sizes: FloatArray = np.ones(1024)  # distinct terms of each story
         self._alive: npt.NDArray[np.bool_] = np.zeros(1024, dtype=bool)
         self._dead = 0
         self._newest = -math.inf
-        self._recent: OrderedDict[str, Features] = OrderedDict()
+        # The most recent stories' full features: enriching a story soon after it is read
+        # reuses them. Term counts are kept as two tuples (a dict per story costs 4x more).
+        self._recent: OrderedDict[str, tuple[Features, tuple[str, ...], tuple[int, ...]]] = (
+            OrderedDict()
+        )
         self._by_age: list[tuple[float, int]] = []  # (first time, slot), dead ones left lazily
-        self._lsh = MinHashLSH(threshold=self.settings.duplicate_similarity, num_perm=NUM_PERM)
+        self._bands = _Bands()
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -199,12 +274,13 @@ class StoryIndex:
         slot = self._slots.get(article.uri)
         if slot is not None:
             held = self._recent.get(article.uri)
-            if held is not None and held.version == article.version:
-                return held
-            slim = self._features[slot]
-            if slim is not None and slim.version == article.version:
+            if held is not None and held[0].version == article.version:
+                features, terms, counts = held
+                return replace(features, term_counts=dict(zip(terms, counts, strict=True)))
+            if self._versions[slot] == article.version:
                 fresh = features_of(article, self.shingler)
-                return _with_time(fresh, slim.time)  # keeps the first time of a corrected story
+                # Keeps the first time of a corrected story.
+                return _with_time(fresh, float(self._times[slot]))
         return features_of(article, self.shingler)
 
     # --- keeping it current -------------------------------------------------------------------
@@ -212,10 +288,9 @@ class StoryIndex:
     def add(self, article: Article) -> Features:
         """Index this version; a correction replaces the earlier one, keeping its first time."""
         previous = self._slots.get(article.uri)
-        held = self._features[previous] if previous is not None else None
         features = self.features(article)
-        if held is not None and held.time < features.time:
-            features = _with_time(features, held.time)
+        if previous is not None and self._times[previous] < features.time:
+            features = _with_time(features, float(self._times[previous]))
         self.remove(article.uri)
         self._insert(features)
         return features
@@ -223,12 +298,17 @@ class StoryIndex:
     def _insert(self, features: Features) -> None:
         if features.time < self._newest - self.settings.window_s - 3600.0:
             return  # older than the window: it would be evicted straight away
-        slot = len(self._features)
+        slot = len(self._uris)
         self._ensure_slot(slot)
-        # Term counts are only needed again to enrich this very version, which happens soon after
-        # it is read: keep them for the most recent stories only (they are most of the memory).
-        self._features.append(replace(features, term_counts={}))
-        self._recent[features.uri] = features
+        self._uris.append(features.uri)
+        self._headlines.append(features.headline)
+        self._urls.append(features.url)
+        self._entities.append(tuple(self._entity_id(key) for key in sorted(features.entity_keys)))
+        self._versions[slot] = features.version
+        self._signatures[slot] = features.signature
+        terms = tuple(features.term_counts)
+        counts = tuple(features.term_counts.values())
+        self._recent[features.uri] = (replace(features, term_counts={}), terms, counts)
         if len(self._recent) > _RECENT_WITH_TERMS:
             self._recent.popitem(last=False)
         self._slots[features.uri] = slot
@@ -238,63 +318,67 @@ class StoryIndex:
         self._newest = max(self._newest, features.time)
         self._sizes[slot] = max(1, features.distinct)
         norm = self._length_norm(features)
-        ids = []
-        for term, count in features.term_counts.items():
-            term_id = self._term_id(term)
-            ids.append(term_id)
-            self._postings[term_id].append(slot, count * (_K1 + 1) / (count + norm))
-        self._postings_per_term[ids] += 1
-        self._lsh.insert(_lsh_key(slot), _as_minhash(features.signature, self.shingler))
+        known = list(map(self._terms.get, terms))
+        ids = cast(list[int], known) if None not in known else list(map(self._term_id, terms))
+        docs, weights = self._postings_docs, self._postings_weights
+        for term_id, count in zip(ids, counts, strict=True):
+            docs[term_id].append(slot)
+            weights[term_id].append(count * (_K1 + 1) / (count + norm))
+        self._bands.add(slot, features.signature)
         self._evict()
 
     def remove(self, uri: str) -> None:
         slot = self._slots.pop(uri, None)
         if slot is None:
             return
-        features = self._features[slot]
-        assert features is not None
         self._alive[slot] = False
-        self._features[slot] = None
+        self._uris[slot] = self._headlines[slot] = self._urls[slot] = None
+        self._entities[slot] = ()
         self._recent.pop(uri, None)
-        self._lsh.remove(_lsh_key(slot))
         self._dead += 1
-        if self._dead > max(1024, len(self._features) // 3):
+        if self._dead > max(1024, len(self._uris) // 3):
             self._compact()
 
     # --- answering ----------------------------------------------------------------------------
 
-    def neighbours(self, article: Article, limit: int, min_score: float) -> Neighbours:
+    def neighbours(self, features: Features, limit: int, min_score: float) -> Neighbours:
         """Earlier live stories about the same events, best first, and the original it repeats.
 
-        Only stories that first appeared before this one count, so the answer does not depend on
-        how far an instance has read past it.
+        `features` are the story's (see `features`). Only stories that first appeared before
+        this one count, so the answer does not depend on how far an instance has read past it.
         """
-        features = self.features(article)
-        me = self._slots.get(article.uri, -1)
-        earlier = self._earlier_mask(features)
+        me = self._slots.get(features.uri, -1)
+        earlier = self._earlier(features)
         duplicates = self._duplicates(features, me, earlier)
         duplicate_of = min(duplicates, key=self._order_key, default=None)
 
-        scores, candidates = self._bm25(features, earlier)
+        candidates, base = self._bm25(features, earlier)
         if candidates.size == 0:
             return Neighbours([], self._uri(duplicate_of))
-        base = scores[candidates]
         if candidates.size > self.settings.candidates:
-            top = np.argpartition(-base, self.settings.candidates)[: self.settings.candidates]
-            candidates, base = candidates[top], base[top]
+            # The best few by score; all stories tied with the last one stay (whatever order
+            # an instance indexed them in, the same stories go on).
+            cut = np.partition(base, base.size - self.settings.candidates)[
+                base.size - self.settings.candidates
+            ]
+            keep = base >= cut
+            candidates, base = candidates[keep], base[keep]
 
-        entities = features.entity_keys
+        ages = np.maximum(0.0, features.time - self._times[candidates])
+        decays = 0.5 ** (ages / self.settings.half_life_s)
+        mine = {self._entity_ids.get(key, -1) for key in features.entity_keys}
+        own_entities = len(features.entity_keys)
+        boost = self.settings.entity_boost
         ranked: list[tuple[float, int]] = []
-        for slot, score in zip(candidates.tolist(), base.tolist(), strict=True):
+        for slot, score, decay in zip(
+            candidates.tolist(), base.tolist(), decays.tolist(), strict=True
+        ):
             if slot in duplicates:
                 continue
-            other = self._features[slot]
-            assert other is not None
-            if entities and (theirs := other.entity_keys):
-                shared = len(entities & theirs) / min(len(entities), len(theirs))
-                score *= 1.0 + self.settings.entity_boost * shared
-            age = max(0.0, features.time - other.time)
-            score *= 0.5 ** (age / self.settings.half_life_s)
+            if own_entities and (theirs := self._entities[slot]):
+                shared = sum(1 for e in theirs if e in mine) / min(own_entities, len(theirs))
+                score *= 1.0 + boost * shared
+            score *= decay
             if score >= min_score:
                 ranked.append((min(score, 1.0), slot))
         ranked.sort(key=lambda pair: (-pair[0], self._order_key(pair[1])))
@@ -313,131 +397,187 @@ class StoryIndex:
                 chosen.append((score, slot))
         related = []
         for score, slot in chosen:
-            other = self._features[slot]
-            assert other is not None
-            related.append(Match(other.uri, other.headline, other.url, round(score, 4)))
+            uri, headline = self._uris[slot], self._headlines[slot]
+            assert uri is not None and headline is not None
+            related.append(Match(uri, headline, self._urls[slot], round(score, 4)))
         return Neighbours(related, self._uri(duplicate_of))
 
-    def _query_terms(self, features: Features) -> list[tuple[int, int]]:
-        """The story's most telling terms (term id, count): frequent in it, rare in the index.
+    def _query_terms(self, features: Features, earlier: _Earlier) -> _Query:
+        """The story's most telling terms: frequent in it, rare among the earlier stories.
 
-        Rarity is read in whole powers of two of the index's size over the term's postings, so
-        a few stories more or less read by an instance do not change which terms are chosen.
-        Terms in more than 2% of a large index say nothing about an event and are skipped.
+        Rarity is the document frequency among the stories before this one only (see
+        `_Earlier`), so an instance that has read past this story chooses the same terms and
+        weighs them alike. Terms in more than a small share of the earlier stories say nothing
+        about an event and are skipped.
         """
-        total = float(len(self._features)) + 1.0
-        common = max(500.0, total / 50)
-        frequent = heapq.nlargest(
-            2 * self.settings.query_terms, features.term_counts.items(), key=lambda tc: tc[1]
-        )
+        frequent = sorted(features.term_counts.items(), key=itemgetter(1), reverse=True)[
+            : 2 * self.settings.query_terms
+        ]
         known = [(self._terms.get(term), count) for term, count in frequent]
         pairs = [(term_id, count) for term_id, count in known if term_id is not None]
-        if not pairs:
-            return []
-        ids = np.fromiter((t for t, _ in pairs), dtype=np.int64, count=len(pairs))
+        if not pairs or not earlier.stories:
+            return _Query.empty()
+        common = max(self.settings.common_floor, int(earlier.stories * self.settings.common_share))
+        ids = [term_id for term_id, _ in pairs]
+        df = self._earlier_frequencies(ids, earlier, common)
         counts = np.fromiter((c for _, c in pairs), dtype=np.float64, count=len(pairs))
-        sizes = self._postings_per_term[ids].astype(np.float64)
-        rarity = np.floor(np.log2(total / (sizes + 1.0)))
-        weight = np.where(sizes > common, -1.0, rarity * (1.0 + np.log(counts)))
+        rarity = np.log((earlier.stories + 1.0) / (df + 1.0))
+        weight = np.where(df > common, -1.0, rarity * (1.0 + np.log(counts)))
         # Stable: equal weights keep the story's own term order.
-        order = np.argsort(-weight, kind="stable")[: self.settings.query_terms]
-        return [pairs[i] for i in order.tolist() if weight[i] >= 0]
+        order = [
+            i
+            for i in np.argsort(-weight, kind="stable")[: self.settings.query_terms].tolist()
+            if weight[i] >= 0
+        ]
+        return _Query(
+            np.array([ids[i] for i in order], dtype=np.int64),
+            counts[order],
+            df[order],
+        )
+
+    def _earlier_frequencies(self, ids: list[int], earlier: _Earlier, common: int) -> FloatArray:
+        """How many earlier stories hold each term: exactly up to `common`, above it some
+        number above `common`.
+
+        Postings are in slot order: those inside the run of all-earlier slots are counted by
+        two binary searches; only the others (stories read about the same time as this one or
+        past it, departed or out-of-window ones before the run) are looked up one by one, and
+        only for terms the run has not already shown to be common.
+        """
+        first, end = earlier.run
+        df = np.zeros(len(ids))
+        rest: list[npt.NDArray[np.int32]] = []
+        owners: list[int] = []
+        for i, term_id in enumerate(ids):
+            postings = self._postings_docs[term_id]
+            start = bisect_left(postings, first) if first else 0
+            stop = bisect_left(postings, end, start)
+            df[i] = stop - start
+            if df[i] <= common and (stop < len(postings) or start):
+                docs = np.frombuffer(postings, dtype=np.int32)
+                if stop < len(postings):
+                    rest.append(docs[stop:])
+                    owners.append(i)
+                if start:
+                    rest.append(docs[:start])
+                    owners.append(i)
+        if rest:
+            lengths = np.fromiter(map(len, rest), dtype=np.int64, count=len(rest))
+            slots = np.concatenate(rest, dtype=np.int64)
+            owner = np.repeat(np.array(owners, dtype=np.int64), lengths)
+            df += np.bincount(owner, weights=earlier.of(slots), minlength=len(ids))
+        return df
 
     def _length_norm(self, features: Features) -> float:
         # A fixed average length, not the index's: a story's weights must not depend on what else
         # an instance had read when it indexed it.
         return _K1 * (1 - _B + _B * features.length / self.settings.average_length)
 
-    def _bm25(
-        self, features: Features, earlier: npt.NDArray[np.bool_]
-    ) -> tuple[FloatArray, IntArray]:
-        """BM25 of the earlier stories against this one, relative to this one's own score.
+    def _bm25(self, features: Features, earlier: _Earlier) -> tuple[IntArray, FloatArray]:
+        """BM25 of the earlier stories against this one, relative to this one's own score:
+        the stories scored and their scores.
 
-        Document frequencies count earlier stories only, and the query terms are chosen without
-        looking at the index: two instances that read different amounts past this story score
-        it alike. Scores are divided by both stories' own scores (the other's estimated from its
-        size); a long article and its short teaser are not punished below a floor.
+        Document frequencies count earlier stories only, for choosing the query terms as for
+        weighing them: two instances that read different amounts past this story, in different
+        orders, score it alike. Scores are divided by both stories' own scores (the other's
+        estimated from its size); a long article and its short teaser are not punished below a
+        floor.
         """
-        selected = self._query_terms(features)
-        stories = float(np.count_nonzero(earlier)) + 1.0
+        query = self._query_terms(features, earlier)
+        none = np.zeros(0, dtype=np.int64), np.zeros(0)
+        if not len(query.terms):
+            return none
         norm = self._length_norm(features)
-        if not selected:
-            return np.zeros(0), np.zeros(0, dtype=np.int64)
-        postings = [self._postings[term_id].arrays() for term_id, _ in selected]
-        lengths = np.fromiter((len(d) for d, _ in postings), dtype=np.int64, count=len(postings))
-        docs = np.concatenate([d for d, _ in postings])
-        weights = np.concatenate([w for _, w in postings])
-        term_of = np.repeat(np.arange(len(selected)), lengths)
-        mask = earlier[docs]
-        docs, weights, term_of = docs[mask], weights[mask], term_of[mask]
-        df = np.bincount(term_of, minlength=len(selected)) + 1.0
-        idf = np.log(1.0 + (stories - df + 0.5) / (df + 0.5))
-        counts = np.fromiter((c for _, c in selected), dtype=np.float64, count=len(selected))
-        own = float((idf * counts * (_K1 + 1) / (counts + norm)).sum())
-        scores: FloatArray = np.asarray(
-            np.bincount(docs, weights=idf[term_of] * weights, minlength=len(self._features)),
-            dtype=np.float64,
+        selected = query.terms.tolist()
+        lengths = np.fromiter(
+            (len(self._postings_docs[t]) for t in selected), dtype=np.int64, count=len(selected)
         )
-        candidates = np.flatnonzero(scores)
-        if candidates.size == 0 or own <= 0:
-            return scores, candidates
+        docs = np.concatenate(
+            [np.frombuffer(self._postings_docs[t], dtype=np.int32) for t in selected],
+            dtype=np.int64,  # gathers index faster with the platform's own integers
+        )
+        weights = np.concatenate(
+            [np.frombuffer(self._postings_weights[t], dtype=np.float32) for t in selected]
+        )
+        # Later (or departed) stories are weighed zero rather than cut out: no copies.
+        mask = earlier.of(docs)
+        df = query.frequencies + 1.0
+        idf = np.log(1.0 + (earlier.stories + 1.0 - df + 0.5) / (df + 0.5))
+        counts = query.counts
+        own = float((idf * counts * (_K1 + 1) / (counts + norm)).sum())
+        if own <= 0:
+            return none
+        # Sum per story over the whole slot range (cheaper than sorting the postings). Every
+        # weight and idf is positive: the earlier stories hit are the ones with a sum.
+        contributions = np.repeat(idf, lengths)
+        contributions *= weights
+        contributions *= mask
+        summed = np.bincount(docs, weights=contributions, minlength=len(self._uris))
+        candidates = np.flatnonzero(summed > 0)  # (a float array's own nonzero is 4x slower)
+        if candidates.size == 0:
+            return none
+        scores: FloatArray = np.asarray(summed[candidates], dtype=np.float64)
         theirs = own * self._sizes[candidates] / max(1, features.distinct)
-        scores[candidates] /= np.maximum(
+        scores /= np.maximum(
             np.sqrt(own * theirs), _LENGTH_MISMATCH_FLOOR * np.maximum(own, theirs)
         )
-        return scores, candidates
+        return candidates, scores
 
-    def _duplicates(self, features: Features, me: int, earlier: npt.NDArray[np.bool_]) -> set[int]:
+    def _duplicates(self, features: Features, me: int, earlier: _Earlier) -> set[int]:
         found = set()
-        for key in self._lsh.query(_as_minhash(features.signature, self.shingler)):
-            slot = int(key)
-            if slot == me or not self._alive[slot] or not earlier[slot]:
+        for slot in self._bands.candidates(features.signature):
+            if slot == me or not earlier.holds(slot):
                 continue
-            other = self._features[slot]
-            assert other is not None
-            if _jaccard(features.signature, other.signature) >= self.settings.duplicate_similarity:
+            if (
+                _jaccard(features.signature, self._signatures[slot])
+                >= self.settings.duplicate_similarity
+            ):
                 found.add(slot)
         return found
 
     def _same_story(self, a: int, b: int) -> bool:
-        fa, fb = self._features[a], self._features[b]
-        assert fa is not None and fb is not None
-        return _jaccard(fa.signature, fb.signature) >= self.settings.duplicate_similarity
+        similarity = _jaccard(self._signatures[a], self._signatures[b])
+        return similarity >= self.settings.duplicate_similarity
 
-    def _earlier_mask(self, features: Features) -> npt.NDArray[np.bool_]:
-        size = len(self._features)
+    def _earlier(self, features: Features) -> _Earlier:
+        size = len(self._uris)
         times = self._times[:size]
-        earlier = (times < features.time) & (times >= features.time - self.settings.window_s)
-        ties = np.flatnonzero(times == features.time)
-        for slot in ties.tolist():
-            other = self._features[slot]
-            if other is not None and other.uri < features.uri:
+        alive = self._alive[:size]
+        since = features.time - self.settings.window_s
+        earlier = times < features.time
+        # Usually no story has left since the last compaction and none is out of the window.
+        if self._by_age and self._by_age[0][0] < since:
+            earlier &= times >= since
+        if self._dead:
+            earlier &= alive
+        for slot in np.flatnonzero(times == features.time).tolist():
+            if alive[slot] and (uri := self._uris[slot]) is not None and uri < features.uri:
                 earlier[slot] = True
-        return earlier & self._alive[:size]
+        return _Earlier.of_mask(earlier)
 
     def _order_key(self, slot: int) -> tuple[float, str]:
-        features = self._features[slot]
-        assert features is not None
-        return (features.time, features.uri)
+        uri = self._uris[slot]
+        assert uri is not None
+        return (float(self._times[slot]), uri)
 
     def _uri(self, slot: int | None) -> str | None:
-        if slot is None:
-            return None
-        features = self._features[slot]
-        return features.uri if features is not None else None
+        return self._uris[slot] if slot is not None else None
 
     # --- housekeeping -------------------------------------------------------------------------
 
     def _term_id(self, term: str) -> int:
         term_id = self._terms.get(term)
         if term_id is None:
-            term_id = self._terms[term] = len(self._postings)
-            self._postings.append(_Postings())
-            if term_id >= len(self._postings_per_term):
-                self._postings_per_term = np.concatenate(
-                    [self._postings_per_term, np.zeros(term_id + 1, dtype=np.int64)]
-                )
+            term_id = self._terms[term] = len(self._postings_docs)
+            self._postings_docs.append(array("i"))
+            self._postings_weights.append(array("f"))
         return term_id
+
+    def _entity_id(self, key: str) -> int:
+        entity_id = self._entity_ids.get(key)
+        if entity_id is None:
+            entity_id = self._entity_ids[key] = len(self._entity_ids)
+        return entity_id
 
     def _ensure_slot(self, slot: int) -> None:
         if slot >= len(self._times):
@@ -445,6 +585,10 @@ class StoryIndex:
             self._times = np.concatenate([self._times, np.zeros(grow)])
             self._alive = np.concatenate([self._alive, np.zeros(grow, dtype=bool)])
             self._sizes = np.concatenate([self._sizes, np.ones(grow)])
+            self._versions = np.concatenate([self._versions, np.zeros(grow, dtype=np.int64)])
+            self._signatures = np.concatenate(
+                [self._signatures, np.zeros((grow, NUM_PERM), dtype=np.uint32)]
+            )
 
     def _evict(self) -> None:
         """Stories past the window or beyond the capacity leave, oldest first.
@@ -455,42 +599,76 @@ class StoryIndex:
         oldest_allowed = self._newest - self.settings.window_s - 3600.0
         while self._by_age:
             time, slot = self._by_age[0]
-            features = self._features[slot]
-            if features is None or not self._alive[slot]:
+            uri = self._uris[slot]
+            if uri is None or not self._alive[slot]:
                 heapq.heappop(self._by_age)
                 continue
             if len(self._slots) <= self.settings.capacity and time >= oldest_allowed:
                 return
             heapq.heappop(self._by_age)
-            self.remove(features.uri)
+            self.remove(uri)
 
     def _compact(self) -> None:
-        """Drop dead stories from the postings (removals only mark them)."""
-        for term_id, postings in enumerate(self._postings):
-            self._postings_per_term[term_id] = postings.keep(self._alive)
+        """Drop dead stories from the postings and the LSH buckets (removals only mark them)."""
+        alive = self._alive
+        for term_id, docs in enumerate(self._postings_docs):
+            slots = np.frombuffer(docs, dtype=np.int32)
+            keep = alive[slots]
+            kept = int(np.count_nonzero(keep))
+            if kept < len(slots):
+                weights = np.frombuffer(self._postings_weights[term_id], dtype=np.float32)
+                self._postings_docs[term_id] = array("i", slots[keep].tobytes())
+                self._postings_weights[term_id] = array("f", weights[keep].tobytes())
+            del slots
+        live = np.flatnonzero(alive[: len(self._uris)])
+        self._bands = _Bands.of(live, self._signatures[live])
         self._dead = 0
+
+
+@dataclass(frozen=True)
+class _Query:
+    """The terms a story is looked up by, its counts of them and their earlier frequencies."""
+
+    terms: IntArray
+    counts: FloatArray
+    frequencies: FloatArray
+
+    @classmethod
+    def empty(cls) -> _Query:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
+
+
+@dataclass(frozen=True)
+class _Earlier:
+    """Which stories count as earlier than the one being enriched: first seen before it (ties
+    broken by uri), within the window, alive; how many there are; and the longest run of slots
+    from the first earlier one that are all earlier (most of the index: an instance reads the
+    story table about in time order).
+    """
+
+    mask: npt.NDArray[np.bool_]  # per slot
+    stories: int
+    run: tuple[int, int]  # [first, end) slots, all earlier
+
+    @classmethod
+    def of_mask(cls, mask: npt.NDArray[np.bool_]) -> _Earlier:
+        first = int(np.argmax(mask)) if mask.size else 0  # the first earlier slot
+        if not mask.size or not mask[first]:
+            return cls(mask, 0, (0, 0))
+        rest = mask[first:]
+        end = first + (int(np.argmin(rest)) if not rest.all() else rest.size)
+        return cls(mask, int(np.count_nonzero(mask)), (first, end))
+
+    def of(self, slots: IntArray) -> npt.NDArray[np.bool_]:
+        return np.asarray(self.mask[slots], dtype=bool)
+
+    def holds(self, slot: int) -> bool:
+        return slot < self.mask.size and bool(self.mask[slot])
 
 
 def _with_time(features: Features, time: float) -> Features:
     return replace(features, time=time)
 
 
-def _lsh_key(slot: int) -> str:
-    return str(slot)
-
-
-def _crc32(data: bytes) -> int:
-    return zlib.crc32(data)
-
-
-def _as_minhash(signature: npt.NDArray[np.uint32], shingler: Shingler) -> MinHash:
-    return MinHash(
-        num_perm=NUM_PERM,
-        hashvalues=signature,
-        permutations=shingler.permutations,
-        scheme="affine32",
-    )
-
-
-def _jaccard(a: npt.NDArray[np.uint32], b: npt.NDArray[np.uint32]) -> float:
+def _jaccard(a: Signature, b: Signature) -> float:
     return float(np.count_nonzero(a == b)) / len(a)

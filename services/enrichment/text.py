@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from dataclasses import dataclass
 
 from shared.events import Article
 
@@ -42,7 +43,8 @@ def _stem(word: str) -> str:
     return word
 
 
-def _normalise(word: str) -> str:
+def normalise(word: str) -> str:
+    """One spelling of a word: typographic apostrophes straightened, possessive dropped."""
     if "'" in word or "\u2019" in word:
         word = word.replace("\u2019", "'").removesuffix("'s")
     return word
@@ -50,7 +52,7 @@ def _normalise(word: str) -> str:
 
 def _term(word: str) -> str:
     """The counted form of a lower-cased word; "" for stopwords and short words."""
-    word = _normalise(word)
+    word = normalise(word)
     return _stem(word) if len(word) > 2 and word not in STOPWORDS else ""
 
 
@@ -59,23 +61,47 @@ _TERMS: dict[str, str] = {}
 _TERMS_MAX = 500_000
 
 
-def words(text: str) -> list[str]:
-    """Every word, lower-cased: near-duplicate shingles are cut from these."""
-    return [_normalise(w) for w in WORD.findall(text.lower())]
+def _terms_of(lowered_words: list[str]) -> list[str]:
+    if len(_TERMS) > _TERMS_MAX:
+        _TERMS.clear()
+    # One C-level pass over the cache; only words never seen before are worked out.
+    found = list(map(_TERMS.get, lowered_words))
+    if None in found:
+        for i, term in enumerate(found):
+            if term is None:
+                word = lowered_words[i]
+                found[i] = _TERMS[word] = _term(word)
+    return [term for term in found if term]
 
 
 def tokens(text: str) -> list[str]:
     """Content words, stemmed: what the classifier and the related-story index count."""
-    if len(_TERMS) > _TERMS_MAX:
-        _TERMS.clear()
-    out = []
-    for word in WORD.findall(text.lower()):
-        term = _TERMS.get(word)
-        if term is None:
-            term = _TERMS[word] = _term(word)
-        if term:
-            out.append(term)
-    return out
+    return _terms_of(WORD.findall(text.lower()))
+
+
+@dataclass(frozen=True)
+class ReadStory:
+    """One story's text read once: the index, the entities and the shingles all start from it."""
+
+    terms: list[str]  # `tokens(story_text(article))`
+    words: list[str]  # every word of `full_text(article)`, lower-cased, not yet `normalise`d
+    text: str  # `full_text(article)`
+
+
+def read_story(article: Article) -> ReadStory:
+    """Tokenise a story once: the same terms as `tokens(story_text(...))` and the words of
+    `full_text(...)`, without reading the body twice.
+    """
+    head_parts = [article.headline, article.subheadline or "", article.summary or ""]
+    body = plain_text(article.body_html)
+    head_words = WORD.findall(" ".join(head_parts).lower())
+    body_words = WORD.findall(body.lower())
+    head_terms = _terms_of(head_words)
+    terms = head_terms + head_terms + _terms_of(body_words)
+    if article.keywords:
+        terms += _terms_of(WORD.findall(" ".join(article.keywords).lower()))
+    text = "\n".join(p for p in [*head_parts, body] if p)
+    return ReadStory(terms, head_words + body_words, text)
 
 
 def story_text(article: Article) -> str:

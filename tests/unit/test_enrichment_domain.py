@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.enrichment import Newsroom
 from services.enrichment.classifier import SectionClassifier
 from services.enrichment.domain import EnrichmentRules, StoryEnricher, assign_section
 from services.enrichment.entities import extract_entities
@@ -273,3 +275,53 @@ def test_entity_rules_read_titles_demonyms_and_organisation_words() -> None:
 
 def test_plain_text_drops_markup() -> None:
     assert plain_text("<p>Tom &amp; Jerry</p><p>go</p>").split() == ["Tom", "&", "Jerry", "go"]
+
+
+def test_links_and_duplicates_survive_a_long_run_of_evictions() -> None:
+    # Thousands of stories through a small index: removed stories are swept out of the postings
+    # and the duplicate buckets (which also grow on the way); the answers must stay the same.
+    enricher = StoryEnricher(EnrichmentRules(TAXONOMY, index=IndexSettings(capacity=500)))
+    for i in range(5000):
+        enricher.observe(
+            article(i / 60, uri=f"urn:t:filler-{i}", headline=f"Filler {i}", summary=f"Item {i}.")
+        )
+    publish(enricher, at(dam_story("urn:t:dam-1"), 100))
+    resent = publish(enricher, at(dam_story("urn:t:dam-2", byline="Other desk"), 101))
+    followup = publish(enricher, at(dam_followup("urn:t:dam-3"), 102))
+    assert len(enricher.index) == 500
+    assert resent.enrichment.duplicate_of == "urn:t:dam-1"
+    assert [r.uri for r in followup.enrichment.related] == ["urn:t:dam-1"]
+
+
+def test_an_instance_that_has_read_ahead_links_exactly_like_one_that_has_not() -> None:
+    # Two instances in one group: each reads every story from the story table, in its own
+    # interleaving of the partitions and at its own pace, and enriches some of them. A story's
+    # links and duplicate must not depend on how far (or in what order) its instance has read.
+    newsroom = Newsroom(seed=3, events=200)
+    stream = [newsroom.story(n, T0 + timedelta(seconds=2 * n)) for n in range(2000)]
+    for n in range(40, len(stream), 40):  # wire stories re-sent under a new uri
+        resent = stream[n - 25].model_copy(update={"uri": f"urn:newsflow:bench:resent-{n}"})
+        stream[n] = resent.model_copy(update={"versioncreated": T0 + timedelta(seconds=2 * n)})
+
+    def answer(story: Story) -> tuple[list[tuple[str, float]], str | None]:
+        found = story.enrichment
+        return [(r.uri, r.score) for r in found.related], found.duplicate_of
+
+    in_step = StoryEnricher(RULES)
+    expected = [answer(publish(in_step, story)) for story in stream]
+
+    rng = random.Random(5)
+    partitions = [stream[p::6] for p in range(6)]
+    ahead = StoryEnricher(RULES)
+    while any(partitions):
+        partition = rng.choice([p for p in partitions if p])
+        burst = rng.randint(1, 40)
+        for story in partition[:burst]:
+            ahead.observe(story)
+        del partition[:burst]
+    assert len(ahead.index) == len(in_step.index)
+    got = [answer(ahead.enrich(story)) for story in stream]
+
+    assert sum(1 for related, _ in expected if related) > len(stream) // 2
+    assert sum(1 for _, duplicate_of in expected if duplicate_of) >= 45
+    assert [n for n, (e, g) in enumerate(zip(expected, got, strict=True)) if e != g] == []
