@@ -38,7 +38,7 @@ from services.delivery.app import (
 from services.delivery.settings import DeliverySettings
 from shared.kafka import DeadLetters, make_consumer, make_producer
 from shared.logging import configure_logging
-from shared.serve import serve
+from shared.serve import freeze_startup_heap, serve
 from shared.ssrf import Resolver
 from shared.tracing import with_tracing
 
@@ -133,6 +133,7 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
                 except RedisError:
                     return False
 
+            freeze_startup_heap()
             yield DeliveryDeps(
                 cache=cache,
                 subscriptions=subscriptions,

@@ -23,7 +23,7 @@ from services.enrichment.settings import EnrichmentSettings
 from services.enrichment.taxonomy import Taxonomy
 from shared.kafka import DeadLetters, consume_forever, make_consumer, make_producer
 from shared.logging import configure_logging, get_logger
-from shared.serve import serve
+from shared.serve import freeze_startup_heap, serve
 from shared.tracing import with_tracing
 
 log = get_logger(__name__)
@@ -89,6 +89,7 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
                     # The instance joins the group (takes work) only once its index is rebuilt.
                     await _first(table.wait_rebuilt(), reader)
                     metrics.indexed.set(len(enricher.index))
+                    freeze_startup_heap()
                     log.info("joining the consumer group", indexed=len(enricher.index))
                     await consumer.start()
                     joined.set()

@@ -27,7 +27,7 @@ from services.ingest.feeds import FeedPoller
 from services.ingest.settings import IngestSettings
 from shared.kafka import make_producer
 from shared.logging import configure_logging, get_logger
-from shared.serve import serve
+from shared.serve import freeze_startup_heap, serve
 from shared.tracing import with_tracing
 
 log = get_logger(__name__)
@@ -71,6 +71,7 @@ async def open_runtime(settings: IngestSettings) -> AsyncIterator[IngestRuntime]
         async def vet(url: str) -> None:
             await vet_feed_url(url, settings.ingest_feeds_allow_private)
 
+        freeze_startup_heap()
         yield IngestRuntime(
             intake=intake,
             ready=ready,
