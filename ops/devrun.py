@@ -100,7 +100,10 @@ def run(state_dir: Path) -> None:
     def on_signal(signum: int, _: Any) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, on_signal)
+    # SIGINT too: a shell that starts `make run` in the background sets it to ignored, and
+    # Python then never turns it into KeyboardInterrupt (`kill -INT <pid>` did nothing).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
     try:
         env = start_dependencies(stack, log_dir, state_dir)
         start_services(stack, env, log_dir)
