@@ -138,29 +138,47 @@ async def consume_forever(
         if not batches:
             continue
         try:
-            records: list[IncomingRecord] = []
-            # Partition order is kept; across partitions, the batch runs in time order.
-            for message in heapq.merge(*batches.values(), key=lambda m: m.timestamp):
-                try:
-                    meta = EventMeta.from_headers(message.headers)
-                except InvalidEvent as exc:
-                    await dead_letters.park(message, str(exc))
-                    continue
-                records.append(_incoming(message, meta))
+            records = await read_batch(batches, dead_letters)
             await handle(records)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("batch failed; rewinding to retry it")
-            for tp, messages in batches.items():
-                consumer.seek(tp, messages[0].offset)
-            await asyncio.sleep(retry_delay_s)
+            await rewind(consumer, batches, retry_delay_s)
             continue
         await consumer.commit()
         if metrics:
             for record in records:
                 metrics.consumed.labels(record.topic).inc()
             await observe_lag(consumer, metrics)
+
+
+async def read_batch(
+    batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], dead_letters: DeadLetters
+) -> list[IncomingRecord]:
+    """The records of one poll with their CloudEvents metadata; records without valid headers
+    go to the DLQ. Partition order is kept; across partitions, the batch runs in time order."""
+    records: list[IncomingRecord] = []
+    for message in heapq.merge(*batches.values(), key=lambda m: m.timestamp):
+        try:
+            meta = EventMeta.from_headers(message.headers)
+        except InvalidEvent as exc:
+            await dead_letters.park(message, str(exc))
+            continue
+        records.append(_incoming(message, meta))
+    return records
+
+
+async def rewind(
+    consumer: AIOKafkaConsumer,
+    batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    retry_delay_s: float,
+) -> None:
+    """A batch failed (broker or Redis away): seek back to its start and pause before reading
+    it again, so nothing is committed that was not done."""
+    log.exception("batch failed; rewinding to retry it")
+    for tp, messages in batches.items():
+        consumer.seek(tp, messages[0].offset)
+    await asyncio.sleep(retry_delay_s)
 
 
 async def observe_lag(consumer: AIOKafkaConsumer, metrics: ConsumerMetrics) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -62,7 +61,6 @@ from services.delivery.status_page import Pulse
 from shared.events import (
     RETRY_TIERS_S,
     DeliveryAttempt,
-    EventMeta,
     EventType,
     InvalidEvent,
     Story,
@@ -71,7 +69,7 @@ from shared.events import (
     encode,
 )
 from shared.http import BearerTokens, Problem, add_health_routes, install_problem_handlers
-from shared.kafka import DeadLetters, IncomingRecord, observe_lag
+from shared.kafka import DeadLetters, IncomingRecord, observe_lag, read_batch, rewind
 from shared.logging import get_logger
 from shared.metrics import ConsumerMetrics
 from shared.serve import background
@@ -247,27 +245,13 @@ class StoryConsumer:
         progress: _Progress,
         batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
     ) -> None:
-        records: list[IncomingRecord] = []
         try:
-            # Partition order is kept; across partitions, the batch runs in time order.
-            for message in heapq.merge(*batches.values(), key=lambda m: m.timestamp):
-                try:
-                    meta = EventMeta.from_headers(message.headers)
-                except InvalidEvent as exc:
-                    await self._dead_letters.park(message, str(exc))
-                    continue
-                records.append(
-                    IncomingRecord(message.topic, message.partition, message.offset,
-                                   message.key, message.value, list(message.headers), meta)
-                )  # fmt: skip
+            records = await read_batch(batches, self._dead_letters)
             jobs_of = await self.handle(records)
         except asyncio.CancelledError:
             raise
         except Exception:  # Redis or the broker away: nothing was sent, read the batch again
-            log.exception("batch failed; rewinding to retry it")
-            for tp, messages in batches.items():
-                consumer.seek(tp, messages[0].offset)
-            await asyncio.sleep(1.0)
+            await rewind(consumer, batches, retry_delay_s=1.0)
             return
         for tp, messages in batches.items():
             for message in messages:
