@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
 
 from services.delivery.domain import Job, Subscription, Tagged, fingerprint
-from services.ingest.domain import Claim, LedgerEntry, StoredResponse
+from services.ingest.app import IngestRuntime, IntakeFactory
+from services.ingest.domain import Claim, Intake, LedgerEntry, StoredResponse
 from services.ingest.feeds import FeedIn, FeedState, FeedStatus
+from services.ingest.settings import IngestSettings
 from shared.events import Article, EventMeta, decode_article
 
 
@@ -187,3 +191,28 @@ class FakeFeedRegistry:
 
     async def claim(self, feed_id: str, for_s: float) -> bool:
         return True
+
+
+def fake_ingest_runtime(
+    publisher: FakePublisher | None = None, limiter: FakeRateLimiter | None = None
+) -> IntakeFactory:
+    """ingest's runtime over these fakes (what `create_app` opens in its lifespan)."""
+
+    @asynccontextmanager
+    async def open_runtime(_: IngestSettings) -> AsyncIterator[IngestRuntime]:
+        async def ready() -> bool:
+            return True
+
+        async def vet(url: str) -> None:
+            return None
+
+        yield IngestRuntime(
+            intake=Intake(publisher or FakePublisher(), FakeLedger(), "urn:newsflow:ingest"),
+            ready=ready,
+            rate_limiter=limiter or FakeRateLimiter(),
+            idempotency=FakeIdempotencyStore(),
+            feeds=FakeFeedRegistry(),
+            vet_feed_url=vet,
+        )
+
+    return open_runtime

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
 
-from services.ingest.app import IngestRuntime, create_app
-from services.ingest.domain import Intake
+from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
 from tests.factories import article_payload
 from tests.fakes import (
-    FakeFeedRegistry,
-    FakeIdempotencyStore,
-    FakeLedger,
     FakePublisher,
     FakeRateLimiter,
+    fake_ingest_runtime,
 )
 
 pytestmark = pytest.mark.unit
@@ -43,31 +39,12 @@ def limiter() -> FakeRateLimiter:
 
 @pytest.fixture
 def client(publisher: FakePublisher, limiter: FakeRateLimiter) -> Iterator[TestClient]:
-    ledger = FakeLedger()
-
-    @asynccontextmanager
-    async def fake_runtime(_: IngestSettings) -> AsyncIterator[IngestRuntime]:
-        async def ready() -> bool:
-            return True
-
-        async def vet(url: str) -> None:
-            return None
-
-        yield IngestRuntime(
-            intake=Intake(publisher, ledger, "urn:newsflow:ingest"),
-            ready=ready,
-            rate_limiter=limiter,
-            idempotency=FakeIdempotencyStore(),
-            feeds=FakeFeedRegistry(),
-            vet_feed_url=vet,
-        )
-
     settings = IngestSettings(
         ingest_api_keys=f"test={KEY},other=other-key,internal-key",
         ingest_max_body_bytes=20_000,
         ingest_max_headline_chars=120,
     )
-    with TestClient(create_app(settings, fake_runtime)) as test_client:
+    with TestClient(create_app(settings, fake_ingest_runtime(publisher, limiter))) as test_client:
         yield test_client
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 
 import pytest
 import schemathesis
@@ -18,15 +17,10 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from services.ingest.app import IngestRuntime, create_app
-from services.ingest.domain import Intake
+from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
 from tests.fakes import (
-    FakeFeedRegistry,
-    FakeIdempotencyStore,
-    FakeLedger,
-    FakePublisher,
-    FakeRateLimiter,
+    fake_ingest_runtime,
 )
 
 pytestmark = pytest.mark.unit
@@ -40,27 +34,10 @@ CHECKS = [
 ]
 
 
-@asynccontextmanager
-async def fake_runtime(_: IngestSettings) -> AsyncIterator[IngestRuntime]:
-    async def ready() -> bool:
-        return True
-
-    async def vet(url: str) -> None:
-        return None
-
-    yield IngestRuntime(
-        intake=Intake(FakePublisher(), FakeLedger(), "urn:newsflow:ingest"),
-        ready=ready,
-        rate_limiter=FakeRateLimiter(),
-        idempotency=FakeIdempotencyStore(),
-        feeds=FakeFeedRegistry(),
-        vet_feed_url=vet,
-    )
-
-
-app = create_app(
-    IngestSettings(ingest_api_keys="internal-key", ingest_max_body_bytes=200_000), fake_runtime
+settings_for_contract = IngestSettings(
+    ingest_api_keys="internal-key", ingest_max_body_bytes=200_000
 )
+app = create_app(settings_for_contract, fake_ingest_runtime())
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
