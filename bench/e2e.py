@@ -31,7 +31,7 @@ import uvloop
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.processes import raw_producer
+from bench.processes import process_tree_cpu_s, raw_producer
 from bench.stories import SECTIONS, Item, stream
 from ops.devrun import http_json, wait_ready
 from ops.embedded import ChildProcess, free_port, spawn, start_kafka, start_redis, wait_for_port
@@ -55,6 +55,7 @@ class Result:
     latencies_ms: list[float]
     cache_ms: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -76,6 +77,18 @@ class Result:
             text += f"  statuses {dict(self.statuses)}"
         return text
 
+    def cpu_line(self) -> str:
+        """CPU per accepted story of every process in the run: where the two cores went."""
+        if not self.cpu_s or not self.accepted:
+            return ""
+        parts = sorted(self.cpu_s.items(), key=lambda item: -item[1])
+        total = sum(self.cpu_s.values())
+        shares = "  ".join(f"{n} {1e6 * s / self.accepted:.0f}" for n, s in parts)
+        return (
+            f"    CPU µs/story: total {1e6 * total / self.accepted:.0f} "
+            f"({total / self.seconds:.2f} cores busy of {os.cpu_count()}): {shares}"
+        )
+
 
 def percentile(values: list[float], q: float) -> float:
     if not values:
@@ -92,6 +105,11 @@ class Infra:
     kafka: ChildProcess
     redis: ChildProcess
     children: list[ChildProcess] = field(default_factory=list)
+
+    def pids(self, receiver: ChildProcess) -> dict[str, int]:
+        """Every process of the run by name, for the CPU account."""
+        named = {"broker": self.kafka.pid, "redis": self.redis.pid, "receiver": receiver.pid}
+        return named | {child.name: child.pid for child in self.children}
 
     def stop(self) -> None:
         for child in reversed(self.children):
@@ -242,6 +260,14 @@ async def _create_plain_topics(bootstrap: str, names: list[str]) -> None:
         await admin.close()
 
 
+def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process tree; `load client` is this process."""
+    own = os.times()
+    snapshot = {"load client": own.user + own.system}
+    snapshot.update({name: process_tree_cpu_s(pid) for name, pid in pids.items()})
+    return snapshot
+
+
 # --- load -------------------------------------------------------------------------------------
 
 Send = Callable[[Item], Awaitable[int]]
@@ -376,8 +402,10 @@ async def run_load(
     rate: float | None,
     concurrency: int,
     probe: tuple[aiohttp.ClientSession, str] | None = None,
+    pids: dict[str, int] | None = None,
 ) -> Result:
     await asyncio.to_thread(receiver_reset, receiver)
+    cpu_before = cpu_snapshot(pids or {})
     cache_ms: list[float] = []
     probes: list[asyncio.Task[None]] = []
     if probe is not None:
@@ -397,13 +425,18 @@ async def run_load(
     sent, statuses, first = await offer(items, send, rate, concurrency)
     expected = expected_webhooks([i for i in items if i.token in sent], urls)
     await wait_delivered(receiver, expected)
+    cpu_after = cpu_snapshot(pids or {})
     await asyncio.gather(*probes)
     mode = "max" if rate is None else f"{rate:.0f}/s"
     result = await asyncio.to_thread(
         measure, name, mode, items, sent, statuses, first, receiver, expected
     )
     result.cache_ms = cache_ms
+    if pids is not None:
+        result.cpu_s = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
     print(result.line(), flush=True)
+    if result.cpu_s:
+        print(result.cpu_line(), flush=True)
     return result
 
 
@@ -420,7 +453,9 @@ class Options:
     logs: Path
 
 
-async def _baseline(opts: Options, receiver: str, bootstrap: str, topic: str) -> list[Result]:
+async def _baseline(
+    opts: Options, receiver: str, bootstrap: str, topic: str, pids: dict[str, int]
+) -> list[Result]:
     urls = subscriber_urls(receiver)
     producer = raw_producer(bootstrap)
     await producer.start()
@@ -436,6 +471,7 @@ async def _baseline(opts: Options, receiver: str, bootstrap: str, topic: str) ->
                 urls,
                 None,
                 opts.concurrency,
+                pids=pids,
             ),
             await run_load(
                 "baseline (raw 3 hops)",
@@ -453,7 +489,12 @@ async def _baseline(opts: Options, receiver: str, bootstrap: str, topic: str) ->
 
 
 async def _ours(
-    opts: Options, name: str, receiver: str, services: Services, on_max: Callable[[], None]
+    opts: Options,
+    name: str,
+    receiver: str,
+    services: Services,
+    on_max: Callable[[], None],
+    pids: dict[str, int],
 ) -> list[Result]:
     urls = subscriber_urls(receiver)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -465,7 +506,14 @@ async def _ours(
         tag = uuid.uuid4().hex[:4]
         results = [
             await run_load(
-                name, stream(opts.stories, f"m{tag}"), send, receiver, urls, None, opts.concurrency
+                name,
+                stream(opts.stories, f"m{tag}"),
+                send,
+                receiver,
+                urls,
+                None,
+                opts.concurrency,
+                pids=pids,
             ),
         ]
         results.append(
@@ -542,12 +590,13 @@ def summarise_profile(path: Path, top: int = 12) -> str:
 
 
 def scenario_ours(
-    opts: Options, receiver: str, enrichers: int, deliverers: int, extra: dict[str, str]
+    opts: Options, receiver_process: ChildProcess, enrichers: int, deliverers: int
 ) -> list[Result]:
+    receiver = receiver_process.address
     name = f"newsflow {enrichers}E/{deliverers}D"
     tag = f"ours{enrichers}{deliverers}"
     with infra(opts.logs, tag) as running:
-        services = start_services(running, opts.logs, tag, enrichers, deliverers, extra)
+        services = start_services(running, opts.logs, tag, enrichers, deliverers, {})
         subscribe_all(services, subscriber_urls(receiver))
         spies: list[subprocess.Popen[bytes]] = []
 
@@ -555,7 +604,8 @@ def scenario_ours(
             if opts.profile:
                 spies.extend(profile(services.pids, 15, opts.logs))
 
-        results = asyncio.run(_ours(opts, name, receiver, services, on_max))
+        pids = running.pids(receiver_process)
+        results = asyncio.run(_ours(opts, name, receiver, services, on_max, pids))
         for spy in spies:
             spy.wait(60)
         if spies:
@@ -595,10 +645,11 @@ def main() -> None:
                     topic = start_baseline(running, logs, subscriber_urls(receiver.address))
                     time.sleep(6)  # the hops join their groups
                     kafka = running.kafka.address
-                    results += asyncio.run(_baseline(opts, receiver.address, kafka, topic))
+                    pids = running.pids(receiver)
+                    results += asyncio.run(_baseline(opts, receiver.address, kafka, topic, pids))
             else:
                 enrichers, deliverers = (int(n) for n in scenario.split("x"))
-                results += scenario_ours(opts, receiver.address, enrichers, deliverers, {})
+                results += scenario_ours(opts, receiver, enrichers, deliverers)
     finally:
         receiver.stop()
     report(results)
@@ -616,6 +667,8 @@ def report(results: list[Result]) -> None:
             base_p99 = percentile(base.latencies_ms, 99)
             line += f" (p99 {p99 / base_p99:.1f}x baseline)" if base_p99 else ""
         print(line)
+        if result.cpu_s:
+            print(result.cpu_line())
 
 
 if __name__ == "__main__":

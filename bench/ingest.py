@@ -28,6 +28,7 @@ import aiohttp
 import orjson
 from fastapi import FastAPI, Request, Response
 
+from bench.processes import process_tree_cpu_s
 from ops.embedded import ChildProcess, free_port, spawn, start_kafka, start_redis, wait_for_port
 from shared.events import Topics
 from shared.kafka import ensure_topics, make_producer
@@ -79,30 +80,6 @@ def article(provider: str) -> bytes:
             "language": "en",
         }
     )
-
-
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by `pid` and every live descendant of it."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    tree, grew = {pid}, True
-    while grew:
-        found = {child for child, parent in parents.items() if parent in tree}
-        grew = not found <= tree
-        tree |= found
-    ticks = 0
-    for member in tree:
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
