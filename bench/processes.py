@@ -113,7 +113,9 @@ async def hop(bootstrap: str, source: str, target: str | None, urls: dict[str, l
     producer = raw_producer(bootstrap)
     await consumer.start()
     await producer.start()
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    # As many connections as delivery keeps in flight by default (`delivery_max_in_flight`):
+    # unbounded, a batch of 500 stories opened ~1,250 connections and ran at half the speed.
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
     try:
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
