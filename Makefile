@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CODE   := services shared ops tests $(wildcard bench)
 
-.PHONY: install run test lint typecheck browser unit integration e2e faults soak bench eval clean up down logs docs
+.PHONY: install run test lint typecheck browser unit integration e2e faults soak bench bench-cache wrk eval clean up down logs docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,18 @@ soak: $(STAMP)
 # End-to-end benchmark: the three services vs a raw three-hop baseline; see docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench.e2e $(BENCH_ARGS)
+
+# wrk (C) as the load generator of bench/cache.py: installed here when root and missing.
+wrk:
+	@if ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq wrk >/dev/null) \
+	      || echo "could not install wrk; bench/cache.py falls back to aiohttp"; \
+	  else echo "wrk not installed; bench/cache.py falls back to aiohttp"; fi; \
+	fi
+
+bench-cache: $(STAMP) wrk
+	$(BIN)/python -m bench.cache $(BENCH_ARGS)
 
 docs: $(STAMP)
 	$(BIN)/newsflow docs write
