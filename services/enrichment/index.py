@@ -352,7 +352,11 @@ class StoryIndex:
         duplicates = self._duplicates(features, me, earlier)
         duplicate_of = min(duplicates, key=self._order_key, default=None)
 
-        candidates, base = self._bm25(features, earlier)
+        # The entity boost at most multiplies a score by (1 + boost) and the decay never raises
+        # it: a story whose BM25 score is below this can never be linked, so it is no candidate.
+        # (Exact: the top-`candidates` cut below keeps the same linkable stories either way.)
+        floor = min_score / (1.0 + max(0.0, self.settings.entity_boost)) * (1.0 - 1e-9)
+        candidates, base = self._bm25(features, earlier, floor)
         if candidates.size == 0:
             return Neighbours([], self._uri(duplicate_of))
         if candidates.size > self.settings.candidates:
@@ -473,7 +477,9 @@ class StoryIndex:
         # an instance had read when it indexed it.
         return _K1 * (1 - _B + _B * features.length / self.settings.average_length)
 
-    def _bm25(self, features: Features, earlier: _Earlier) -> tuple[IntArray, FloatArray]:
+    def _bm25(
+        self, features: Features, earlier: _Earlier, floor: float = 0.0
+    ) -> tuple[IntArray, FloatArray]:
         """BM25 of the earlier stories against this one, relative to this one's own score:
         the stories scored and their scores.
 
@@ -481,7 +487,7 @@ class StoryIndex:
         weighing them: two instances that read different amounts past this story, in different
         orders, score it alike. Scores are divided by both stories' own scores (the other's
         estimated from its size); a long article and its short teaser are not punished below a
-        floor.
+        floor. Only stories scoring at least `floor` are returned.
         """
         query = self._query_terms(features, earlier)
         none = np.zeros(0, dtype=np.int64), np.zeros(0)
@@ -513,7 +519,11 @@ class StoryIndex:
         contributions *= weights
         contributions *= mask
         summed = np.bincount(docs, weights=contributions, minlength=len(self._uris))
-        candidates = np.flatnonzero(summed > 0)  # (a float array's own nonzero is 4x slower)
+        # A score is the sum divided by at least the floor share of this story's own score, so a
+        # sum below `floor` times that cannot reach `floor` (a float array's own nonzero is 4x
+        # slower than a bool array's).
+        least = floor * _LENGTH_MISMATCH_FLOOR * own
+        candidates = np.flatnonzero(summed >= least if least > 0 else summed > 0)
         if candidates.size == 0:
             return none
         scores: FloatArray = np.asarray(summed[candidates], dtype=np.float64)
@@ -521,6 +531,9 @@ class StoryIndex:
         scores /= np.maximum(
             np.sqrt(own * theirs), _LENGTH_MISMATCH_FLOOR * np.maximum(own, theirs)
         )
+        if floor > 0:
+            keep = scores >= floor
+            candidates, scores = candidates[keep], scores[keep]
         return candidates, scores
 
     def _duplicates(self, features: Features, me: int, earlier: _Earlier) -> set[int]:
