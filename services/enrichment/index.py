@@ -449,15 +449,16 @@ class StoryIndex:
         only for terms the run has not already shown to be common.
         """
         first, end = earlier.run
-        df = np.zeros(len(ids))
+        counted: list[int] = []
         rest: list[npt.NDArray[np.int32]] = []
         owners: list[int] = []
+        all_postings = self._postings_docs
         for i, term_id in enumerate(ids):
-            postings = self._postings_docs[term_id]
+            postings = all_postings[term_id]
             start = bisect_left(postings, first) if first else 0
-            stop = bisect_left(postings, end, start)
-            df[i] = stop - start
-            if df[i] <= common and (stop < len(postings) or start):
+            stop = _from_the_end(postings, end, start)
+            counted.append(stop - start)
+            if stop - start <= common and (stop < len(postings) or start):
                 docs = np.frombuffer(postings, dtype=np.int32)
                 if stop < len(postings):
                     rest.append(docs[stop:])
@@ -465,6 +466,7 @@ class StoryIndex:
                 if start:
                     rest.append(docs[:start])
                     owners.append(i)
+        df = np.array(counted, dtype=np.float64)
         if rest:
             lengths = np.fromiter(map(len, rest), dtype=np.int64, count=len(rest))
             slots = np.concatenate(rest, dtype=np.int64)
@@ -677,6 +679,22 @@ class _Earlier:
 
     def holds(self, slot: int) -> bool:
         return slot < self.mask.size and bool(self.mask[slot])
+
+
+def _from_the_end(postings: array[int], value: int, lo: int) -> int:
+    """`bisect_left(postings, value, lo)`, searched from the end: the postings at or past
+    `value` are the few of the stories read ahead of the one being enriched, so galloping back
+    from the end takes a comparison or two where a binary search over the whole list takes ~17.
+    """
+    hi = len(postings)
+    if hi <= lo or postings[hi - 1] < value:
+        return hi
+    hi -= 1  # postings[hi] >= value
+    step = 1
+    while (probe := hi - step) >= lo and postings[probe] >= value:
+        hi = probe
+        step *= 2
+    return bisect_left(postings, value, max(lo, probe + 1), hi)
 
 
 def _with_time(features: Features, time: float) -> Features:
