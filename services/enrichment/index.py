@@ -13,8 +13,10 @@ import math
 import zlib
 from array import array
 from bisect import bisect_left
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from itertools import repeat
 from operator import itemgetter
 from typing import cast
 
@@ -320,10 +322,12 @@ class StoryIndex:
         norm = self._length_norm(features)
         known = list(map(self._terms.get, terms))
         ids = cast(list[int], known) if None not in known else list(map(self._term_id, terms))
-        docs, weights = self._postings_docs, self._postings_weights
-        for term_id, count in zip(ids, counts, strict=True):
-            docs[term_id].append(slot)
-            weights[term_id].append(count * (_K1 + 1) / (count + norm))
+        # BM25 term weights, computed as `count * (k1 + 1) / (count + norm)` in float64 like
+        # Python would; the appends run as C-level `map`s (one posting per term).
+        tf = np.array(counts, dtype=np.float64)
+        term_weights = (tf * (_K1 + 1) / (tf + norm)).tolist()
+        _drain(map(_APPEND, map(self._postings_docs.__getitem__, ids), repeat(slot)))
+        _drain(map(_APPEND, map(self._postings_weights.__getitem__, ids), term_weights))
         self._bands.add(slot, features.signature)
         self._evict()
 
@@ -679,6 +683,13 @@ class _Earlier:
 
     def holds(self, slot: int) -> bool:
         return slot < self.mask.size and bool(self.mask[slot])
+
+
+_APPEND = array.append
+
+
+def _drain(calls: Iterator[None]) -> None:
+    deque(calls, maxlen=0)
 
 
 def _from_the_end(postings: array[int], value: int, lo: int) -> int:
