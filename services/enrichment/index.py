@@ -460,7 +460,7 @@ class StoryIndex:
         for i, term_id in enumerate(ids):
             postings = all_postings[term_id]
             start = bisect_left(postings, first) if first else 0
-            stop = _from_the_end(postings, end, start)
+            stop = bisect_left(postings, end, start)
             counted.append(stop - start)
             if stop - start <= common and (stop < len(postings) or start):
                 docs = np.frombuffer(postings, dtype=np.int32)
@@ -675,8 +675,11 @@ class _Earlier:
         if not mask.size or not mask[first]:
             return cls(mask, 0, (0, 0))
         rest = mask[first:]
-        end = first + (int(np.argmin(rest)) if not rest.all() else rest.size)
-        return cls(mask, int(np.count_nonzero(mask)), (first, end))
+        gap = int(np.argmin(rest))  # the first slot after `first` that is not earlier (0: none)
+        end = first + (gap if not rest[gap] else rest.size)
+        # Nothing before `first` is earlier: only the slots from `end` on need counting.
+        stories = end - first + int(np.count_nonzero(mask[end:]))
+        return cls(mask, stories, (first, end))
 
     def of(self, slots: IntArray) -> npt.NDArray[np.bool_]:
         return np.asarray(self.mask[slots], dtype=bool)
@@ -690,22 +693,6 @@ _APPEND = array.append
 
 def _drain(calls: Iterator[None]) -> None:
     deque(calls, maxlen=0)
-
-
-def _from_the_end(postings: array[int], value: int, lo: int) -> int:
-    """`bisect_left(postings, value, lo)`, searched from the end: the postings at or past
-    `value` are the few of the stories read ahead of the one being enriched, so galloping back
-    from the end takes a comparison or two where a binary search over the whole list takes ~17.
-    """
-    hi = len(postings)
-    if hi <= lo or postings[hi - 1] < value:
-        return hi
-    hi -= 1  # postings[hi] >= value
-    step = 1
-    while (probe := hi - step) >= lo and postings[probe] >= value:
-        hi = probe
-        step *= 2
-    return bisect_left(postings, value, max(lo, probe + 1), hi)
 
 
 def _with_time(features: Features, time: float) -> Features:
