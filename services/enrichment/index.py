@@ -427,7 +427,7 @@ class StoryIndex:
             return _Query.empty()
         common = max(self.settings.common_floor, int(earlier.stories * self.settings.common_share))
         ids = [term_id for term_id, _ in pairs]
-        df = self._earlier_frequencies(ids, earlier, common)
+        df, starts, stops = self._earlier_frequencies(ids, earlier, common)
         counts = np.fromiter((c for _, c in pairs), dtype=np.float64, count=len(pairs))
         rarity = np.log((earlier.stories + 1.0) / (df + 1.0))
         weight = np.where(df > common, -1.0, rarity * (1.0 + np.log(counts)))
@@ -441,19 +441,28 @@ class StoryIndex:
             np.array([ids[i] for i in order], dtype=np.int64),
             counts[order],
             df[order],
+            [starts[i] for i in order],
+            [stops[i] for i in order],
         )
 
-    def _earlier_frequencies(self, ids: list[int], earlier: _Earlier, common: int) -> FloatArray:
-        """How many earlier stories hold each term: exactly up to `common`, above it some
-        number above `common`.
+    def _earlier_frequencies(
+        self, ids: list[int], earlier: _Earlier, common: int
+    ) -> tuple[FloatArray, list[int], list[int]]:
+        """How many earlier stories hold each term (exactly up to `common`, above it some
+        number above `common`), and where each term's postings inside the run of all-earlier
+        slots start and stop.
 
-        Postings are in slot order: those inside the run of all-earlier slots are counted by
-        two binary searches; only the others (stories read about the same time as this one or
-        past it, departed or out-of-window ones before the run) are looked up one by one, and
-        only for terms the run has not already shown to be common.
+        Postings are in slot order: those inside the run are counted by two binary searches.
+        No slot before the run is earlier (the run starts at the first earlier slot); slots
+        past it (stories read about the same time as this one or after it) are looked up one by
+        one, only when some of them are earlier at all (usually none is: an instance reads the
+        table about in time order) and only for terms the run has not already shown to be common.
         """
         first, end = earlier.run
+        look_past = earlier.late.size > 0
         counted: list[int] = []
+        starts: list[int] = []
+        stops: list[int] = []
         rest: list[npt.NDArray[np.int32]] = []
         owners: list[int] = []
         all_postings = self._postings_docs
@@ -462,21 +471,18 @@ class StoryIndex:
             start = bisect_left(postings, first) if first else 0
             stop = bisect_left(postings, end, start)
             counted.append(stop - start)
-            if stop - start <= common and (stop < len(postings) or start):
-                docs = np.frombuffer(postings, dtype=np.int32)
-                if stop < len(postings):
-                    rest.append(docs[stop:])
-                    owners.append(i)
-                if start:
-                    rest.append(docs[:start])
-                    owners.append(i)
+            starts.append(start)
+            stops.append(stop)
+            if look_past and stop - start <= common and stop < len(postings):
+                rest.append(np.frombuffer(postings, dtype=np.int32)[stop:])
+                owners.append(i)
         df = np.array(counted, dtype=np.float64)
         if rest:
             lengths = np.fromiter(map(len, rest), dtype=np.int64, count=len(rest))
             slots = np.concatenate(rest, dtype=np.int64)
             owner = np.repeat(np.array(owners, dtype=np.int64), lengths)
             df += np.bincount(owner, weights=earlier.of(slots), minlength=len(ids))
-        return df
+        return df, starts, stops
 
     def _length_norm(self, features: Features) -> float:
         # A fixed average length, not the index's: a story's weights must not depend on what else
@@ -501,18 +507,34 @@ class StoryIndex:
             return none
         norm = self._length_norm(features)
         selected = query.terms.tolist()
-        lengths = np.fromiter(
-            (len(self._postings_docs[t]) for t in selected), dtype=np.int64, count=len(selected)
-        )
-        docs = np.concatenate(
-            [np.frombuffer(self._postings_docs[t], dtype=np.int32) for t in selected],
-            dtype=np.int64,  # gathers index faster with the platform's own integers
-        )
-        weights = np.concatenate(
-            [np.frombuffer(self._postings_weights[t], dtype=np.float32) for t in selected]
-        )
-        # Later (or departed) stories are weighed zero rather than cut out: no copies.
-        mask = earlier.of(docs)
+        all_docs, all_weights = self._postings_docs, self._postings_weights
+        if earlier.late.size:
+            # Some stories past the run are earlier: every posting, later ones weighed zero.
+            lengths = np.fromiter(
+                (len(all_docs[t]) for t in selected), dtype=np.int64, count=len(selected)
+            )
+            docs = np.concatenate(
+                [np.frombuffer(all_docs[t], dtype=np.int32) for t in selected],
+                dtype=np.int64,  # gathers index faster with the platform's own integers
+            )
+            weights = np.concatenate(
+                [np.frombuffer(all_weights[t], dtype=np.float32) for t in selected]
+            )
+            mask: npt.NDArray[np.bool_] | None = earlier.of(docs)
+            slots = len(self._uris)
+        else:
+            # The earlier stories are exactly the run: each term's postings inside it.
+            spans = list(zip(selected, query.starts, query.stops, strict=True))
+            lengths = np.fromiter((b - a for _, a, b in spans), dtype=np.int64, count=len(spans))
+            docs = np.concatenate(
+                [np.frombuffer(all_docs[t], dtype=np.int32)[a:b] for t, a, b in spans],
+                dtype=np.int64,
+            )
+            weights = np.concatenate(
+                [np.frombuffer(all_weights[t], dtype=np.float32)[a:b] for t, a, b in spans]
+            )
+            mask = None
+            slots = earlier.run[1]  # no story past the run is hit
         df = query.frequencies + 1.0
         idf = np.log(1.0 + (earlier.stories + 1.0 - df + 0.5) / (df + 0.5))
         counts = query.counts
@@ -523,8 +545,9 @@ class StoryIndex:
         # weight and idf is positive: the earlier stories hit are the ones with a sum.
         contributions = np.repeat(idf, lengths)
         contributions *= weights
-        contributions *= mask
-        summed = np.bincount(docs, weights=contributions, minlength=len(self._uris))
+        if mask is not None:
+            contributions *= mask
+        summed = np.bincount(docs, weights=contributions, minlength=slots)
         # A score is the sum divided by at least the floor share of this story's own score, so a
         # sum below `floor` times that cannot reach `floor` (a float array's own nonzero is 4x
         # slower than a bool array's).
@@ -651,10 +674,12 @@ class _Query:
     terms: IntArray
     counts: FloatArray
     frequencies: FloatArray
+    starts: list[int]  # where each term's postings inside the earlier run start and stop
+    stops: list[int]
 
     @classmethod
     def empty(cls) -> _Query:
-        return cls(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), [], [])
 
 
 @dataclass(frozen=True)
@@ -668,18 +693,19 @@ class _Earlier:
     mask: npt.NDArray[np.bool_]  # per slot
     stories: int
     run: tuple[int, int]  # [first, end) slots, all earlier
+    late: IntArray  # the earlier slots past the run (usually none)
 
     @classmethod
     def of_mask(cls, mask: npt.NDArray[np.bool_]) -> _Earlier:
         first = int(np.argmax(mask)) if mask.size else 0  # the first earlier slot
         if not mask.size or not mask[first]:
-            return cls(mask, 0, (0, 0))
+            return cls(mask, 0, (0, 0), np.zeros(0, dtype=np.int64))
         rest = mask[first:]
         gap = int(np.argmin(rest))  # the first slot after `first` that is not earlier (0: none)
         end = first + (gap if not rest[gap] else rest.size)
-        # Nothing before `first` is earlier: only the slots from `end` on need counting.
-        stories = end - first + int(np.count_nonzero(mask[end:]))
-        return cls(mask, stories, (first, end))
+        # Nothing before `first` is earlier: only the slots from `end` on need looking at.
+        late = np.flatnonzero(mask[end:]) + end
+        return cls(mask, end - first + late.size, (first, end), late)
 
     def of(self, slots: IntArray) -> npt.NDArray[np.bool_]:
         return np.asarray(self.mask[slots], dtype=bool)
