@@ -449,17 +449,19 @@ class StoryIndex:
         self, ids: list[int], earlier: _Earlier, common: int
     ) -> tuple[FloatArray, list[int], list[int]]:
         """How many earlier stories hold each term (exactly up to `common`, above it some
-        number above `common`), and where each term's postings inside the run of all-earlier
-        slots start and stop.
+        number above `common`), and where each term's postings that may be earlier start and
+        stop.
 
-        Postings are in slot order: those inside the run are counted by two binary searches.
-        No slot before the run is earlier (the run starts at the first earlier slot); slots
-        past it (stories read about the same time as this one or after it) are looked up one by
-        one, only when some of them are earlier at all (usually none is: an instance reads the
-        table about in time order) and only for terms the run has not already shown to be common.
+        Postings are in slot order: those inside the run of all-earlier slots are counted by
+        two binary searches. No slot before the run is earlier (the run starts at the first
+        earlier slot); slots past it (stories read about the same time as this one or after it)
+        are looked up one by one, only up to the last earlier one (usually there is none: an
+        instance reads the table about in time order) and only for terms the run has not
+        already shown to be common.
         """
         first, end = earlier.run
         look_past = earlier.late.size > 0
+        past_end = int(earlier.late[-1]) + 1 if look_past else end
         counted: list[int] = []
         starts: list[int] = []
         stops: list[int] = []
@@ -472,10 +474,13 @@ class StoryIndex:
             stop = bisect_left(postings, end, start)
             counted.append(stop - start)
             starts.append(start)
-            stops.append(stop)
             if look_past and stop - start <= common and stop < len(postings):
-                rest.append(np.frombuffer(postings, dtype=np.int32)[stop:])
-                owners.append(i)
+                past = bisect_left(postings, past_end, stop)
+                if past > stop:
+                    rest.append(np.frombuffer(postings, dtype=np.int32)[stop:past])
+                    owners.append(i)
+                stop = past
+            stops.append(stop)
         df = np.array(counted, dtype=np.float64)
         if rest:
             lengths = np.fromiter(map(len, rest), dtype=np.int64, count=len(rest))
@@ -508,33 +513,20 @@ class StoryIndex:
         norm = self._length_norm(features)
         selected = query.terms.tolist()
         all_docs, all_weights = self._postings_docs, self._postings_weights
-        if earlier.late.size:
-            # Some stories past the run are earlier: every posting, later ones weighed zero.
-            lengths = np.fromiter(
-                (len(all_docs[t]) for t in selected), dtype=np.int64, count=len(selected)
-            )
-            docs = np.concatenate(
-                [np.frombuffer(all_docs[t], dtype=np.int32) for t in selected],
-                dtype=np.int64,  # gathers index faster with the platform's own integers
-            )
-            weights = np.concatenate(
-                [np.frombuffer(all_weights[t], dtype=np.float32) for t in selected]
-            )
-            mask: npt.NDArray[np.bool_] | None = earlier.of(docs)
-            slots = len(self._uris)
-        else:
-            # The earlier stories are exactly the run: each term's postings inside it.
-            spans = list(zip(selected, query.starts, query.stops, strict=True))
-            lengths = np.fromiter((b - a for _, a, b in spans), dtype=np.int64, count=len(spans))
-            docs = np.concatenate(
-                [np.frombuffer(all_docs[t], dtype=np.int32)[a:b] for t, a, b in spans],
-                dtype=np.int64,
-            )
-            weights = np.concatenate(
-                [np.frombuffer(all_weights[t], dtype=np.float32)[a:b] for t, a, b in spans]
-            )
-            mask = None
-            slots = earlier.run[1]  # no story past the run is hit
+        # Each term's postings from the earlier run on, up to the last earlier story (usually the
+        # run's end): nothing before or after can be earlier.
+        spans = list(zip(selected, query.starts, query.stops, strict=True))
+        lengths = np.fromiter((b - a for _, a, b in spans), dtype=np.int64, count=len(spans))
+        docs = np.concatenate(
+            [np.frombuffer(all_docs[t], dtype=np.int32)[a:b] for t, a, b in spans],
+            dtype=np.int64,  # gathers index faster with the platform's own integers
+        )
+        weights = np.concatenate(
+            [np.frombuffer(all_weights[t], dtype=np.float32)[a:b] for t, a, b in spans]
+        )
+        # Stories past the run that are not earlier are weighed zero rather than cut out.
+        mask = earlier.of(docs) if earlier.late.size else None
+        slots = int(earlier.late[-1]) + 1 if earlier.late.size else earlier.run[1]
         df = query.frequencies + 1.0
         idf = np.log(1.0 + (earlier.stories + 1.0 - df + 0.5) / (df + 0.5))
         counts = query.counts
@@ -674,7 +666,9 @@ class _Query:
     terms: IntArray
     counts: FloatArray
     frequencies: FloatArray
-    starts: list[int]  # where each term's postings inside the earlier run start and stop
+    # Where each term's postings that may be earlier start and stop: the run, then up to the last
+    # earlier story past it.
+    starts: list[int]
     stops: list[int]
 
     @classmethod
