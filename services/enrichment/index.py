@@ -470,11 +470,18 @@ class StoryIndex:
         all_postings = self._postings_docs
         for i, term_id in enumerate(ids):
             postings = all_postings[term_id]
+            size = len(postings)
             start = bisect_left(postings, first) if first else 0
-            stop = bisect_left(postings, end, start)
+            if start + common < size and postings[start + common] < end:
+                # More than `common` postings inside the run: a common term, no need to count on.
+                counted.append(common + 1)
+                starts.append(start)
+                stops.append(start)
+                continue
+            stop = size if not size or postings[-1] < end else bisect_left(postings, end, start)
             counted.append(stop - start)
             starts.append(start)
-            if look_past and stop - start <= common and stop < len(postings):
+            if look_past and stop - start <= common and stop < size:
                 past = bisect_left(postings, past_end, stop)
                 if past > stop:
                     rest.append(np.frombuffer(postings, dtype=np.int32)[stop:past])
