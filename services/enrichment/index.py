@@ -13,8 +13,10 @@ import math
 import zlib
 from array import array
 from bisect import bisect_left
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from itertools import repeat
 from operator import itemgetter
 from typing import cast
 
@@ -320,10 +322,12 @@ class StoryIndex:
         norm = self._length_norm(features)
         known = list(map(self._terms.get, terms))
         ids = cast(list[int], known) if None not in known else list(map(self._term_id, terms))
-        docs, weights = self._postings_docs, self._postings_weights
-        for term_id, count in zip(ids, counts, strict=True):
-            docs[term_id].append(slot)
-            weights[term_id].append(count * (_K1 + 1) / (count + norm))
+        # BM25 term weights, computed as `count * (k1 + 1) / (count + norm)` in float64 like
+        # Python would; the appends run as C-level `map`s (one posting per term).
+        tf = np.array(counts, dtype=np.float64)
+        term_weights = (tf * (_K1 + 1) / (tf + norm)).tolist()
+        _drain(map(_APPEND, map(self._postings_docs.__getitem__, ids), repeat(slot)))
+        _drain(map(_APPEND, map(self._postings_weights.__getitem__, ids), term_weights))
         self._bands.add(slot, features.signature)
         self._evict()
 
@@ -352,7 +356,11 @@ class StoryIndex:
         duplicates = self._duplicates(features, me, earlier)
         duplicate_of = min(duplicates, key=self._order_key, default=None)
 
-        candidates, base = self._bm25(features, earlier)
+        # The entity boost at most multiplies a score by (1 + boost) and the decay never raises
+        # it: a story whose BM25 score is below this can never be linked, so it is no candidate.
+        # (Exact: the top-`candidates` cut below keeps the same linkable stories either way.)
+        floor = min_score / (1.0 + max(0.0, self.settings.entity_boost)) * (1.0 - 1e-9)
+        candidates, base = self._bm25(features, earlier, floor)
         if candidates.size == 0:
             return Neighbours([], self._uri(duplicate_of))
         if candidates.size > self.settings.candidates:
@@ -419,7 +427,7 @@ class StoryIndex:
             return _Query.empty()
         common = max(self.settings.common_floor, int(earlier.stories * self.settings.common_share))
         ids = [term_id for term_id, _ in pairs]
-        df = self._earlier_frequencies(ids, earlier, common)
+        df, starts, stops = self._earlier_frequencies(ids, earlier, common)
         counts = np.fromiter((c for _, c in pairs), dtype=np.float64, count=len(pairs))
         rarity = np.log((earlier.stories + 1.0) / (df + 1.0))
         weight = np.where(df > common, -1.0, rarity * (1.0 + np.log(counts)))
@@ -433,47 +441,69 @@ class StoryIndex:
             np.array([ids[i] for i in order], dtype=np.int64),
             counts[order],
             df[order],
+            [starts[i] for i in order],
+            [stops[i] for i in order],
         )
 
-    def _earlier_frequencies(self, ids: list[int], earlier: _Earlier, common: int) -> FloatArray:
-        """How many earlier stories hold each term: exactly up to `common`, above it some
-        number above `common`.
+    def _earlier_frequencies(
+        self, ids: list[int], earlier: _Earlier, common: int
+    ) -> tuple[FloatArray, list[int], list[int]]:
+        """How many earlier stories hold each term (exactly up to `common`, above it some
+        number above `common`), and where each term's postings that may be earlier start and
+        stop.
 
         Postings are in slot order: those inside the run of all-earlier slots are counted by
-        two binary searches; only the others (stories read about the same time as this one or
-        past it, departed or out-of-window ones before the run) are looked up one by one, and
-        only for terms the run has not already shown to be common.
+        two binary searches. No slot before the run is earlier (the run starts at the first
+        earlier slot); slots past it (stories read about the same time as this one or after it)
+        are looked up one by one, only up to the last earlier one (usually there is none: an
+        instance reads the table about in time order) and only for terms the run has not
+        already shown to be common.
         """
         first, end = earlier.run
-        df = np.zeros(len(ids))
+        look_past = earlier.late.size > 0
+        past_end = int(earlier.late[-1]) + 1 if look_past else end
+        counted: list[int] = []
+        starts: list[int] = []
+        stops: list[int] = []
         rest: list[npt.NDArray[np.int32]] = []
         owners: list[int] = []
+        all_postings = self._postings_docs
         for i, term_id in enumerate(ids):
-            postings = self._postings_docs[term_id]
+            postings = all_postings[term_id]
+            size = len(postings)
             start = bisect_left(postings, first) if first else 0
-            stop = bisect_left(postings, end, start)
-            df[i] = stop - start
-            if df[i] <= common and (stop < len(postings) or start):
-                docs = np.frombuffer(postings, dtype=np.int32)
-                if stop < len(postings):
-                    rest.append(docs[stop:])
+            if start + common < size and postings[start + common] < end:
+                # More than `common` postings inside the run: a common term, no need to count on.
+                counted.append(common + 1)
+                starts.append(start)
+                stops.append(start)
+                continue
+            stop = size if not size or postings[-1] < end else bisect_left(postings, end, start)
+            counted.append(stop - start)
+            starts.append(start)
+            if look_past and stop - start <= common and stop < size:
+                past = bisect_left(postings, past_end, stop)
+                if past > stop:
+                    rest.append(np.frombuffer(postings, dtype=np.int32)[stop:past])
                     owners.append(i)
-                if start:
-                    rest.append(docs[:start])
-                    owners.append(i)
+                stop = past
+            stops.append(stop)
+        df = np.array(counted, dtype=np.float64)
         if rest:
             lengths = np.fromiter(map(len, rest), dtype=np.int64, count=len(rest))
             slots = np.concatenate(rest, dtype=np.int64)
             owner = np.repeat(np.array(owners, dtype=np.int64), lengths)
             df += np.bincount(owner, weights=earlier.of(slots), minlength=len(ids))
-        return df
+        return df, starts, stops
 
     def _length_norm(self, features: Features) -> float:
         # A fixed average length, not the index's: a story's weights must not depend on what else
         # an instance had read when it indexed it.
         return _K1 * (1 - _B + _B * features.length / self.settings.average_length)
 
-    def _bm25(self, features: Features, earlier: _Earlier) -> tuple[IntArray, FloatArray]:
+    def _bm25(
+        self, features: Features, earlier: _Earlier, floor: float = 0.0
+    ) -> tuple[IntArray, FloatArray]:
         """BM25 of the earlier stories against this one, relative to this one's own score:
         the stories scored and their scores.
 
@@ -481,7 +511,7 @@ class StoryIndex:
         weighing them: two instances that read different amounts past this story, in different
         orders, score it alike. Scores are divided by both stories' own scores (the other's
         estimated from its size); a long article and its short teaser are not punished below a
-        floor.
+        floor. Only stories scoring at least `floor` are returned.
         """
         query = self._query_terms(features, earlier)
         none = np.zeros(0, dtype=np.int64), np.zeros(0)
@@ -489,18 +519,21 @@ class StoryIndex:
             return none
         norm = self._length_norm(features)
         selected = query.terms.tolist()
-        lengths = np.fromiter(
-            (len(self._postings_docs[t]) for t in selected), dtype=np.int64, count=len(selected)
-        )
+        all_docs, all_weights = self._postings_docs, self._postings_weights
+        # Each term's postings from the earlier run on, up to the last earlier story (usually the
+        # run's end): nothing before or after can be earlier.
+        spans = list(zip(selected, query.starts, query.stops, strict=True))
+        lengths = np.fromiter((b - a for _, a, b in spans), dtype=np.int64, count=len(spans))
         docs = np.concatenate(
-            [np.frombuffer(self._postings_docs[t], dtype=np.int32) for t in selected],
+            [np.frombuffer(all_docs[t], dtype=np.int32)[a:b] for t, a, b in spans],
             dtype=np.int64,  # gathers index faster with the platform's own integers
         )
         weights = np.concatenate(
-            [np.frombuffer(self._postings_weights[t], dtype=np.float32) for t in selected]
+            [np.frombuffer(all_weights[t], dtype=np.float32)[a:b] for t, a, b in spans]
         )
-        # Later (or departed) stories are weighed zero rather than cut out: no copies.
-        mask = earlier.of(docs)
+        # Stories past the run that are not earlier are weighed zero rather than cut out.
+        mask = earlier.of(docs) if earlier.late.size else None
+        slots = int(earlier.late[-1]) + 1 if earlier.late.size else earlier.run[1]
         df = query.frequencies + 1.0
         idf = np.log(1.0 + (earlier.stories + 1.0 - df + 0.5) / (df + 0.5))
         counts = query.counts
@@ -511,9 +544,14 @@ class StoryIndex:
         # weight and idf is positive: the earlier stories hit are the ones with a sum.
         contributions = np.repeat(idf, lengths)
         contributions *= weights
-        contributions *= mask
-        summed = np.bincount(docs, weights=contributions, minlength=len(self._uris))
-        candidates = np.flatnonzero(summed > 0)  # (a float array's own nonzero is 4x slower)
+        if mask is not None:
+            contributions *= mask
+        summed = np.bincount(docs, weights=contributions, minlength=slots)
+        # A score is the sum divided by at least the floor share of this story's own score, so a
+        # sum below `floor` times that cannot reach `floor` (a float array's own nonzero is 4x
+        # slower than a bool array's).
+        least = floor * _LENGTH_MISMATCH_FLOOR * own
+        candidates = np.flatnonzero(summed >= least if least > 0 else summed > 0)
         if candidates.size == 0:
             return none
         scores: FloatArray = np.asarray(summed[candidates], dtype=np.float64)
@@ -521,6 +559,9 @@ class StoryIndex:
         scores /= np.maximum(
             np.sqrt(own * theirs), _LENGTH_MISMATCH_FLOOR * np.maximum(own, theirs)
         )
+        if floor > 0:
+            keep = scores >= floor
+            candidates, scores = candidates[keep], scores[keep]
         return candidates, scores
 
     def _duplicates(self, features: Features, me: int, earlier: _Earlier) -> set[int]:
@@ -632,10 +673,14 @@ class _Query:
     terms: IntArray
     counts: FloatArray
     frequencies: FloatArray
+    # Where each term's postings that may be earlier start and stop: the run, then up to the last
+    # earlier story past it.
+    starts: list[int]
+    stops: list[int]
 
     @classmethod
     def empty(cls) -> _Query:
-        return cls(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), [], [])
 
 
 @dataclass(frozen=True)
@@ -649,21 +694,32 @@ class _Earlier:
     mask: npt.NDArray[np.bool_]  # per slot
     stories: int
     run: tuple[int, int]  # [first, end) slots, all earlier
+    late: IntArray  # the earlier slots past the run (usually none)
 
     @classmethod
     def of_mask(cls, mask: npt.NDArray[np.bool_]) -> _Earlier:
         first = int(np.argmax(mask)) if mask.size else 0  # the first earlier slot
         if not mask.size or not mask[first]:
-            return cls(mask, 0, (0, 0))
+            return cls(mask, 0, (0, 0), np.zeros(0, dtype=np.int64))
         rest = mask[first:]
-        end = first + (int(np.argmin(rest)) if not rest.all() else rest.size)
-        return cls(mask, int(np.count_nonzero(mask)), (first, end))
+        gap = int(np.argmin(rest))  # the first slot after `first` that is not earlier (0: none)
+        end = first + (gap if not rest[gap] else rest.size)
+        # Nothing before `first` is earlier: only the slots from `end` on need looking at.
+        late = np.flatnonzero(mask[end:]) + end
+        return cls(mask, end - first + late.size, (first, end), late)
 
     def of(self, slots: IntArray) -> npt.NDArray[np.bool_]:
         return np.asarray(self.mask[slots], dtype=bool)
 
     def holds(self, slot: int) -> bool:
         return slot < self.mask.size and bool(self.mask[slot])
+
+
+_APPEND = array.append
+
+
+def _drain(calls: Iterator[None]) -> None:
+    deque(calls, maxlen=0)
 
 
 def _with_time(features: Features, time: float) -> Features:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from shared.events import Article
 
 WORD = re.compile(r"[^\W\d_][\w'\u2019-]*[^\W_]|[^\W\d_]", re.UNICODE)
+# The same words as WORD in a text that is all ASCII (most news copy): no Unicode class lookups.
+_ASCII_WORD = re.compile(r"[a-zA-Z][a-zA-Z0-9_'-]*[a-zA-Z0-9]|[a-zA-Z]")
 TAG = re.compile(r"<[^>]+>")
 _STOPWORDS = """
 a about above after again against all also am an and any are as at be because been before being
@@ -74,9 +76,14 @@ def _terms_of(lowered_words: list[str]) -> list[str]:
     return [term for term in found if term]
 
 
+def words_of(text: str) -> list[str]:
+    """`WORD.findall(text)`, quicker when the text is ASCII."""
+    return (_ASCII_WORD if text.isascii() else WORD).findall(text)
+
+
 def tokens(text: str) -> list[str]:
     """Content words, stemmed: what the classifier and the related-story index count."""
-    return _terms_of(WORD.findall(text.lower()))
+    return _terms_of(words_of(text.lower()))
 
 
 @dataclass(frozen=True)
@@ -94,12 +101,12 @@ def read_story(article: Article) -> ReadStory:
     """
     head_parts = [article.headline, article.subheadline or "", article.summary or ""]
     body = plain_text(article.body_html)
-    head_words = WORD.findall(" ".join(head_parts).lower())
-    body_words = WORD.findall(body.lower())
+    head_words = words_of(" ".join(head_parts).lower())
+    body_words = words_of(body.lower())
     head_terms = _terms_of(head_words)
     terms = head_terms + head_terms + _terms_of(body_words)
     if article.keywords:
-        terms += _terms_of(WORD.findall(" ".join(article.keywords).lower()))
+        terms += _terms_of(words_of(" ".join(article.keywords).lower()))
     text = "\n".join(p for p in [*head_parts, body] if p)
     return ReadStory(terms, head_words + body_words, text)
 
