@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trustme
+import uvloop
 from aiohttp import web
 
 from services.delivery.webhook_client import BODY_KEPT, LeanWebhookSender
@@ -49,9 +50,7 @@ async def serve(
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
-    server = site._server
-    assert isinstance(server, asyncio.base_events.Server)
-    port = server.sockets[0].getsockname()[1]
+    port: int = runner.addresses[0][1]
     return port, seen, runner
 
 
@@ -156,7 +155,7 @@ async def test_chunked_and_big_answers_keep_the_first_4_kb_and_the_connection(
 
 async def test_a_slow_endpoint_times_out_as_an_answer() -> None:
     async def slow(_: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(5)
+        await asyncio.sleep(2)
         return web.Response(status=204)
 
     port, _, runner = await serve(slow)
@@ -376,3 +375,35 @@ async def test_header_injection_is_refused(sender: LeanWebhookSender) -> None:
 
 async def _answer(response: web.StreamResponse) -> web.StreamResponse:
     return response
+
+
+def test_under_uvloop_as_in_production() -> None:
+    """The services run on uvloop, whose transports differ from asyncio's own."""
+
+    async def scenario() -> tuple[list[int | None], list[Any], str | None, str | None]:
+        async def answer(request: web.Request) -> web.StreamResponse:
+            if request.path == "/slow":
+                await asyncio.sleep(2)
+            return web.Response(status=200, text="fine")
+
+        port, seen, runner = await serve(answer)
+        raw = RawServer(answered=1)
+        raw_port = await raw.start()
+        try:
+            async with LeanWebhookSender(LOCAL, allow_private=True, timeout_s=0.5) as sender:
+                answers = [
+                    await sender.post(f"http://partner.test:{port}/h", b"{}", {}),
+                    await sender.post(f"http://partner.test:{port}/h", b"{}", {}),
+                    await sender.post(f"http://partner.test:{port}/slow", b"{}", {}),
+                    await sender.post(f"http://partner.test:{raw_port}/h", b"{}", {}),
+                    await sender.post(f"http://partner.test:{raw_port}/h", b"{}", {}),
+                ]
+        finally:
+            await raw.stop()
+            await runner.cleanup()
+        return [a.status for a in answers], seen.peers[:2], answers[2].error, answers[4].body
+
+    statuses, peers, timeout_error, after_stale = uvloop.run(scenario())
+    assert statuses == [200, 200, None, 200, 200] and peers[0] == peers[1]
+    assert (timeout_error or "").startswith("TimeoutError")
+    assert after_stale == "ok"
