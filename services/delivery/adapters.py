@@ -377,7 +377,9 @@ class _Settlements:
     round trip and one reply, however many jobs settled): pending-set removals, dead letters,
     attempt records (each list trimmed once)."""
 
-    done: asyncio.Future[None]
+    # One future per caller: a cancelled caller cancels only its own (as `shield` would do,
+    # without its Python callbacks per job).
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
     pending: dict[str, list[str]] = field(default_factory=dict)
     dead: dict[str, dict[str, str]] = field(default_factory=dict)
     attempts: dict[str, list[bytes]] = field(default_factory=dict)
@@ -487,20 +489,26 @@ class RedisDeliveryState:
             batch.dead.setdefault(dead_key, {})[job.message_id] = job.to_json()
         if attempt is not None:
             batch.attempts.setdefault(self._attempts_key(job.subscription_id), []).append(attempt)
-        await asyncio.shield(batch.done)  # a cancelled caller must not cancel the others' write
+        await self._written(batch)
 
     async def attempted(self, subscription_id: str, attempt: bytes) -> None:
         """Keeps the attempt record of a job that goes on to a retry."""
         batch = self._settling()
         batch.attempts.setdefault(self._attempts_key(subscription_id), []).append(attempt)
-        await asyncio.shield(batch.done)
+        await self._written(batch)
+
+    @staticmethod
+    async def _written(batch: _Settlements) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(waiter)
+        await waiter  # cancelling this caller cancels its waiter only, not the others' write
 
     def _attempts_key(self, subscription_id: str) -> str:
         return f"{self._prefix}attempts:{subscription_id}"
 
     def _settling(self) -> _Settlements:
         if self._batch is None:
-            self._batch = _Settlements(asyncio.get_running_loop().create_future())
+            self._batch = _Settlements()
             self._flushing = asyncio.create_task(self._write_settlements(self._batch))
         return self._batch
 
@@ -510,9 +518,13 @@ class RedisDeliveryState:
         try:
             await self._settle(args=batch.args(self._attempts_kept))
         except Exception as exc:
-            batch.done.set_exception(exc)
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
         else:
-            batch.done.set_result(None)
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
         found = await self._redis.lrange(f"{self._prefix}attempts:{subscription_id}", 0, limit - 1)

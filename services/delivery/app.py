@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -428,12 +429,59 @@ class _Progress:
             self._offsets[tp].committed = position
 
 
+class _Slots:
+    """A counting semaphore without a coroutine on the free path: `take()` is a plain call
+    that succeeds when a slot is free (and nobody queues); otherwise `wait()` queues in FIFO
+    order and `give()` hands the slot straight to the first waiter. (asyncio.Semaphore costs
+    a coroutine and Python bookkeeping per acquire; there are two per webhook.)"""
+
+    __slots__ = ("_waiters", "free")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def take(self) -> bool:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def wait(self) -> None:
+        """Until a slot is handed over (call after `take()` failed)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a slot, then cancelled: pass it on
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
 @dataclass
 class _Gate:
     """One endpoint's concurrency limit, and how many jobs queue for it."""
 
-    semaphore: asyncio.Semaphore
+    slots: _Slots
     waiting: int = 0
+
+
+@dataclass
+class _Record:
+    """The jobs of one record still running; `settled` once all are (unless one was cancelled)."""
+
+    left: int
+    settled: Callable[[], None]
+    cancelled: bool = False
 
 
 class Sender:
@@ -468,7 +516,7 @@ class Sender:
         self._schedule = settings.delivery_retry_delays_s
         self._tier_of: dict[str, int | None] = {topics.outbox: None}
         self._tier_of.update({topics.retry(t): t for t in RETRY_TIERS_S})
-        self._slots = asyncio.Semaphore(settings.delivery_max_in_flight)
+        self._slots = _Slots(settings.delivery_max_in_flight)
         self._records = asyncio.Semaphore(settings.delivery_max_records_in_flight)
         self._per_endpoint: dict[str, _Gate] = {}
         self._breaker = Breaker(
@@ -511,12 +559,25 @@ class Sender:
     async def dispatch(
         self, jobs: list[Job], settled: Callable[[], None], requeue: bool = False
     ) -> None:
-        """Works on one record's jobs in a task of its own (waits while too many records are in
-        flight); `settled` is called once every job is settled (not if cancelled)."""
+        """Starts one record's jobs, one task each (waits while too many records are in
+        flight); `settled` is called once every job is settled (not if one was cancelled)."""
         await self._records.acquire()
-        task = asyncio.create_task(self._settle_record(jobs, requeue))
+        if not jobs:
+            self._records.release()
+            settled()
+            return
+        if requeue:  # not due yet: the record's jobs go on to a slower tier together
+            record = _Record(1, settled)
+            self._spawn(self._settle(jobs[0], hop=jobs), record)
+            return
+        record = _Record(len(jobs), settled)
+        for job in jobs:
+            self._spawn(self._settle(job), record)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], record: _Record) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._done, settled))
+        task.add_done_callback(functools.partial(self._done, record))
 
     def _resume_due(self) -> None:
         now = time.time()
@@ -549,12 +610,6 @@ class Sender:
                 return
             await self.dispatch(jobs, self._progress.started(tp, message.offset), wait > 0)
 
-    async def _settle_record(self, jobs: list[Job], requeue: bool) -> None:
-        if requeue:
-            await self._settle(jobs[0], hop=jobs)
-            return
-        await asyncio.gather(*(self._settle(job) for job in jobs))
-
     async def _settle(self, job: Job, hop: list[Job] | None = None) -> None:
         """Until the job is settled (sent, or handed on to a slower tier when `hop`): if Redis or
         the broker is down, try again. The offset stays uncommitted meanwhile, so a crash here
@@ -572,11 +627,15 @@ class Sender:
                 log.exception("job not settled; trying again", webhook_id=job.message_id)
                 await asyncio.sleep(1.0)
 
-    def _done(self, settled: Callable[[], None], task: asyncio.Task[None]) -> None:
+    def _done(self, record: _Record, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._records.release()
-        if not task.cancelled():
-            settled()
+        if task.cancelled():
+            record.cancelled = True
+        record.left -= 1
+        if record.left == 0:
+            self._records.release()
+            if not record.cancelled:
+                record.settled()
 
     async def _defer(self, job: Job, wait_s: float, reason: str) -> None:
         self._metrics.deferred.labels(reason).inc()
@@ -599,27 +658,35 @@ class Sender:
             await self._defer(job, open_until - time.time(), "breaker")
             return
         limit = self._settings.delivery_per_endpoint_in_flight
-        gate = self._per_endpoint.setdefault(endpoint, _Gate(asyncio.Semaphore(limit)))
-        if gate.waiting >= self._settings.delivery_per_endpoint_queue:
-            # A backlog for this endpoint: park the job on a retry tier, keep the slot free.
-            await self._defer(job, 1.0, "endpoint_busy")
-            return
-        gate.waiting += 1
-        try:
-            await gate.semaphore.acquire()
-        finally:
-            gate.waiting -= 1
-        try:
+        gate = self._per_endpoint.get(endpoint)
+        if gate is None:
+            gate = self._per_endpoint[endpoint] = _Gate(_Slots(limit))
+        if not gate.slots.take():
+            if gate.waiting >= self._settings.delivery_per_endpoint_queue:
+                # A backlog for this endpoint: park the job on a retry tier, keep the slot free.
+                await self._defer(job, 1.0, "endpoint_busy")
+                return
+            gate.waiting += 1
+            try:
+                await gate.slots.wait()
+            finally:
+                gate.waiting -= 1
             # The breaker may have opened while this job queued for the endpoint.
             open_until = self._breaker.open_until(endpoint, time.time())
             if open_until is not None:
+                gate.slots.give()
                 await self._defer(job, open_until - time.time(), "breaker")
                 return
+        try:
             # The global cap counts requests on the wire, not jobs queued for a slow endpoint.
-            async with self._slots:
+            if not self._slots.take():
+                await self._slots.wait()
+            try:
                 await self._attempt(subscription, job, endpoint)
+            finally:
+                self._slots.give()
         finally:
-            gate.semaphore.release()
+            gate.slots.give()
 
     async def _attempt(self, subscription: Subscription, job: Job, endpoint: str) -> None:
         now = datetime.now(UTC)

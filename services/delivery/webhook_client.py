@@ -226,7 +226,7 @@ class LeanWebhookSender:
     ssl_context: ssl.SSLContext | None = None
     dns_ttl_s: float = 10.0
     idle_timeout_s: float = 15.0  # aiohttp's default keep-alive
-    max_idle_per_key: int = 64
+    max_idle_per_key: int = 1024  # above the global cap: fan-out to one host reuses them all
     clock: Callable[[], float] = time.monotonic
     _targets: dict[str, _Target] = field(default_factory=dict)
     _vetted: dict[str, _Vetted] = field(default_factory=dict)
