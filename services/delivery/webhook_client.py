@@ -308,18 +308,28 @@ class LeanWebhookSender:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self.idle_timeout_s:
+            if (
+                not conn.closed
+                and conn.transport is not None
+                and not conn.transport.is_closing()
+                and now - conn.idle_since < self.idle_timeout_s
+            ):
                 return conn
             conn.close()
-        # A fresh connection: try the vetted addresses in turn.
+        # A fresh connection: try the vetted addresses in turn; one that works goes first.
         last: Exception | None = None
-        for address in vetted.addresses:
+        for address in list(vetted.addresses):
             try:
-                return await self._connect(
+                conn = await self._connect(
                     (target.scheme, target.host, target.port, address), target, deadline
                 )
             except (OSError, ssl.SSLError) as exc:
                 last = exc
+                continue
+            if address != vetted.addresses[0] and address in vetted.addresses:
+                vetted.addresses.remove(address)
+                vetted.addresses.insert(0, address)
+            return conn
         assert last is not None
         raise last
 
