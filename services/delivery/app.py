@@ -468,20 +468,21 @@ class _Slots:
 
 
 @dataclass
-class _Gate:
-    """One endpoint's concurrency limit, and how many jobs queue for it."""
-
-    slots: _Slots
-    waiting: int = 0
-
-
-@dataclass
 class _Record:
     """The jobs of one record still running; `settled` once all are (unless one was cancelled)."""
 
     left: int
     settled: Callable[[], None]
     cancelled: bool = False
+
+
+@dataclass
+class _Lane:
+    """One endpoint: its jobs waiting for a slot, served in order by at most the per-endpoint
+    limit of worker tasks (a waiting job is an entry here, not a task of its own)."""
+
+    queue: collections.deque[tuple[Job, _Record]] = field(default_factory=collections.deque)
+    workers: int = 0
 
 
 class Sender:
@@ -518,7 +519,8 @@ class Sender:
         self._tier_of.update({topics.retry(t): t for t in RETRY_TIERS_S})
         self._slots = _Slots(settings.delivery_max_in_flight)
         self._records = asyncio.Semaphore(settings.delivery_max_records_in_flight)
-        self._per_endpoint: dict[str, _Gate] = {}
+        self._lanes: dict[str, _Lane] = {}
+        self._endpoint_of: dict[str, str] = {}  # subscription URL -> endpoint
         self._breaker = Breaker(
             settings.delivery_breaker_failures, settings.delivery_breaker_cooldown_s
         )
@@ -571,13 +573,56 @@ class Sender:
             self._spawn(self._settle(jobs[0], hop=jobs), record)
             return
         record = _Record(len(jobs), settled)
+        limit = self._settings.delivery_per_endpoint_in_flight
         for job in jobs:
-            self._spawn(self._settle(job), record)
+            subscription = await self._subscriptions.get(job.subscription_id)
+            if subscription is None or not subscription.active:
+                self._spawn(self._settle(job), record)  # settled at once, not sent
+                continue
+            endpoint = self._endpoint_of.get(subscription.url)
+            if endpoint is None:
+                if len(self._endpoint_of) > 100_000:
+                    self._endpoint_of.clear()
+                endpoint = self._endpoint_of[subscription.url] = endpoint_of(subscription.url)
+            lane = self._lanes.get(endpoint)
+            if lane is None:
+                lane = self._lanes[endpoint] = _Lane()
+            if (
+                lane.workers >= limit
+                and len(lane.queue) >= self._settings.delivery_per_endpoint_queue
+            ):
+                # A backlog for this endpoint: park the job on a retry tier.
+                self._spawn(self._settle(job, busy=True), record)
+                continue
+            lane.queue.append((job, record))
+            if lane.workers < limit:
+                lane.workers += 1
+                task = asyncio.create_task(self._serve(endpoint, lane))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     def _spawn(self, work: Coroutine[Any, Any, None], record: _Record) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._done, record))
+
+    async def _serve(self, endpoint: str, lane: _Lane) -> None:
+        """One of an endpoint's workers: its jobs in order, one at a time. Cancelled only at
+        shutdown (jobs still queued then are not settled: their offsets stay uncommitted)."""
+        try:
+            while lane.queue:
+                job, record = lane.queue.popleft()
+                try:
+                    await self._settle(job)
+                except asyncio.CancelledError:
+                    record.cancelled = True
+                    self._job_settled(record)
+                    raise
+                self._job_settled(record)
+        finally:
+            lane.workers -= 1
+            if not lane.workers and not lane.queue and self._lanes.get(endpoint) is lane:
+                del self._lanes[endpoint]
 
     def _resume_due(self) -> None:
         now = time.time()
@@ -610,14 +655,17 @@ class Sender:
                 return
             await self.dispatch(jobs, self._progress.started(tp, message.offset), wait > 0)
 
-    async def _settle(self, job: Job, hop: list[Job] | None = None) -> None:
-        """Until the job is settled (sent, or handed on to a slower tier when `hop`): if Redis or
-        the broker is down, try again. The offset stays uncommitted meanwhile, so a crash here
-        means the job is sent again after restart."""
+    async def _settle(self, job: Job, hop: list[Job] | None = None, busy: bool = False) -> None:
+        """Until the job is settled (sent, or handed on to a slower tier when `hop` or `busy`):
+        if Redis or the broker is down, try again. The offset stays uncommitted meanwhile, so a
+        crash here means the job is sent again after restart."""
         while True:
             try:
                 if hop is not None:
                     await self._queue.put(hop)
+                    return
+                if busy:
+                    await self._defer(job, 1.0, "endpoint_busy")
                     return
                 await self._handle(job)
                 return
@@ -631,6 +679,9 @@ class Sender:
         self._tasks.discard(task)
         if task.cancelled():
             record.cancelled = True
+        self._job_settled(record)
+
+    def _job_settled(self, record: _Record) -> None:
         record.left -= 1
         if record.left == 0:
             self._records.release()
@@ -652,41 +703,20 @@ class Sender:
         if oldest is not None and oldest < job.version:
             await self._defer(job, self._settings.delivery_order_recheck_s, "order")
             return
-        endpoint = endpoint_of(subscription.url)
+        endpoint = self._endpoint_of.get(subscription.url) or endpoint_of(subscription.url)
         open_until = self._breaker.open_until(endpoint, time.time())
         if open_until is not None:
             await self._defer(job, open_until - time.time(), "breaker")
             return
-        limit = self._settings.delivery_per_endpoint_in_flight
-        gate = self._per_endpoint.get(endpoint)
-        if gate is None:
-            gate = self._per_endpoint[endpoint] = _Gate(_Slots(limit))
-        if not gate.slots.take():
-            if gate.waiting >= self._settings.delivery_per_endpoint_queue:
-                # A backlog for this endpoint: park the job on a retry tier, keep the slot free.
-                await self._defer(job, 1.0, "endpoint_busy")
-                return
-            gate.waiting += 1
-            try:
-                await gate.slots.wait()
-            finally:
-                gate.waiting -= 1
-            # The breaker may have opened while this job queued for the endpoint.
-            open_until = self._breaker.open_until(endpoint, time.time())
-            if open_until is not None:
-                gate.slots.give()
-                await self._defer(job, open_until - time.time(), "breaker")
-                return
+        # This runs in one of the endpoint's workers (at most the per-endpoint limit of them,
+        # so the breaker is checked right before each job gets its endpoint slot). The global
+        # cap counts requests on the wire, not jobs queued for a slow endpoint.
+        if not self._slots.take():
+            await self._slots.wait()
         try:
-            # The global cap counts requests on the wire, not jobs queued for a slow endpoint.
-            if not self._slots.take():
-                await self._slots.wait()
-            try:
-                await self._attempt(subscription, job, endpoint)
-            finally:
-                self._slots.give()
+            await self._attempt(subscription, job, endpoint)
         finally:
-            gate.slots.give()
+            self._slots.give()
 
     async def _attempt(self, subscription: Subscription, job: Job, endpoint: str) -> None:
         now = datetime.now(UTC)
