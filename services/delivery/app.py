@@ -486,9 +486,10 @@ class _Lane:
 
 
 class Sender:
-    """Consumes the outbox and the retry tiers. Each job runs as its own task (global cap,
-    per-endpoint cap, circuit breaker), so a slow endpoint never holds up the others; an offset
-    is committed once every job up to it was settled or handed on to a retry tier."""
+    """Consumes the outbox and the retry tiers. Jobs queue per endpoint and are served by at
+    most the per-endpoint limit of worker tasks (global cap, circuit breaker), so a slow
+    endpoint never holds up the others; an offset is committed once every job up to it was
+    settled or handed on to a retry tier."""
 
     def __init__(
         self,
