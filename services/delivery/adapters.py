@@ -1,5 +1,5 @@
 """delivery's adapters: Redis (story cache, delivery state), Kafka (subscriptions, job queue,
-attempt log, topic scans), aiohttp (webhooks with the vetted address pinned), DNS."""
+attempt log, topic scans), DNS. The webhook client is in `webhook_client.py`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from redis.asyncio import Redis
@@ -40,7 +38,6 @@ from shared.events import (
 from shared.kafka import DeadLetters
 from shared.logging import get_logger
 from shared.redis import raw, text
-from shared.ssrf import Resolver, check_addresses
 
 log = get_logger(__name__)
 
@@ -380,7 +377,9 @@ class _Settlements:
     round trip and one reply, however many jobs settled): pending-set removals, dead letters,
     attempt records (each list trimmed once)."""
 
-    done: asyncio.Future[None]
+    # One future per caller: a cancelled caller cancels only its own (as `shield` would do,
+    # without its Python callbacks per job).
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
     pending: dict[str, list[str]] = field(default_factory=dict)
     dead: dict[str, dict[str, str]] = field(default_factory=dict)
     attempts: dict[str, list[bytes]] = field(default_factory=dict)
@@ -490,20 +489,26 @@ class RedisDeliveryState:
             batch.dead.setdefault(dead_key, {})[job.message_id] = job.to_json()
         if attempt is not None:
             batch.attempts.setdefault(self._attempts_key(job.subscription_id), []).append(attempt)
-        await asyncio.shield(batch.done)  # a cancelled caller must not cancel the others' write
+        await self._written(batch)
 
     async def attempted(self, subscription_id: str, attempt: bytes) -> None:
         """Keeps the attempt record of a job that goes on to a retry."""
         batch = self._settling()
         batch.attempts.setdefault(self._attempts_key(subscription_id), []).append(attempt)
-        await asyncio.shield(batch.done)
+        await self._written(batch)
+
+    @staticmethod
+    async def _written(batch: _Settlements) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(waiter)
+        await waiter  # cancelling this caller cancels its waiter only, not the others' write
 
     def _attempts_key(self, subscription_id: str) -> str:
         return f"{self._prefix}attempts:{subscription_id}"
 
     def _settling(self) -> _Settlements:
         if self._batch is None:
-            self._batch = _Settlements(asyncio.get_running_loop().create_future())
+            self._batch = _Settlements()
             self._flushing = asyncio.create_task(self._write_settlements(self._batch))
         return self._batch
 
@@ -513,9 +518,13 @@ class RedisDeliveryState:
         try:
             await self._settle(args=batch.args(self._attempts_kept))
         except Exception as exc:
-            batch.done.set_exception(exc)
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
         else:
-            batch.done.set_result(None)
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
         found = await self._redis.lrange(f"{self._prefix}attempts:{subscription_id}", 0, limit - 1)
@@ -685,73 +694,6 @@ async def resolve(host: str) -> list[str]:
     except socket.gaierror:
         return []
     return sorted({str(info[4][0]) for info in infos})
-
-
-class VettedResolver(AbstractResolver):
-    """aiohttp resolver that judges every address before use: the connection goes to exactly
-    the address that was checked (no DNS rebinding between check and connect)."""
-
-    def __init__(self, resolve_host: Resolver, allow_private: bool) -> None:
-        self._resolve = resolve_host
-        self._allow_private = allow_private
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        addresses = await self._resolve(host)
-        check_addresses(host, addresses, self._allow_private)  # raises TargetRefused
-        return [
-            ResolveResult(
-                hostname=host,
-                host=address,
-                port=port,
-                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for address in addresses
-        ]
-
-    async def close(self) -> None:
-        return None
-
-
-def webhook_session(resolve_host: Resolver, allow_private: bool) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=0, resolver=VettedResolver(resolve_host, allow_private), use_dns_cache=False
-    )
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-
-
-BODY_KEPT = 4096
-
-
-class AiohttpWebhookSender:
-    """POSTs signed webhooks; redirects are not followed (a 3xx is a failure)."""
-
-    def __init__(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
-        started = time.perf_counter()
-        kept: str | None = None
-        retry_after: str | None = None
-        try:
-            async with self._session.post(
-                url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
-            ) as response:
-                content = await response.content.read(BODY_KEPT)
-                kept = content.decode("utf-8", "replace") or None
-                status: int | None = response.status
-                retry_after = response.headers.get("retry-after")
-            error = None if status and 200 <= status < 300 else f"HTTP {status}"
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            # ValueError covers TargetRefused from the vetted resolver.
-            status, error = None, f"{type(exc).__name__}: {exc}"[:300]
-        return Answer(
-            status, error, round((time.perf_counter() - started) * 1000, 2), kept, retry_after
-        )
 
 
 Poster = Callable[[str, bytes, dict[str, str]], Awaitable[Answer]]

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -428,18 +429,67 @@ class _Progress:
             self._offsets[tp].committed = position
 
 
-@dataclass
-class _Gate:
-    """One endpoint's concurrency limit, and how many jobs queue for it."""
+class _Slots:
+    """A counting semaphore without a coroutine on the free path: `take()` is a plain call
+    that succeeds when a slot is free (and nobody queues); otherwise `wait()` queues in FIFO
+    order and `give()` hands the slot straight to the first waiter. (asyncio.Semaphore costs
+    a coroutine and Python bookkeeping per acquire; there are two per webhook.)"""
 
-    semaphore: asyncio.Semaphore
-    waiting: int = 0
+    __slots__ = ("_waiters", "free")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def take(self) -> bool:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def wait(self) -> None:
+        """Until a slot is handed over (call after `take()` failed)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a slot, then cancelled: pass it on
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
+@dataclass
+class _Record:
+    """The jobs of one record still running; `settled` once all are (unless one was cancelled)."""
+
+    left: int
+    settled: Callable[[], None]
+    cancelled: bool = False
+
+
+@dataclass
+class _Lane:
+    """One endpoint: its jobs waiting for a slot, served in order by at most the per-endpoint
+    limit of worker tasks (a waiting job is an entry here, not a task of its own)."""
+
+    queue: collections.deque[tuple[Job, _Record]] = field(default_factory=collections.deque)
+    workers: int = 0
 
 
 class Sender:
-    """Consumes the outbox and the retry tiers. Each job runs as its own task (global cap,
-    per-endpoint cap, circuit breaker), so a slow endpoint never holds up the others; an offset
-    is committed once every job up to it was settled or handed on to a retry tier."""
+    """Consumes the outbox and the retry tiers. Jobs queue per endpoint and are served by at
+    most the per-endpoint limit of worker tasks (global cap, circuit breaker), so a slow
+    endpoint never holds up the others; an offset is committed once every job up to it was
+    settled or handed on to a retry tier."""
 
     def __init__(
         self,
@@ -468,9 +518,10 @@ class Sender:
         self._schedule = settings.delivery_retry_delays_s
         self._tier_of: dict[str, int | None] = {topics.outbox: None}
         self._tier_of.update({topics.retry(t): t for t in RETRY_TIERS_S})
-        self._slots = asyncio.Semaphore(settings.delivery_max_in_flight)
+        self._slots = _Slots(settings.delivery_max_in_flight)
         self._records = asyncio.Semaphore(settings.delivery_max_records_in_flight)
-        self._per_endpoint: dict[str, _Gate] = {}
+        self._lanes: dict[str, _Lane] = {}
+        self._endpoint_of: dict[str, str] = {}  # subscription URL -> endpoint
         self._breaker = Breaker(
             settings.delivery_breaker_failures, settings.delivery_breaker_cooldown_s
         )
@@ -511,12 +562,68 @@ class Sender:
     async def dispatch(
         self, jobs: list[Job], settled: Callable[[], None], requeue: bool = False
     ) -> None:
-        """Works on one record's jobs in a task of its own (waits while too many records are in
-        flight); `settled` is called once every job is settled (not if cancelled)."""
+        """Starts one record's jobs, one task each (waits while too many records are in
+        flight); `settled` is called once every job is settled (not if one was cancelled)."""
         await self._records.acquire()
-        task = asyncio.create_task(self._settle_record(jobs, requeue))
+        if not jobs:
+            self._records.release()
+            settled()
+            return
+        if requeue:  # not due yet: the record's jobs go on to a slower tier together
+            record = _Record(1, settled)
+            self._spawn(self._settle(jobs[0], hop=jobs), record)
+            return
+        record = _Record(len(jobs), settled)
+        limit = self._settings.delivery_per_endpoint_in_flight
+        for job in jobs:
+            subscription = await self._subscriptions.get(job.subscription_id)
+            if subscription is None or not subscription.active:
+                self._spawn(self._settle(job), record)  # settled at once, not sent
+                continue
+            endpoint = self._endpoint_of.get(subscription.url)
+            if endpoint is None:
+                if len(self._endpoint_of) > 100_000:
+                    self._endpoint_of.clear()
+                endpoint = self._endpoint_of[subscription.url] = endpoint_of(subscription.url)
+            lane = self._lanes.get(endpoint)
+            if lane is None:
+                lane = self._lanes[endpoint] = _Lane()
+            if (
+                lane.workers >= limit
+                and len(lane.queue) >= self._settings.delivery_per_endpoint_queue
+            ):
+                # A backlog for this endpoint: park the job on a retry tier.
+                self._spawn(self._settle(job, busy=True), record)
+                continue
+            lane.queue.append((job, record))
+            if lane.workers < limit:
+                lane.workers += 1
+                task = asyncio.create_task(self._serve(endpoint, lane))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], record: _Record) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._done, settled))
+        task.add_done_callback(functools.partial(self._done, record))
+
+    async def _serve(self, endpoint: str, lane: _Lane) -> None:
+        """One of an endpoint's workers: its jobs in order, one at a time. Cancelled only at
+        shutdown (jobs still queued then are not settled: their offsets stay uncommitted)."""
+        try:
+            while lane.queue:
+                job, record = lane.queue.popleft()
+                try:
+                    await self._settle(job)
+                except asyncio.CancelledError:
+                    record.cancelled = True
+                    self._job_settled(record)
+                    raise
+                self._job_settled(record)
+        finally:
+            lane.workers -= 1
+            if not lane.workers and not lane.queue and self._lanes.get(endpoint) is lane:
+                del self._lanes[endpoint]
 
     def _resume_due(self) -> None:
         now = time.time()
@@ -549,20 +656,17 @@ class Sender:
                 return
             await self.dispatch(jobs, self._progress.started(tp, message.offset), wait > 0)
 
-    async def _settle_record(self, jobs: list[Job], requeue: bool) -> None:
-        if requeue:
-            await self._settle(jobs[0], hop=jobs)
-            return
-        await asyncio.gather(*(self._settle(job) for job in jobs))
-
-    async def _settle(self, job: Job, hop: list[Job] | None = None) -> None:
-        """Until the job is settled (sent, or handed on to a slower tier when `hop`): if Redis or
-        the broker is down, try again. The offset stays uncommitted meanwhile, so a crash here
-        means the job is sent again after restart."""
+    async def _settle(self, job: Job, hop: list[Job] | None = None, busy: bool = False) -> None:
+        """Until the job is settled (sent, or handed on to a slower tier when `hop` or `busy`):
+        if Redis or the broker is down, try again. The offset stays uncommitted meanwhile, so a
+        crash here means the job is sent again after restart."""
         while True:
             try:
                 if hop is not None:
                     await self._queue.put(hop)
+                    return
+                if busy:
+                    await self._defer(job, 1.0, "endpoint_busy")
                     return
                 await self._handle(job)
                 return
@@ -572,11 +676,18 @@ class Sender:
                 log.exception("job not settled; trying again", webhook_id=job.message_id)
                 await asyncio.sleep(1.0)
 
-    def _done(self, settled: Callable[[], None], task: asyncio.Task[None]) -> None:
+    def _done(self, record: _Record, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._records.release()
-        if not task.cancelled():
-            settled()
+        if task.cancelled():
+            record.cancelled = True
+        self._job_settled(record)
+
+    def _job_settled(self, record: _Record) -> None:
+        record.left -= 1
+        if record.left == 0:
+            self._records.release()
+            if not record.cancelled:
+                record.settled()
 
     async def _defer(self, job: Job, wait_s: float, reason: str) -> None:
         self._metrics.deferred.labels(reason).inc()
@@ -593,33 +704,20 @@ class Sender:
         if oldest is not None and oldest < job.version:
             await self._defer(job, self._settings.delivery_order_recheck_s, "order")
             return
-        endpoint = endpoint_of(subscription.url)
+        endpoint = self._endpoint_of.get(subscription.url) or endpoint_of(subscription.url)
         open_until = self._breaker.open_until(endpoint, time.time())
         if open_until is not None:
             await self._defer(job, open_until - time.time(), "breaker")
             return
-        limit = self._settings.delivery_per_endpoint_in_flight
-        gate = self._per_endpoint.setdefault(endpoint, _Gate(asyncio.Semaphore(limit)))
-        if gate.waiting >= self._settings.delivery_per_endpoint_queue:
-            # A backlog for this endpoint: park the job on a retry tier, keep the slot free.
-            await self._defer(job, 1.0, "endpoint_busy")
-            return
-        gate.waiting += 1
+        # This runs in one of the endpoint's workers (at most the per-endpoint limit of them,
+        # so the breaker is checked right before each job gets its endpoint slot). The global
+        # cap counts requests on the wire, not jobs queued for a slow endpoint.
+        if not self._slots.take():
+            await self._slots.wait()
         try:
-            await gate.semaphore.acquire()
+            await self._attempt(subscription, job, endpoint)
         finally:
-            gate.waiting -= 1
-        try:
-            # The breaker may have opened while this job queued for the endpoint.
-            open_until = self._breaker.open_until(endpoint, time.time())
-            if open_until is not None:
-                await self._defer(job, open_until - time.time(), "breaker")
-                return
-            # The global cap counts requests on the wire, not jobs queued for a slow endpoint.
-            async with self._slots:
-                await self._attempt(subscription, job, endpoint)
-        finally:
-            gate.semaphore.release()
+            self._slots.give()
 
     async def _attempt(self, subscription: Subscription, job: Job, endpoint: str) -> None:
         now = datetime.now(UTC)

@@ -1,4 +1,5 @@
-"""Wires delivery: consumers, producer, Redis, aiohttp, the API; `python -m services.delivery`."""
+"""Wires delivery: consumers, producer, Redis, the webhook client, the API;
+`python -m services.delivery`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.delivery.adapters import (
-    AiohttpWebhookSender,
     KafkaAttemptLog,
     KafkaJobQueue,
     KafkaSubscriptionEvents,
@@ -20,7 +20,6 @@ from services.delivery.adapters import (
     RedisDeliveryState,
     RedisStoryCache,
     resolve,
-    webhook_session,
 )
 from services.delivery.app import (
     DeliveryDeps,
@@ -36,6 +35,7 @@ from services.delivery.app import (
     release_embargoes,
 )
 from services.delivery.settings import DeliverySettings
+from services.delivery.webhook_client import LeanWebhookSender
 from shared.kafka import DeadLetters, make_consumer, make_producer
 from shared.logging import configure_logging
 from shared.serve import freeze_startup_heap, serve
@@ -75,10 +75,13 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
             # The story topic is the hop to the partners now: the shared (short) fetch wait.
             stories = make_consumer(settings, topics.enriched, group)
             jobs = _consumer(settings, topics.outbox, group + "-sender")
-            session = await stack.enter_async_context(
-                webhook_session(resolve_host, settings.delivery_allow_private_targets)
+            sender = await stack.enter_async_context(
+                LeanWebhookSender(
+                    resolve_host,
+                    settings.delivery_allow_private_targets,
+                    settings.delivery_timeout_s,
+                )
             )
-            sender = AiohttpWebhookSender(session, settings.delivery_timeout_s)
             cache = RedisStoryCache(redis, settings.redis_key_prefix, settings.cache_per_section)
             state = RedisDeliveryState(
                 redis, settings.redis_key_prefix, settings.delivery_attempts_kept

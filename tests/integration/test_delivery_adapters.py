@@ -11,14 +11,13 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from services.delivery.adapters import (
-    AiohttpWebhookSender,
     CachedStory,
     KafkaSubscriptionStore,
     RedisDeliveryState,
     RedisStoryCache,
-    webhook_session,
 )
 from services.delivery.domain import Job, Subscription, SubscriptionRequest, fingerprint
+from services.delivery.webhook_client import LeanWebhookSender
 from shared.events import EventType, Topics
 from tests.receiver import WebhookReceiver
 
@@ -181,14 +180,12 @@ async def test_sender_connects_only_to_the_vetted_address(receiver: WebhookRecei
         return {"partner.test": ["127.0.0.1"], "evil.test": ["169.254.169.254"]}.get(host, [])
 
     # Allowed (tests only): the name resolves through the stub and the request goes to that IP.
-    async with webhook_session(stub, allow_private=True) as session:
-        sender = AiohttpWebhookSender(session, timeout_s=5)
+    async with LeanWebhookSender(stub, allow_private=True, timeout_s=5) as sender:
         ok = await sender.post(f"http://partner.test:{port}/h", b"{}", {})
         assert ok.status == 200 and receiver.received[0].headers["host"].startswith("partner.test")
 
     # Refused at send time, before any connection (a DNS answer that changed since subscribing).
-    async with webhook_session(stub, allow_private=False) as session:
-        sender = AiohttpWebhookSender(session, timeout_s=5)
+    async with LeanWebhookSender(stub, allow_private=False, timeout_s=5) as sender:
         refused = await sender.post(f"http://evil.test:{port}/h", b"{}", {})
         also = await sender.post(f"http://partner.test:{port}/h", b"{}", {})
     assert refused.status is None and "non-public" in (refused.error or "")

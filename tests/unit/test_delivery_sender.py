@@ -86,3 +86,93 @@ async def test_jobs_queued_for_an_endpoint_wait_once_its_breaker_opens() -> None
     ]
     assert recorder.queued[0].attempt == 2
     assert all(j.attempt == 1 and j.due > 0 for j in recorder.queued[1:])
+
+
+def make_sender(
+    settings: DeliverySettings, store: FakeSubscriptionStore, post: Any
+) -> tuple[Sender, Recorder]:
+    recorder = Recorder()
+    state: Any = type("State", (), {})()
+    state.settled = recorder.settled_
+    state.attempted = recorder.attempted
+    state.oldest_pending = recorder.oldest_pending
+    unused: Any = None
+    sender = Sender(
+        unused, Topics(""), store, state, recorder, post, recorder, recorder,  # type: ignore[arg-type]
+        DeliveryMetrics(), settings, unused,
+    )  # fmt: skip
+    return sender, recorder
+
+
+async def test_limits_hold_and_a_record_is_settled_once_all_its_jobs_are() -> None:
+    settings = DeliverySettings(delivery_per_endpoint_in_flight=2, delivery_max_in_flight=3)
+    store = FakeSubscriptionStore()
+    subscriptions = [
+        Subscription.create(SubscriptionRequest(url=f"https://partner.example/{n}"))
+        for n in range(2)
+    ]
+    for subscription in subscriptions:
+        await store.add(subscription)
+    in_flight: dict[str, int] = {}
+    most: dict[str, int] = {}
+    release = asyncio.Event()
+
+    async def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
+        in_flight[url] = in_flight.get(url, 0) + 1
+        most[url] = max(most.get(url, 0), in_flight[url])
+        most["all"] = max(most.get("all", 0), sum(in_flight.values()))
+        await release.wait()
+        in_flight[url] -= 1
+        return Answer(204, None, 1.0)
+
+    sender, recorder = make_sender(settings, store, post)
+    settled: list[str] = []
+    for r in range(3):  # three records, each with a job for both subscriptions
+        jobs = [
+            Job(s.id, f"urn:story:{r}", 1, EventType.PUBLISHED, 1, 0.0, b"{}")
+            for s in subscriptions
+        ]
+        await sender.dispatch(jobs, lambda r=r: settled.append(f"record {r}"))  # type: ignore[misc]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert sum(in_flight.values()) == 3 and settled == []  # the global cap
+    release.set()
+    await sender.drain()
+    assert sorted(settled) == ["record 0", "record 1", "record 2"]
+    assert len(recorder.settled) == 6 and all(delivered for _, delivered in recorder.settled)
+    assert most["all"] == 3 and all(most[s.url] <= 2 for s in subscriptions)
+
+
+async def test_a_cancelled_job_leaves_its_record_unsettled_and_frees_its_slots() -> None:
+    settings = DeliverySettings(delivery_per_endpoint_in_flight=1, delivery_max_in_flight=1)
+    store = FakeSubscriptionStore()
+    subscriptions = [
+        Subscription.create(SubscriptionRequest(url=f"https://partner.example/{n}"))
+        for n in range(2)
+    ]
+    for subscription in subscriptions:
+        await store.add(subscription)
+    posted: list[str] = []
+    hanging: list[asyncio.Task[Any]] = []
+
+    async def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
+        posted.append(url)
+        if len(posted) == 1:
+            task = asyncio.current_task()
+            assert task is not None
+            hanging.append(task)
+            await asyncio.Event().wait()
+        return Answer(204, None, 1.0)
+
+    sender, _ = make_sender(settings, store, post)
+    settled: list[int] = []
+    for n, subscription in enumerate(subscriptions):
+        job = Job(subscription.id, "urn:story:a", 1, EventType.PUBLISHED, 1, 0.0, b"{}")
+        await sender.dispatch([job], lambda n=n: settled.append(n))  # type: ignore[misc]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert posted == [subscriptions[0].url]  # the second waits for the one global slot
+    hanging[0].cancel()  # e.g. shutdown while the first job was on the wire
+    await sender.drain()
+    assert settled == [1]  # the cancelled record is not marked settled; the slot went on
+    assert posted == [s.url for s in subscriptions]
