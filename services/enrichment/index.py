@@ -394,20 +394,22 @@ class StoryIndex:
                 ranked.append((min(score, 1.0), slot))
         ranked.sort(key=lambda pair: (-pair[0], self._order_key(pair[1])))
 
-        chosen: list[tuple[float, int]] = []
-        for score, slot in ranked:
-            # Two copies of one wire story are one link, to the first copy, at the better score.
-            copy_of = next(
-                (i for i, (_, c) in enumerate(chosen) if self._same_story(slot, c)), None
-            )
+        # Two copies of one wire story are one link, to the first copy, at the better score.
+        # (Which ranked stories are copies of which: one pass over all pairs' signatures.)
+        same = self._same_stories([slot for _, slot in ranked])
+        chosen: list[tuple[float, int]] = []  # score, position in `ranked`
+        for i, (score, slot) in enumerate(ranked):
+            copies = same[i]
+            copy_of = next((n for n, (_, c) in enumerate(chosen) if copies[c]), None)
             if copy_of is not None:
                 kept_score, kept = chosen[copy_of]
-                if self._order_key(slot) < self._order_key(kept):
-                    chosen[copy_of] = (kept_score, slot)
+                if self._order_key(slot) < self._order_key(ranked[kept][1]):
+                    chosen[copy_of] = (kept_score, i)
             elif len(chosen) < limit:
-                chosen.append((score, slot))
+                chosen.append((score, i))
         related = []
-        for score, slot in chosen:
+        for score, position in chosen:
+            slot = ranked[position][1]
             uri, headline = self._uris[slot], self._headlines[slot]
             assert uri is not None and headline is not None
             related.append(Match(uri, headline, self._urls[slot], round(score, 4)))
@@ -594,9 +596,18 @@ class StoryIndex:
                 found.add(slot)
         return found
 
-    def _same_story(self, a: int, b: int) -> bool:
-        similarity = _jaccard(self._signatures[a], self._signatures[b])
-        return similarity >= self.settings.duplicate_similarity
+    def _same_stories(self, slots: list[int]) -> list[list[bool]]:
+        """For each pair of these stories, whether they are copies of one story (`_jaccard` of
+        their signatures at least the duplicate similarity), computed a block of rows at a time.
+        """
+        signatures = self._signatures[np.array(slots, dtype=np.int64)]
+        same: list[list[bool]] = []
+        for row in range(0, len(slots), 64):
+            equal = np.count_nonzero(
+                signatures[row : row + 64, None, :] == signatures[None, :, :], axis=2
+            )
+            same.extend((equal / NUM_PERM >= self.settings.duplicate_similarity).tolist())
+        return same
 
     def _earlier(self, features: Features) -> _Earlier:
         size = len(self._uris)
