@@ -395,18 +395,20 @@ class StoryIndex:
         ranked.sort(key=lambda pair: (-pair[0], self._order_key(pair[1])))
 
         # Two copies of one wire story are one link, to the first copy, at the better score.
-        # (Which ranked stories are copies of which: one pass over all pairs' signatures.)
-        same = self._same_stories([slot for _, slot in ranked])
+        # (Each chosen story's copies among all the ranked ones are found in one numpy pass.)
+        signatures = self._signatures[np.array([slot for _, slot in ranked], dtype=np.int64)]
         chosen: list[tuple[float, int]] = []  # score, position in `ranked`
+        copies: list[list[bool]] = []  # per chosen story: which ranked stories are copies of it
         for i, (score, slot) in enumerate(ranked):
-            copies = same[i]
-            copy_of = next((n for n, (_, c) in enumerate(chosen) if copies[c]), None)
+            copy_of = next((n for n, of_it in enumerate(copies) if of_it[i]), None)
             if copy_of is not None:
                 kept_score, kept = chosen[copy_of]
                 if self._order_key(slot) < self._order_key(ranked[kept][1]):
                     chosen[copy_of] = (kept_score, i)
+                    copies[copy_of] = self._copies(signatures, i)
             elif len(chosen) < limit:
                 chosen.append((score, i))
+                copies.append(self._copies(signatures, i))
         related = []
         for score, position in chosen:
             slot = ranked[position][1]
@@ -596,18 +598,12 @@ class StoryIndex:
                 found.add(slot)
         return found
 
-    def _same_stories(self, slots: list[int]) -> list[list[bool]]:
-        """For each pair of these stories, whether they are copies of one story (`_jaccard` of
-        their signatures at least the duplicate similarity), computed a block of rows at a time.
+    def _copies(self, signatures: Signature, i: int) -> list[bool]:
+        """Which of these stories are copies of the `i`th (`_jaccard` of their signatures at
+        least the duplicate similarity, computed the same way for all of them at once).
         """
-        signatures = self._signatures[np.array(slots, dtype=np.int64)]
-        same: list[list[bool]] = []
-        for row in range(0, len(slots), 64):
-            equal = np.count_nonzero(
-                signatures[row : row + 64, None, :] == signatures[None, :, :], axis=2
-            )
-            same.extend((equal / NUM_PERM >= self.settings.duplicate_similarity).tolist())
-        return same
+        equal = np.count_nonzero(signatures == signatures[i], axis=1)
+        return cast(list[bool], (equal / NUM_PERM >= self.settings.duplicate_similarity).tolist())
 
     def _earlier(self, features: Features) -> _Earlier:
         size = len(self._uris)
