@@ -611,11 +611,11 @@ class StoryIndex:
         alive = self._alive[:size]
         since = features.time - self.settings.window_s
         earlier = times < features.time
-        # Usually no story has left since the last compaction and none is out of the window.
+        # Usually no story is out of the window. Removed stories keep their times, also once
+        # `_compact` has swept them out of the postings: they never count.
         if self._by_age and self._by_age[0][0] < since:
             earlier &= times >= since
-        if self._dead:
-            earlier &= alive
+        earlier &= alive
         for slot in np.flatnonzero(times == features.time).tolist():
             if alive[slot] and (uri := self._uris[slot]) is not None and uri < features.uri:
                 earlier[slot] = True
