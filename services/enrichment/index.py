@@ -255,6 +255,8 @@ class StoryIndex:
         self._times: FloatArray = np.zeros(1024)
         self._sizes: FloatArray = np.ones(1024)  # distinct terms of each story
         self._alive: npt.NDArray[np.bool_] = np.zeros(1024, dtype=bool)
+        # Removed stories whose postings are still in the lists (until `_compact` sweeps them).
+        self._stale: npt.NDArray[np.bool_] = np.zeros(1024, dtype=bool)
         self._dead = 0
         self._newest = -math.inf
         # The most recent stories' full features: enriching a story soon after it is read
@@ -336,6 +338,7 @@ class StoryIndex:
         if slot is None:
             return
         self._alive[slot] = False
+        self._stale[slot] = True
         self._uris[slot] = self._headlines[slot] = self._urls[slot] = None
         self._entities[slot] = ()
         self._recent.pop(uri, None)
@@ -391,20 +394,24 @@ class StoryIndex:
                 ranked.append((min(score, 1.0), slot))
         ranked.sort(key=lambda pair: (-pair[0], self._order_key(pair[1])))
 
-        chosen: list[tuple[float, int]] = []
-        for score, slot in ranked:
-            # Two copies of one wire story are one link, to the first copy, at the better score.
-            copy_of = next(
-                (i for i, (_, c) in enumerate(chosen) if self._same_story(slot, c)), None
-            )
+        # Two copies of one wire story are one link, to the first copy, at the better score.
+        # (Each chosen story's copies among all the ranked ones are found in one numpy pass.)
+        signatures = self._signatures[np.array([slot for _, slot in ranked], dtype=np.int64)]
+        chosen: list[tuple[float, int]] = []  # score, position in `ranked`
+        copies: list[list[bool]] = []  # per chosen story: which ranked stories are copies of it
+        for i, (score, slot) in enumerate(ranked):
+            copy_of = next((n for n, of_it in enumerate(copies) if of_it[i]), None)
             if copy_of is not None:
                 kept_score, kept = chosen[copy_of]
-                if self._order_key(slot) < self._order_key(kept):
-                    chosen[copy_of] = (kept_score, slot)
+                if self._order_key(slot) < self._order_key(ranked[kept][1]):
+                    chosen[copy_of] = (kept_score, i)
+                    copies[copy_of] = self._copies(signatures, i)
             elif len(chosen) < limit:
-                chosen.append((score, slot))
+                chosen.append((score, i))
+                copies.append(self._copies(signatures, i))
         related = []
-        for score, slot in chosen:
+        for score, position in chosen:
+            slot = ranked[position][1]
             uri, headline = self._uris[slot], self._headlines[slot]
             assert uri is not None and headline is not None
             related.append(Match(uri, headline, self._urls[slot], round(score, 4)))
@@ -452,14 +459,17 @@ class StoryIndex:
         number above `common`), and where each term's postings that may be earlier start and
         stop.
 
-        Postings are in slot order: those inside the run of all-earlier slots are counted by
-        two binary searches. No slot before the run is earlier (the run starts at the first
+        Postings are in slot order: those inside the run of earlier slots are counted by two
+        binary searches. No slot before the run is earlier (the run starts at the first
         earlier slot); slots past it (stories read about the same time as this one or after it)
         are looked up one by one, only up to the last earlier one (usually there is none: an
         instance reads the table about in time order) and only for terms the run has not
-        already shown to be common.
+        already shown to be common. When removed stories in the run still have postings
+        (`holes`), a term with more than `common` + `holes` postings in the run is common all
+        the same; the others' postings are looked up one by one.
         """
         first, end = earlier.run
+        holes = earlier.holes
         look_past = earlier.late.size > 0
         past_end = int(earlier.late[-1]) + 1 if look_past else end
         counted: list[int] = []
@@ -472,15 +482,26 @@ class StoryIndex:
             postings = all_postings[term_id]
             size = len(postings)
             start = bisect_left(postings, first) if first else 0
-            if start + common < size and postings[start + common] < end:
-                # More than `common` postings inside the run: a common term, no need to count on.
+            known = start + common + holes
+            if known < size and postings[known] < end:
+                # More than `common` earlier postings inside the run: a common term, no need to
+                # count on.
                 counted.append(common + 1)
                 starts.append(start)
                 stops.append(start)
                 continue
             stop = size if not size or postings[-1] < end else bisect_left(postings, end, start)
-            counted.append(stop - start)
             starts.append(start)
+            if holes:
+                if look_past and stop < size:
+                    stop = bisect_left(postings, past_end, stop)
+                if stop > start:
+                    rest.append(np.frombuffer(postings, dtype=np.int32)[start:stop])
+                    owners.append(i)
+                counted.append(0)
+                stops.append(stop)
+                continue
+            counted.append(stop - start)
             if look_past and stop - start <= common and stop < size:
                 past = bisect_left(postings, past_end, stop)
                 if past > stop:
@@ -531,8 +552,9 @@ class StoryIndex:
         weights = np.concatenate(
             [np.frombuffer(all_weights[t], dtype=np.float32)[a:b] for t, a, b in spans]
         )
-        # Stories past the run that are not earlier are weighed zero rather than cut out.
-        mask = earlier.of(docs) if earlier.late.size else None
+        # Stories past the run that are not earlier, and removed ones in it, are weighed zero
+        # rather than cut out.
+        mask = earlier.of(docs) if earlier.late.size or earlier.holes else None
         slots = int(earlier.late[-1]) + 1 if earlier.late.size else earlier.run[1]
         df = query.frequencies + 1.0
         idf = np.log(1.0 + (earlier.stories + 1.0 - df + 0.5) / (df + 0.5))
@@ -576,9 +598,12 @@ class StoryIndex:
                 found.add(slot)
         return found
 
-    def _same_story(self, a: int, b: int) -> bool:
-        similarity = _jaccard(self._signatures[a], self._signatures[b])
-        return similarity >= self.settings.duplicate_similarity
+    def _copies(self, signatures: Signature, i: int) -> list[bool]:
+        """Which of these stories are copies of the `i`th (`_jaccard` of their signatures at
+        least the duplicate similarity, computed the same way for all of them at once).
+        """
+        equal = np.count_nonzero(signatures == signatures[i], axis=1)
+        return cast(list[bool], (equal / NUM_PERM >= self.settings.duplicate_similarity).tolist())
 
     def _earlier(self, features: Features) -> _Earlier:
         size = len(self._uris)
@@ -586,15 +611,15 @@ class StoryIndex:
         alive = self._alive[:size]
         since = features.time - self.settings.window_s
         earlier = times < features.time
-        # Usually no story has left since the last compaction and none is out of the window.
+        # Usually no story is out of the window. Removed stories keep their times, also once
+        # `_compact` has swept them out of the postings: they never count.
         if self._by_age and self._by_age[0][0] < since:
             earlier &= times >= since
-        if self._dead:
-            earlier &= alive
+        earlier &= alive
         for slot in np.flatnonzero(times == features.time).tolist():
             if alive[slot] and (uri := self._uris[slot]) is not None and uri < features.uri:
                 earlier[slot] = True
-        return _Earlier.of_mask(earlier)
+        return _Earlier.of_mask(earlier, alive, self._stale[:size])
 
     def _order_key(self, slot: int) -> tuple[float, str]:
         uri = self._uris[slot]
@@ -625,6 +650,7 @@ class StoryIndex:
             grow = len(self._times)
             self._times = np.concatenate([self._times, np.zeros(grow)])
             self._alive = np.concatenate([self._alive, np.zeros(grow, dtype=bool)])
+            self._stale = np.concatenate([self._stale, np.zeros(grow, dtype=bool)])
             self._sizes = np.concatenate([self._sizes, np.ones(grow)])
             self._versions = np.concatenate([self._versions, np.zeros(grow, dtype=np.int64)])
             self._signatures = np.concatenate(
@@ -663,6 +689,7 @@ class StoryIndex:
             del slots
         live = np.flatnonzero(alive[: len(self._uris)])
         self._bands = _Bands.of(live, self._signatures[live])
+        self._stale[:] = False
         self._dead = 0
 
 
@@ -687,26 +714,39 @@ class _Query:
 class _Earlier:
     """Which stories count as earlier than the one being enriched: first seen before it (ties
     broken by uri), within the window, alive; how many there are; and the longest run of slots
-    from the first earlier one that are all earlier (most of the index: an instance reads the
-    story table about in time order).
+    from the first earlier one that holds no live story that is not earlier (most of the index:
+    an instance reads the story table about in time order).
+
+    Removed stories do not end the run (corrections and withdrawals leave one behind every few
+    stories): the run's `holes` are those whose postings are still in the lists, which the
+    counts must then leave out.
     """
 
     mask: npt.NDArray[np.bool_]  # per slot
     stories: int
-    run: tuple[int, int]  # [first, end) slots, all earlier
+    run: tuple[int, int]  # [first, end) slots: earlier ones and removed ones
+    holes: int  # removed stories in the run that still have postings (usually few or none)
     late: IntArray  # the earlier slots past the run (usually none)
 
     @classmethod
-    def of_mask(cls, mask: npt.NDArray[np.bool_]) -> _Earlier:
+    def of_mask(
+        cls,
+        mask: npt.NDArray[np.bool_],
+        alive: npt.NDArray[np.bool_],
+        stale: npt.NDArray[np.bool_],
+    ) -> _Earlier:
         first = int(np.argmax(mask)) if mask.size else 0  # the first earlier slot
         if not mask.size or not mask[first]:
-            return cls(mask, 0, (0, 0), np.zeros(0, dtype=np.int64))
-        rest = mask[first:]
-        gap = int(np.argmin(rest))  # the first slot after `first` that is not earlier (0: none)
-        end = first + (gap if not rest[gap] else rest.size)
+            return cls(mask, 0, (0, 0), 0, np.zeros(0, dtype=np.int64))
+        # The first live story after `first` that is not earlier ends the run (none: the end).
+        blocking = alive[first:] & ~mask[first:]
+        gap = int(np.argmax(blocking))
+        end = first + (gap if blocking[gap] else blocking.size)
         # Nothing before `first` is earlier: only the slots from `end` on need looking at.
         late = np.flatnonzero(mask[end:]) + end
-        return cls(mask, end - first + late.size, (first, end), late)
+        in_run = int(np.count_nonzero(mask[first:end]))
+        holes = int(np.count_nonzero(stale[first:end]))
+        return cls(mask, in_run + late.size, (first, end), holes, late)
 
     def of(self, slots: IntArray) -> npt.NDArray[np.bool_]:
         return np.asarray(self.mask[slots], dtype=bool)

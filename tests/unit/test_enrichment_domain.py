@@ -325,3 +325,29 @@ def test_an_instance_that_has_read_ahead_links_exactly_like_one_that_has_not() -
     assert sum(1 for related, _ in expected if related) > len(stream) // 2
     assert sum(1 for _, duplicate_of in expected if duplicate_of) >= 45
     assert [n for n, (e, g) in enumerate(zip(expected, got, strict=True)) if e != g] == []
+
+
+def test_links_right_after_removed_stories_are_swept_out_are_scored_on_live_stories_only() -> None:
+    # 1,100 stories, then 1,025 of them withdrawn: the index sweeps the removed stories out of its
+    # postings. A story enriched next must be scored as by an index that only ever held the 75
+    # left (the removed ones must not count as earlier stories in the term rarities).
+    newsroom = Newsroom(seed=3, events=20)
+    stream = [newsroom.story(n, T0 + timedelta(seconds=2 * n)) for n in range(1101)]
+    probe = stream.pop()
+    swept = StoryEnricher(RULES)
+    for story in stream:
+        swept.observe(story)
+    for story in stream[:1025]:
+        swept.observe(story.model_copy(update={"version": 2, "pubstatus": "canceled"}))
+    fresh = StoryEnricher(RULES)
+    for story in stream[1025:]:
+        fresh.observe(story)
+    assert len(swept.index) == len(fresh.index) == 75
+
+    def answer(enricher: StoryEnricher) -> list[tuple[str, float]]:
+        enricher.observe(probe)
+        return [(r.uri, r.score) for r in enricher.enrich(probe).enrichment.related]
+
+    expected = answer(fresh)
+    assert expected != []
+    assert answer(swept) == expected
