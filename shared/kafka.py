@@ -200,14 +200,3 @@ def _incoming(message: ConsumerRecord[bytes, bytes], meta: EventMeta) -> Incomin
         headers=list(message.headers),
         meta=meta,
     )
-
-
-async def send_all(
-    producer: AIOKafkaProducer, sends: Sequence[tuple[str, bytes | None, bytes, Headers]]
-) -> list[Any]:
-    """Send many records without awaiting each ack in turn, then wait for all acks."""
-    futures = [
-        await producer.send(topic, value, key=key, headers=headers)
-        for topic, value, key, headers in sends
-    ]
-    return list(await asyncio.gather(*futures))

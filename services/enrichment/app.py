@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.enrichment.adapters import StoryFeed
 from services.enrichment.domain import StoryEnricher
-from shared.events import EventMeta, Headers, InvalidEvent, decode_article, encode
+from shared.events import EventMeta, InvalidEvent, decode_article, encode
 from shared.http import add_health_routes, install_problem_handlers
-from shared.kafka import DeadLetters, IncomingRecord, send_all
+from shared.kafka import DeadLetters, IncomingRecord
 from shared.logging import get_logger
 from shared.metrics import ConsumerMetrics
 from shared.serve import background
@@ -55,6 +55,9 @@ class EnrichmentMetrics:
         )
 
 
+YIELD_EVERY_S = 0.005
+
+
 class Enricher:
     """Turns a batch of ingested articles into stories on the enriched topic."""
 
@@ -80,7 +83,8 @@ class Enricher:
         # Every story before these must be in the index first: that is what makes two instances
         # link the same stories as one.
         await self._feed.caught_up_with(records)
-        sends: list[tuple[str, bytes | None, bytes, Headers]] = []
+        acks: list[asyncio.Future[Any]] = []
+        handed_on = time.perf_counter()
         for record in records:
             with record_context(record.meta):
                 try:
@@ -96,7 +100,11 @@ class Enricher:
                 # Created in the record's trace, so the story carries its ce_traceparent on.
                 meta = EventMeta.new(record.meta.type, self._source)
                 value = encode(story)
-                sends.append((self._output_topic, value, story.uri.encode(), meta.to_headers()))
+                acks.append(
+                    await self._producer.send(
+                        self._output_topic, value, key=story.uri.encode(), headers=meta.to_headers()
+                    )
+                )
                 log.debug(
                     "story enriched",
                     article_uri=story.uri,
@@ -104,8 +112,13 @@ class Enricher:
                     related=len(story.enrichment.related),
                     duplicate_of=story.enrichment.duplicate_of,
                 )
+            if time.perf_counter() - handed_on > YIELD_EVERY_S:
+                # Let the producer ship what is enriched so far while the batch goes on: a
+                # story waits for its own enrichment, not for the whole batch's.
+                await asyncio.sleep(0)
+                handed_on = time.perf_counter()
         self._metrics.indexed.set(len(self._enricher.index))
-        await send_all(self._producer, sends)
+        await asyncio.gather(*acks)  # the batch is committed only once every story is acked
 
 
 Ready = Callable[[], Awaitable[bool]]
