@@ -104,8 +104,7 @@ def make_sender(
     return sender, recorder
 
 
-async def test_limits_hold_and_a_record_is_settled_once_all_its_jobs_are() -> None:
-    settings = DeliverySettings(delivery_per_endpoint_in_flight=2, delivery_max_in_flight=3)
+async def two_partners() -> tuple[FakeSubscriptionStore, list[Subscription]]:
     store = FakeSubscriptionStore()
     subscriptions = [
         Subscription.create(SubscriptionRequest(url=f"https://partner.example/{n}"))
@@ -113,6 +112,12 @@ async def test_limits_hold_and_a_record_is_settled_once_all_its_jobs_are() -> No
     ]
     for subscription in subscriptions:
         await store.add(subscription)
+    return store, subscriptions
+
+
+async def test_limits_hold_and_a_record_is_settled_once_all_its_jobs_are() -> None:
+    settings = DeliverySettings(delivery_per_endpoint_in_flight=2, delivery_max_in_flight=3)
+    store, subscriptions = await two_partners()
     in_flight: dict[str, int] = {}
     most: dict[str, int] = {}
     release = asyncio.Event()
@@ -145,13 +150,7 @@ async def test_limits_hold_and_a_record_is_settled_once_all_its_jobs_are() -> No
 
 async def test_a_cancelled_job_leaves_its_record_unsettled_and_frees_its_slots() -> None:
     settings = DeliverySettings(delivery_per_endpoint_in_flight=1, delivery_max_in_flight=1)
-    store = FakeSubscriptionStore()
-    subscriptions = [
-        Subscription.create(SubscriptionRequest(url=f"https://partner.example/{n}"))
-        for n in range(2)
-    ]
-    for subscription in subscriptions:
-        await store.add(subscription)
+    store, subscriptions = await two_partners()
     posted: list[str] = []
     hanging: list[asyncio.Task[Any]] = []
 
