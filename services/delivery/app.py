@@ -433,7 +433,7 @@ class _Slots:
     """A counting semaphore without a coroutine on the free path: `take()` is a plain call
     that succeeds when a slot is free (and nobody queues); otherwise `wait()` queues in FIFO
     order and `give()` hands the slot straight to the first waiter. (asyncio.Semaphore costs
-    a coroutine and Python bookkeeping per acquire; there are two per webhook.)"""
+    a coroutine and Python bookkeeping per acquire, and every webhook takes one.)"""
 
     __slots__ = ("_waiters", "free")
 
@@ -580,11 +580,7 @@ class Sender:
             if subscription is None or not subscription.active:
                 self._spawn(self._settle(job), record)  # settled at once, not sent
                 continue
-            endpoint = self._endpoint_of.get(subscription.url)
-            if endpoint is None:
-                if len(self._endpoint_of) > 100_000:
-                    self._endpoint_of.clear()
-                endpoint = self._endpoint_of[subscription.url] = endpoint_of(subscription.url)
+            endpoint = self._endpoint(subscription.url)
             lane = self._lanes.get(endpoint)
             if lane is None:
                 lane = self._lanes[endpoint] = _Lane()
@@ -601,6 +597,15 @@ class Sender:
                 task = asyncio.create_task(self._serve(endpoint, lane))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    def _endpoint(self, url: str) -> str:
+        """The endpoint (breaker and lane key) of a subscription URL, parsed once per URL."""
+        endpoint = self._endpoint_of.get(url)
+        if endpoint is None:
+            if len(self._endpoint_of) > 100_000:
+                self._endpoint_of.clear()
+            endpoint = self._endpoint_of[url] = endpoint_of(url)
+        return endpoint
 
     def _spawn(self, work: Coroutine[Any, Any, None], record: _Record) -> None:
         task = asyncio.create_task(work)
@@ -704,7 +709,7 @@ class Sender:
         if oldest is not None and oldest < job.version:
             await self._defer(job, self._settings.delivery_order_recheck_s, "order")
             return
-        endpoint = self._endpoint_of.get(subscription.url) or endpoint_of(subscription.url)
+        endpoint = self._endpoint(subscription.url)
         open_until = self._breaker.open_until(endpoint, time.time())
         if open_until is not None:
             await self._defer(job, open_until - time.time(), "breaker")
