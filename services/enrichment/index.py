@@ -168,36 +168,26 @@ class _Bands:
     @classmethod
     def keys_of(cls, signatures: Signature) -> npt.NDArray[np.uint64]:
         """Band keys of one signature (shape (NUM_PERM,)) or many (shape (n, NUM_PERM))."""
-        bands = signatures.reshape(-1, _BANDS, _ROWS).astype(np.uint64)
-        keys = (bands * cls._MIX).sum(axis=2, dtype=np.uint64)
-        keys ^= np.arange(1, _BANDS + 1, dtype=np.uint64) << np.uint64(58)
-        keys[keys == 0] = 1
-        return np.asarray(keys, dtype=np.uint64)
+        rows = signatures.reshape(-1, NUM_PERM)
+        keys = np.zeros((len(rows), _BANDS), dtype=np.uint64)
+        kernels.band_keys(rows, cls._MIX[0], keys)
+        return keys
 
     def add(self, slot: int, signature: Signature) -> None:
         if 2 * (self._used + _BANDS) > len(self._keys):
             self._grow()
-        mask = len(self._keys) - 1
-        table = self._keys
-        for key in self.keys_of(signature)[0].tolist():
-            cell = key & mask
-            while table[cell]:
-                cell = (cell + 1) & mask
-            table[cell] = key
-            self._slots[cell] = slot
+        keys = self.keys_of(signature)[0]
+        kernels.band_add(self._keys, self._slots, keys, np.full(_BANDS, slot, dtype=np.int64))
         self._used += _BANDS
 
     def candidates(self, signature: Signature) -> set[int]:
-        mask = len(self._keys) - 1
-        table = self._keys
-        found: set[int] = set()
-        for key in self.keys_of(signature)[0].tolist():
-            cell = key & mask
-            while stored := int(table[cell]):
-                if stored == key:
-                    found.add(int(self._slots[cell]))
-                cell = (cell + 1) & mask
-        return found
+        keys = self.keys_of(signature)[0]
+        found = np.zeros(64, dtype=np.int64)
+        count = kernels.band_find(self._keys, self._slots, keys, found)
+        if count > len(found):
+            found = np.zeros(count, dtype=np.int64)
+            kernels.band_find(self._keys, self._slots, keys, found)
+        return set(found[:count].tolist())
 
     @classmethod
     def of(cls, slots: IntArray, signatures: Signature) -> _Bands:
@@ -206,8 +196,9 @@ class _Bands:
         while capacity < 4 * _BANDS * len(slots):
             capacity *= 2
         bands = cls(capacity)
-        for slot, signature in zip(slots.tolist(), signatures, strict=True):
-            bands.add(slot, signature)
+        keys = cls.keys_of(signatures).reshape(-1)
+        kernels.band_add(bands._keys, bands._slots, keys, np.repeat(slots, _BANDS))
+        bands._used = len(keys)
         return bands
 
     def _grow(self) -> None:
@@ -215,13 +206,7 @@ class _Bands:
         used = np.flatnonzero(keys)
         self._keys = np.zeros(2 * len(keys), dtype=np.uint64)
         self._slots = np.zeros(2 * len(keys), dtype=np.int64)
-        mask = len(self._keys) - 1
-        for key, slot in zip(keys[used].tolist(), slots[used].tolist(), strict=True):
-            cell = key & mask
-            while self._keys[cell]:
-                cell = (cell + 1) & mask
-            self._keys[cell] = key
-            self._slots[cell] = slot
+        kernels.band_add(self._keys, self._slots, keys[used], slots[used])
 
 
 class _Postings:
@@ -322,10 +307,8 @@ class StoryIndex:
         self._dead = 0
         self._newest = -math.inf
         # The most recent stories' full features: enriching a story soon after it is read
-        # reuses them. Term counts are kept as two tuples (a dict per story costs 4x more).
-        self._recent: OrderedDict[str, tuple[Features, tuple[str, ...], tuple[int, ...]]] = (
-            OrderedDict()
-        )
+        # reuses them, and its terms already numbered (a dict per story costs 4x more).
+        self._recent: OrderedDict[str, _Held] = OrderedDict()
         self._by_age: list[tuple[float, int]] = []  # (first time, slot), dead ones left lazily
         self._bands = _Bands()
         # Per block of slots (`kernels.BLOCK`): the time range its stories were first seen in,
@@ -350,9 +333,9 @@ class StoryIndex:
         slot = self._slots.get(article.uri)
         if slot is not None:
             held = self._recent.get(article.uri)
-            if held is not None and held[0].version == article.version:
-                features, terms, counts = held
-                return replace(features, term_counts=dict(zip(terms, counts, strict=True)))
+            if held is not None and held.features.version == article.version:
+                counts = dict(zip(held.terms, held.counts.astype(int).tolist(), strict=True))
+                return replace(held.features, term_counts=counts)
             if self._versions[slot] == article.version:
                 fresh = features_of(article, self.shingler)
                 # Keeps the first time of a corrected story.
@@ -384,9 +367,6 @@ class StoryIndex:
         self._signatures[slot] = features.signature
         terms = tuple(features.term_counts)
         counts = tuple(features.term_counts.values())
-        self._recent[features.uri] = (replace(features, term_counts={}), terms, counts)
-        if len(self._recent) > _RECENT_WITH_TERMS:
-            self._recent.popitem(last=False)
         self._slots[features.uri] = slot
         self._times[slot] = features.time
         self._alive[slot] = True
@@ -403,7 +383,11 @@ class StoryIndex:
         # BM25 term weights, `count * (k1 + 1) / (count + norm)` in float64, kept as float32.
         tf = np.array(counts, dtype=np.float64)
         term_weights = (tf * (_K1 + 1) / (tf + norm)).astype(np.float32)
-        self._postings.add(slot, np.array(ids, dtype=np.int64), term_weights)
+        term_ids = np.array(ids, dtype=np.int64)
+        self._postings.add(slot, term_ids, term_weights)
+        self._recent[features.uri] = _Held(replace(features, term_counts={}), terms, term_ids, tf)
+        if len(self._recent) > _RECENT_WITH_TERMS:
+            self._recent.popitem(last=False)
         self._bands.add(slot, features.signature)
         self._evict()
 
@@ -471,7 +455,7 @@ class StoryIndex:
         ranked.sort(key=lambda pair: (-pair[0], self._order_key(pair[1])))
 
         # Two copies of one wire story are one link, to the first copy, at the better score.
-        # (Each chosen story's copies among all the ranked ones are found in one numpy pass.)
+        # (Each chosen story's copies among all the ranked ones are found in one compiled pass.)
         signatures = self._signatures[np.array([slot for _, slot in ranked], dtype=np.int64)]
         chosen: list[tuple[float, int]] = []  # score, position in `ranked`
         copies: list[list[bool]] = []  # per chosen story: which ranked stories are copies of it
@@ -501,17 +485,12 @@ class StoryIndex:
         weighs them alike. Terms in more than a small share of the earlier stories say nothing
         about an event and are skipped.
         """
-        frequent = sorted(features.term_counts.items(), key=itemgetter(1), reverse=True)[
-            : 2 * self.settings.query_terms
-        ]
-        known = [(self._terms.get(term), count) for term, count in frequent]
-        pairs = [(term_id, count) for term_id, count in known if term_id is not None]
-        if not pairs or not earlier.stories:
+        ids, counts = self._numbered_terms(features)
+        if not len(ids) or not earlier.stories:
             return _Query.empty()
         common = max(self.settings.common_floor, int(earlier.stories * self.settings.common_share))
-        ids = np.fromiter((term_id for term_id, _ in pairs), dtype=np.int64, count=len(pairs))
-        df = np.zeros(len(pairs))
-        spans = np.zeros((len(pairs), 2), dtype=np.int64)
+        df = np.zeros(len(ids))
+        spans = np.zeros((len(ids), 2), dtype=np.int64)
         postings = self._postings
         kernels.frequencies(
             postings.start,
@@ -527,13 +506,28 @@ class StoryIndex:
             df,
             spans,
         )
-        counts = np.fromiter((c for _, c in pairs), dtype=np.float64, count=len(pairs))
         rarity = np.log((earlier.stories + 1.0) / (df + 1.0))
         weight = np.where(df > common, -1.0, rarity * (1.0 + np.log(counts)))
         # Stable: equal weights keep the story's own term order.
         order = np.argsort(-weight, kind="stable")[: self.settings.query_terms]
         order = order[weight[order] >= 0]
         return _Query(ids[order], counts[order], df[order], spans[order])
+
+    def _numbered_terms(self, features: Features) -> tuple[IntArray, FloatArray]:
+        """The ids of the story's most frequent terms the index knows, most frequent first, and
+        their counts (held from indexing it when it is this version).
+        """
+        wanted = min(len(features.term_counts), 2 * self.settings.query_terms)
+        held = self._recent.get(features.uri)
+        # Indexed from the same terms, most frequent first (as `features_of` keeps them).
+        if held and held.features.version == features.version and len(held.terms) == wanted:
+            return held.ids, held.counts
+        frequent = sorted(features.term_counts.items(), key=itemgetter(1), reverse=True)[:wanted]
+        known = [(self._terms.get(term), count) for term, count in frequent]
+        pairs = [(term_id, count) for term_id, count in known if term_id is not None]
+        ids = np.fromiter((term_id for term_id, _ in pairs), dtype=np.int64, count=len(pairs))
+        counts = np.fromiter((c for _, c in pairs), dtype=np.float64, count=len(pairs))
+        return ids, counts
 
     def _length_norm(self, features: Features) -> float:
         # A fixed average length, not the index's: a story's weights must not depend on what else
@@ -611,8 +605,9 @@ class StoryIndex:
         """Which of these stories are copies of the `i`th (`_jaccard` of their signatures at
         least the duplicate similarity, computed the same way for all of them at once).
         """
-        equal = np.count_nonzero(signatures == signatures[i], axis=1)
-        return cast(list[bool], (equal / NUM_PERM >= self.settings.duplicate_similarity).tolist())
+        out = np.zeros(len(signatures), dtype=bool)
+        kernels.copies_of(signatures, i, self.settings.duplicate_similarity, out)
+        return cast(list[bool], out.tolist())
 
     def _earlier(self, features: Features) -> _Earlier:
         """Which stories count as earlier than this one (see `_Earlier`). Removed stories keep
@@ -722,6 +717,18 @@ class StoryIndex:
         self._stale[:] = False
         self._block_stale[:] = 0
         self._dead = 0
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A recently indexed story's features without their term counts, which are kept as its
+    terms, their ids and counts in the same order.
+    """
+
+    features: Features
+    terms: tuple[str, ...]
+    ids: IntArray
+    counts: FloatArray
 
 
 @dataclass(frozen=True)

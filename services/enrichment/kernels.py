@@ -29,6 +29,7 @@ SlotArray = npt.NDArray[np.int32]
 WeightArray = npt.NDArray[np.float32]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+UIntArray = npt.NDArray[np.uint64]
 
 
 def compiled(function: F) -> F:
@@ -345,3 +346,69 @@ def collect(
             sums_out[kept] = summed
             kept += 1
     return kept
+
+
+# --- near-duplicate buckets: an open-addressing table of band keys (0: an empty cell) ---------
+
+
+@compiled
+def band_keys(signatures: npt.NDArray[np.uint32], mix: UIntArray, keys: UIntArray) -> None:
+    """Each MinHash signature's (a row of `signatures`) LSH band keys, into the same row of
+    `keys`: each band's rows mixed into 64 bits, never 0.
+    """
+    bands = keys.shape[1]
+    rows = signatures.shape[1] // bands
+    for story in range(signatures.shape[0]):
+        for band in range(bands):
+            key = np.uint64(0)
+            for row in range(rows):
+                key += np.uint64(signatures[story, band * rows + row]) * mix[row]
+            key ^= np.uint64(band + 1) << np.uint64(58)
+            keys[story, band] = key if key != np.uint64(0) else np.uint64(1)
+
+
+@compiled
+def band_add(table: UIntArray, owners: IntArray, keys: UIntArray, slots: IntArray) -> None:
+    """File each `slots[i]` under `keys[i]` (the table must have that many free cells)."""
+    mask = np.uint64(table.size - 1)
+    for i in range(keys.size):
+        key = keys[i]
+        cell = key & mask
+        while table[cell] != np.uint64(0):
+            cell = (cell + np.uint64(1)) & mask
+        table[cell] = key
+        owners[cell] = slots[i]
+
+
+@compiled
+def band_find(table: UIntArray, owners: IntArray, keys: UIntArray, out: IntArray) -> int:
+    """The slots filed under any of the keys, into `out` (repeats possible); how many there
+    are, which may exceed `out`'s size (then only that many were written).
+    """
+    mask = np.uint64(table.size - 1)
+    found = 0
+    for key in keys:
+        cell = key & mask
+        while table[cell] != np.uint64(0):
+            if table[cell] == key:
+                if found < out.size:
+                    out[found] = owners[cell]
+                found += 1
+            cell = (cell + np.uint64(1)) & mask
+    return found
+
+
+@compiled
+def copies_of(
+    signatures: npt.NDArray[np.uint32], story: int, similarity: float, out: BoolArray
+) -> None:
+    """Which rows of `signatures` are copies of row `story`: the share of MinHash rows they
+    have in common (estimated Jaccard) is at least `similarity`.
+    """
+    perms = signatures.shape[1]
+    for other in range(signatures.shape[0]):
+        equal = 0
+        for row in range(perms):
+            if signatures[other, row] == signatures[story, row]:
+                equal += 1
+        out[other] = equal / perms >= similarity
