@@ -569,6 +569,7 @@ class StoryIndex:
             query.spans,
             idf,
             *earlier.rule,
+            earlier.end,
             self._sums,
             self._touched,
         )

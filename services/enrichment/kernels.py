@@ -282,7 +282,12 @@ def frequencies(
             slot = docs[base + stop]
             if slot > last:
                 break
-            if is_earlier(slot, times, alive, time, since, tied_earlier):
+            # In the run, every live story is earlier.
+            if (
+                alive[slot]
+                if slot < end
+                else is_earlier(slot, times, alive, time, since, tied_earlier)
+            ):
                 counted += 1
             stop += 1
         df[i] = counted
@@ -303,12 +308,14 @@ def accumulate(
     time: float,
     since: float,
     tied_earlier: IntArray,
+    end: int,
     sums: FloatArray,
     touched: IntArray,
 ) -> int:
     """Add each earlier story's BM25 contributions into `sums` (zero on entry for every slot),
-    term by term in the query's order and slot order within a term; the stories touched go to
-    `touched`, and how many is returned. `collect` reads them and zeroes `sums` again.
+    term by term in the query's order and slot order within a term (postings from the run's
+    start on; see `earlier_pass`); the stories touched go to `touched`, and how many is
+    returned. `collect` reads them and zeroes `sums` again.
     """
     found = 0
     for i in range(term_ids.size):
@@ -316,7 +323,12 @@ def accumulate(
         rarity = idf[i]
         for j in range(spans[i, 0], spans[i, 1]):
             slot = docs[base + j]
-            if is_earlier(slot, times, alive, time, since, tied_earlier):
+            # In the run [first, end), every live story is earlier.
+            if (
+                alive[slot]
+                if slot < end
+                else is_earlier(slot, times, alive, time, since, tied_earlier)
+            ):
                 if sums[slot] == 0.0:
                     touched[found] = slot
                     found += 1
