@@ -249,7 +249,7 @@ class _Postings:
             if used >= 0:
                 self.used = used
                 return
-            self._repack(None, room=2 * len(self.docs))
+            self._repack(None, room=len(self.docs) + len(self.docs) // 2)
 
     def sweep(self, alive: npt.NDArray[np.bool_]) -> None:
         """Drop the postings of removed stories."""
@@ -257,7 +257,7 @@ class _Postings:
 
     def _repack(self, alive: npt.NDArray[np.bool_] | None, room: int) -> None:
         live = int(self.size[: self.terms].sum())
-        length = max(room, 2 * live + 4 * self.terms + (1 << 16))
+        length = max(room, live + live // 2 + 4 * self.terms + (1 << 16))
         docs = np.zeros(length, dtype=np.int32)
         weights = np.zeros(length, dtype=np.float32)
         keep = alive if alive is not None else np.ones(int(self.docs.max()) + 1, dtype=bool)

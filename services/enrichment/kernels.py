@@ -2,8 +2,8 @@
 
 Postings live in two shared arrays (`docs`: story slots, `weights`: BM25 term weights), each
 term's in one block of them (`start`, `size`, `capacity` per term id), in slot order. A block
-that fills up moves to the end with twice the room; `repack` drops removed stories and the space
-blocks left behind.
+that fills up moves to the end with half as much room again; `repack` drops removed stories and
+the space blocks left behind.
 
 A lookup reads only these arrays: which stories are earlier than the one being enriched
 (`earlier_pass`), how many earlier stories hold each term (`frequencies`), and the BM25 sums of
@@ -38,6 +38,12 @@ def compiled(function: F) -> F:
 
 
 @compiled
+def grown(capacity: int) -> int:
+    """A block's room once it moves: half as much again, at least 4."""
+    return max(4, capacity + capacity // 2)
+
+
+@compiled
 def append_postings(
     start: IntArray,
     size: IntArray,
@@ -56,14 +62,14 @@ def append_postings(
     for i in range(term_ids.size):
         term = term_ids[i]
         if size[term] == capacity[term]:
-            need += max(4, 2 * capacity[term])
+            need += grown(capacity[term])
     if used + need > docs.size:
         return -1
     for i in range(term_ids.size):
         term = term_ids[i]
         held = size[term]
         if held == capacity[term]:
-            moved = max(4, 2 * held)
+            moved = grown(held)
             old = start[term]
             for j in range(held):
                 docs[used + j] = docs[old + j]
@@ -90,8 +96,8 @@ def repack(
     new_weights: WeightArray,
 ) -> int:
     """Copy every term's postings of live stories into the new arrays, each block with room
-    for as many again; returns the new high-water mark. `new_docs` must hold twice the live
-    postings (and 4 per term).
+    to grow by half; returns the new high-water mark. `new_docs` must hold 1.5 times the live
+    postings and 4 more per term.
     """
     used = 0
     for term in range(terms):
@@ -105,7 +111,7 @@ def repack(
                 kept += 1
         start[term] = used
         size[term] = kept
-        capacity[term] = max(4, 2 * kept)
+        capacity[term] = grown(kept)
         used += capacity[term]
     return used
 
