@@ -251,16 +251,19 @@ class _Postings:
                 return
             self._repack(None, room=len(self.docs) + len(self.docs) // 2)
 
-    def sweep(self, alive: npt.NDArray[np.bool_]) -> None:
-        """Drop the postings of removed stories."""
-        self._repack(alive, room=len(self.docs))
+    def renumber(self, renumbered: IntArray) -> None:
+        """Each story's postings under its new slot (`renumbered[slot]`, in the same order;
+        -1: a removed story, dropped).
+        """
+        self._repack(renumbered, room=len(self.docs))
 
-    def _repack(self, alive: npt.NDArray[np.bool_] | None, room: int) -> None:
-        live = int(self.size[: self.terms].sum())
-        length = max(room, live + live // 2 + 4 * self.terms + (1 << 16))
+    def _repack(self, renumbered: IntArray | None, room: int) -> None:
+        held = int(self.size[: self.terms].sum())
+        length = max(room, held + held // 2 + 4 * self.terms + (1 << 16))
         docs = np.zeros(length, dtype=np.int32)
         weights = np.zeros(length, dtype=np.float32)
-        keep = alive if alive is not None else np.ones(int(self.docs.max()) + 1, dtype=bool)
+        if renumbered is None:  # the same slots: only the space moved blocks left behind goes
+            renumbered = np.arange(int(self.docs[: self.used].max(initial=0)) + 1)
         self.used = kernels.repack(
             self.start,
             self.size,
@@ -268,7 +271,7 @@ class _Postings:
             self.docs,
             self.weights,
             self.terms,
-            keep,
+            renumbered,
             docs,
             weights,
         )
@@ -327,6 +330,11 @@ class StoryIndex:
 
     def __contains__(self, uri: str) -> bool:
         return uri in self._slots
+
+    @property
+    def slots(self) -> int:
+        """Stories the columns hold: the live ones and those removed since the last sweep."""
+        return len(self._uris)
 
     def features(self, article: Article) -> Features:
         """The indexed features of this exact version if held, else computed fresh."""
@@ -710,13 +718,34 @@ class StoryIndex:
             self.remove(uri)
 
     def _compact(self) -> None:
-        """Drop dead stories from the postings and the LSH buckets (removals only mark them)."""
-        alive = self._alive
-        self._postings.sweep(alive)
-        live = np.flatnonzero(alive[: len(self._uris)])
-        self._bands = _Bands.of(live, self._signatures[live])
+        """Renumber the live stories 0, 1, ... in the same order, dropping the removed ones
+        (removals only mark them) from every column, the postings and the LSH buckets, so an
+        instance's memory follows what it holds, not all it ever read.
+        """
+        size = len(self._uris)
+        live = np.flatnonzero(self._alive[:size])
+        count = len(live)
+        renumbered = np.full(size, -1, dtype=np.int64)
+        renumbered[live] = np.arange(count)
+        self._postings.renumber(renumbered)
+        kept = live.tolist()
+        self._uris = [self._uris[slot] for slot in kept]
+        self._headlines = [self._headlines[slot] for slot in kept]
+        self._urls = [self._urls[slot] for slot in kept]
+        self._entities = [self._entities[slot] for slot in kept]
+        self._slots = {cast(str, uri): slot for slot, uri in enumerate(self._uris)}
+        for column in (self._times, self._sizes, self._versions, self._signatures):
+            column[:count] = column[live]
+        self._alive[:] = False
+        self._alive[:count] = True
         self._stale[:] = False
+        self._by_age = [(time, slot) for slot, time in enumerate(self._times[:count].tolist())]
+        heapq.heapify(self._by_age)
+        kernels.block_summaries(
+            self._times, count, self._block_low, self._block_high, self._block_alive
+        )
         self._block_stale[:] = 0
+        self._bands = _Bands.of(np.arange(count), self._signatures[:count])
         self._dead = 0
 
 

@@ -91,21 +91,22 @@ def repack(
     docs: SlotArray,
     weights: WeightArray,
     terms: int,
-    alive: BoolArray,
+    renumbered: IntArray,
     new_docs: SlotArray,
     new_weights: WeightArray,
 ) -> int:
-    """Copy every term's postings of live stories into the new arrays, each block with room
-    to grow by half; returns the new high-water mark. `new_docs` must hold 1.5 times the live
-    postings and 4 more per term.
+    """Copy every term's postings into the new arrays, each story under its new slot
+    (`renumbered[slot]`, in the same order; -1: dropped), each block with room to grow by half;
+    returns the new high-water mark. `new_docs` must hold 1.5 times the postings kept and 4
+    more per term.
     """
     used = 0
     for term in range(terms):
         old = start[term]
         kept = 0
         for j in range(size[term]):
-            slot = docs[old + j]
-            if alive[slot]:
+            slot = renumbered[docs[old + j]]
+            if slot >= 0:
                 new_docs[used + kept] = slot
                 new_weights[used + kept] = weights[old + j]
                 kept += 1
@@ -146,6 +147,21 @@ def is_earlier(
         else:
             hi = mid
     return lo < tied_earlier.size and tied_earlier[lo] == slot
+
+
+@compiled
+def block_summaries(
+    times: FloatArray, slots: int, low: FloatArray, high: FloatArray, alive: IntArray
+) -> None:
+    """The summaries `earlier_pass` reads, for slots [0, slots) all live (after a renumbering)."""
+    low[:] = np.inf
+    high[:] = -np.inf
+    alive[:] = 0
+    for slot in range(slots):
+        block = slot // BLOCK
+        low[block] = min(low[block], times[slot])
+        high[block] = max(high[block], times[slot])
+        alive[block] += 1
 
 
 @compiled

@@ -235,6 +235,25 @@ def test_the_index_keeps_at_most_its_capacity_newest_first() -> None:
     assert "urn:t:4" in enricher.index
 
 
+def test_an_index_that_keeps_evicting_holds_about_what_it_keeps_not_all_it_read() -> None:
+    # Removed stories are swept out of every column once they are a third of the slots (at
+    # least 1,024), and the live ones renumbered: a long-running instance does not grow.
+    newsroom = Newsroom(seed=3, events=50)
+    stream = [newsroom.story(n, T0 + timedelta(seconds=2 * n)) for n in range(5001)]
+    probe = stream.pop()
+    enricher = StoryEnricher(EnrichmentRules(TAXONOMY, index=IndexSettings(capacity=500)))
+    for story in stream:
+        enricher.observe(story)
+        assert enricher.index.slots <= 500 + 1025
+    assert len(enricher.index) == 500
+    fresh = StoryEnricher(EnrichmentRules(TAXONOMY, index=IndexSettings(capacity=500)))
+    for story in stream[-500:]:
+        fresh.observe(story)
+    assert [r.uri for r in publish(enricher, probe).enrichment.related] == [
+        r.uri for r in publish(fresh, probe).enrichment.related
+    ]
+
+
 def test_a_resent_wire_story_is_a_duplicate_not_a_link() -> None:
     enricher = StoryEnricher(RULES)
     publish(enricher, at(dam_story("urn:t:wire-1"), 0))
