@@ -13,6 +13,7 @@ import math
 import zlib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from operator import itemgetter
 from typing import cast
 
@@ -808,6 +809,28 @@ class _Earlier:
 
     def holds(self, slot: int) -> bool:
         return bool(kernels.is_earlier(slot, *self.rule))
+
+
+def warm_up() -> None:
+    """Compile every loop of `kernels` (or load them from numba's cache) on a throwaway index,
+    so the first story after start-up does not wait for it.
+    """
+    index = StoryIndex()
+    body = "<p>Ministers met in Geneva to agree the grain deal on Monday.</p>"
+    for n in range(3):
+        article = Article.model_validate(
+            {
+                "uri": f"urn:newsflow:warm-up:{n}",
+                "headline": "Grain deal agreed in Geneva",
+                "body_html": body,
+                "provider": "newsflow",
+                "versioncreated": datetime(2026, 1, 1, 0, n, tzinfo=UTC),
+            }
+        )
+        index.add(article)
+        index.neighbours(index.features(article), 5, 0.0)
+    index.remove("urn:newsflow:warm-up:0")
+    index._compact()
 
 
 def _with_time(features: Features, time: float) -> Features:

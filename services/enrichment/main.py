@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from services.enrichment.app import (
 )
 from services.enrichment.corpus import parse_corpus
 from services.enrichment.domain import EnrichmentRules, StoryEnricher
-from services.enrichment.index import IndexSettings
+from services.enrichment.index import IndexSettings, warm_up
 from services.enrichment.settings import EnrichmentSettings
 from services.enrichment.taxonomy import Taxonomy
 from shared.kafka import DeadLetters, consume_forever, make_consumer, make_producer
@@ -42,6 +43,9 @@ def build_enricher(settings: EnrichmentSettings) -> StoryEnricher:
             duplicate_similarity=settings.enrichment_duplicate_similarity,
         ),
     )
+    started = time.perf_counter()
+    warm_up()
+    log.info("index loops compiled", seconds=round(time.perf_counter() - started, 2))
     enricher = StoryEnricher(rules)
     path = settings.enrichment_training_path
     if path is not None and str(path) not in ("", "."):
