@@ -14,17 +14,17 @@ import zlib
 from array import array
 from bisect import bisect_left
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from itertools import repeat
 from operator import itemgetter
-from typing import Any, TypeVar, cast
+from typing import cast
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
 from services.enrichment.entities import FoundEntities, extract_entities
+from services.enrichment.jit import compiled
 from services.enrichment.text import normalise, read_story
 from shared.events import Article
 
@@ -92,14 +92,6 @@ class Match:
 class Neighbours:
     related: list[Match]
     duplicate_of: str | None
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def compiled(function: F) -> F:
-    """`function` compiled to machine code by numba (cached on disk), typed as the original."""
-    return cast(F, numba.njit(cache=True)(function))
 
 
 @compiled
