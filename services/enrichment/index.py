@@ -11,18 +11,15 @@ from __future__ import annotations
 import heapq
 import math
 import zlib
-from array import array
-from bisect import bisect_left
-from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
-from itertools import repeat
 from operator import itemgetter
 from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
+from services.enrichment import kernels
 from services.enrichment.entities import FoundEntities, extract_entities
 from services.enrichment.jit import compiled
 from services.enrichment.text import normalise, read_story
@@ -239,6 +236,72 @@ class _Bands:
             self._slots[cell] = slot
 
 
+class _Postings:
+    """Every term's postings (story slot, BM25 weight) in slot order: blocks of two shared
+    arrays, kept up by the compiled loops in `kernels`.
+    """
+
+    def __init__(self) -> None:
+        self.start: IntArray = np.zeros(1024, dtype=np.int64)
+        self.size: IntArray = np.zeros(1024, dtype=np.int64)
+        self.capacity: IntArray = np.zeros(1024, dtype=np.int64)
+        self.docs: npt.NDArray[np.int32] = np.zeros(1 << 16, dtype=np.int32)
+        self.weights: npt.NDArray[np.float32] = np.zeros(1 << 16, dtype=np.float32)
+        self.used = 0  # the arena's high-water mark
+        self.terms = 0
+
+    def new_term(self) -> int:
+        term_id = self.terms
+        if term_id == len(self.start):
+            grow = len(self.start)
+            self.start = np.concatenate([self.start, np.zeros(grow, dtype=np.int64)])
+            self.size = np.concatenate([self.size, np.zeros(grow, dtype=np.int64)])
+            self.capacity = np.concatenate([self.capacity, np.zeros(grow, dtype=np.int64)])
+        self.terms += 1
+        return term_id
+
+    def add(self, slot: int, term_ids: IntArray, weights: npt.NDArray[np.float32]) -> None:
+        while True:
+            used = kernels.append_postings(
+                self.start,
+                self.size,
+                self.capacity,
+                self.docs,
+                self.weights,
+                self.used,
+                term_ids,
+                slot,
+                weights,
+            )
+            if used >= 0:
+                self.used = used
+                return
+            self._repack(None, room=2 * len(self.docs))
+
+    def sweep(self, alive: npt.NDArray[np.bool_]) -> None:
+        """Drop the postings of removed stories."""
+        self._repack(alive, room=len(self.docs))
+
+    def _repack(self, alive: npt.NDArray[np.bool_] | None, room: int) -> None:
+        live = int(self.size[: self.terms].sum())
+        length = max(room, 2 * live + 4 * self.terms + (1 << 16))
+        docs = np.zeros(length, dtype=np.int32)
+        weights = np.zeros(length, dtype=np.float32)
+        keep = alive if alive is not None else np.ones(int(self.docs.max()) + 1, dtype=bool)
+        self.used = kernels.repack(
+            self.start,
+            self.size,
+            self.capacity,
+            self.docs,
+            self.weights,
+            self.terms,
+            keep,
+            docs,
+            weights,
+        )
+        self.docs, self.weights = docs, weights
+
+
 class StoryIndex:
     """Recent live stories; `neighbours` ranks the ones an editor would link from a story.
 
@@ -253,8 +316,7 @@ class StoryIndex:
 
     def _reset(self) -> None:
         self._terms: dict[str, int] = {}
-        self._postings_docs: list[array[int]] = []
-        self._postings_weights: list[array[float]] = []
+        self._postings = _Postings()
         self._slots: dict[str, int] = {}  # uri -> slot of its live version
         self._entity_ids: dict[str, int] = {}
         # Per slot; a removed story's uri is None.
@@ -278,6 +340,16 @@ class StoryIndex:
         )
         self._by_age: list[tuple[float, int]] = []  # (first time, slot), dead ones left lazily
         self._bands = _Bands()
+        # Per block of slots (`kernels.BLOCK`): the time range its stories were first seen in,
+        # and its live and removed-but-listed stories; lookups skip through these.
+        blocks = 1024 // kernels.BLOCK
+        self._block_low: FloatArray = np.full(blocks, math.inf)
+        self._block_high: FloatArray = np.full(blocks, -math.inf)
+        self._block_alive: IntArray = np.zeros(blocks, dtype=np.int64)
+        self._block_stale: IntArray = np.zeros(blocks, dtype=np.int64)
+        # A lookup's working space, one entry per slot (`_earlier` and `_bm25` reuse it).
+        self._sums: FloatArray = np.zeros(1024)
+        self._touched: IntArray = np.zeros(1024, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -330,18 +402,20 @@ class StoryIndex:
         self._slots[features.uri] = slot
         self._times[slot] = features.time
         self._alive[slot] = True
+        block = slot // kernels.BLOCK
+        self._block_low[block] = min(self._block_low[block], features.time)
+        self._block_high[block] = max(self._block_high[block], features.time)
+        self._block_alive[block] += 1
         heapq.heappush(self._by_age, (features.time, slot))
         self._newest = max(self._newest, features.time)
         self._sizes[slot] = max(1, features.distinct)
         norm = self._length_norm(features)
         known = list(map(self._terms.get, terms))
         ids = cast(list[int], known) if None not in known else list(map(self._term_id, terms))
-        # BM25 term weights, computed as `count * (k1 + 1) / (count + norm)` in float64 like
-        # Python would; the appends run as C-level `map`s (one posting per term).
+        # BM25 term weights, `count * (k1 + 1) / (count + norm)` in float64, kept as float32.
         tf = np.array(counts, dtype=np.float64)
-        term_weights = (tf * (_K1 + 1) / (tf + norm)).tolist()
-        _drain(map(_APPEND, map(self._postings_docs.__getitem__, ids), repeat(slot)))
-        _drain(map(_APPEND, map(self._postings_weights.__getitem__, ids), term_weights))
+        term_weights = (tf * (_K1 + 1) / (tf + norm)).astype(np.float32)
+        self._postings.add(slot, np.array(ids, dtype=np.int64), term_weights)
         self._bands.add(slot, features.signature)
         self._evict()
 
@@ -351,6 +425,8 @@ class StoryIndex:
             return
         self._alive[slot] = False
         self._stale[slot] = True
+        self._block_alive[slot // kernels.BLOCK] -= 1
+        self._block_stale[slot // kernels.BLOCK] += 1
         self._uris[slot] = self._headlines[slot] = self._urls[slot] = None
         self._entities[slot] = ()
         self._recent.pop(uri, None)
@@ -445,89 +521,31 @@ class StoryIndex:
         if not pairs or not earlier.stories:
             return _Query.empty()
         common = max(self.settings.common_floor, int(earlier.stories * self.settings.common_share))
-        ids = [term_id for term_id, _ in pairs]
-        df, starts, stops = self._earlier_frequencies(ids, earlier, common)
+        ids = np.fromiter((term_id for term_id, _ in pairs), dtype=np.int64, count=len(pairs))
+        df = np.zeros(len(pairs))
+        spans = np.zeros((len(pairs), 2), dtype=np.int64)
+        postings = self._postings
+        kernels.frequencies(
+            postings.start,
+            postings.size,
+            postings.docs,
+            ids,
+            *earlier.rule,
+            earlier.first,
+            earlier.end,
+            earlier.last,
+            earlier.holes,
+            common,
+            df,
+            spans,
+        )
         counts = np.fromiter((c for _, c in pairs), dtype=np.float64, count=len(pairs))
         rarity = np.log((earlier.stories + 1.0) / (df + 1.0))
         weight = np.where(df > common, -1.0, rarity * (1.0 + np.log(counts)))
         # Stable: equal weights keep the story's own term order.
-        order = [
-            i
-            for i in np.argsort(-weight, kind="stable")[: self.settings.query_terms].tolist()
-            if weight[i] >= 0
-        ]
-        return _Query(
-            np.array([ids[i] for i in order], dtype=np.int64),
-            counts[order],
-            df[order],
-            [starts[i] for i in order],
-            [stops[i] for i in order],
-        )
-
-    def _earlier_frequencies(
-        self, ids: list[int], earlier: _Earlier, common: int
-    ) -> tuple[FloatArray, list[int], list[int]]:
-        """How many earlier stories hold each term (exactly up to `common`, above it some
-        number above `common`), and where each term's postings that may be earlier start and
-        stop.
-
-        Postings are in slot order: those inside the run of earlier slots are counted by two
-        binary searches. No slot before the run is earlier (the run starts at the first
-        earlier slot); slots past it (stories read about the same time as this one or after it)
-        are looked up one by one, only up to the last earlier one (usually there is none: an
-        instance reads the table about in time order) and only for terms the run has not
-        already shown to be common. When removed stories in the run still have postings
-        (`holes`), a term with more than `common` + `holes` postings in the run is common all
-        the same; the others' postings are looked up one by one.
-        """
-        first, end = earlier.run
-        holes = earlier.holes
-        look_past = earlier.late.size > 0
-        past_end = int(earlier.late[-1]) + 1 if look_past else end
-        counted: list[int] = []
-        starts: list[int] = []
-        stops: list[int] = []
-        rest: list[npt.NDArray[np.int32]] = []
-        owners: list[int] = []
-        all_postings = self._postings_docs
-        for i, term_id in enumerate(ids):
-            postings = all_postings[term_id]
-            size = len(postings)
-            start = bisect_left(postings, first) if first else 0
-            known = start + common + holes
-            if known < size and postings[known] < end:
-                # More than `common` earlier postings inside the run: a common term, no need to
-                # count on.
-                counted.append(common + 1)
-                starts.append(start)
-                stops.append(start)
-                continue
-            stop = size if not size or postings[-1] < end else bisect_left(postings, end, start)
-            starts.append(start)
-            if holes:
-                if look_past and stop < size:
-                    stop = bisect_left(postings, past_end, stop)
-                if stop > start:
-                    rest.append(np.frombuffer(postings, dtype=np.int32)[start:stop])
-                    owners.append(i)
-                counted.append(0)
-                stops.append(stop)
-                continue
-            counted.append(stop - start)
-            if look_past and stop - start <= common and stop < size:
-                past = bisect_left(postings, past_end, stop)
-                if past > stop:
-                    rest.append(np.frombuffer(postings, dtype=np.int32)[stop:past])
-                    owners.append(i)
-                stop = past
-            stops.append(stop)
-        df = np.array(counted, dtype=np.float64)
-        if rest:
-            lengths = np.fromiter(map(len, rest), dtype=np.int64, count=len(rest))
-            slots = np.concatenate(rest, dtype=np.int64)
-            owner = np.repeat(np.array(owners, dtype=np.int64), lengths)
-            df += np.bincount(owner, weights=earlier.of(slots), minlength=len(ids))
-        return df, starts, stops
+        order = np.argsort(-weight, kind="stable")[: self.settings.query_terms]
+        order = order[weight[order] >= 0]
+        return _Query(ids[order], counts[order], df[order], spans[order])
 
     def _length_norm(self, features: Features) -> float:
         # A fixed average length, not the index's: a story's weights must not depend on what else
@@ -551,44 +569,35 @@ class StoryIndex:
         if not len(query.terms):
             return none
         norm = self._length_norm(features)
-        selected = query.terms.tolist()
-        all_docs, all_weights = self._postings_docs, self._postings_weights
-        # Each term's postings from the earlier run on, up to the last earlier story (usually the
-        # run's end): nothing before or after can be earlier.
-        spans = list(zip(selected, query.starts, query.stops, strict=True))
-        lengths = np.fromiter((b - a for _, a, b in spans), dtype=np.int64, count=len(spans))
-        docs = np.concatenate(
-            [np.frombuffer(all_docs[t], dtype=np.int32)[a:b] for t, a, b in spans],
-            dtype=np.int64,  # gathers index faster with the platform's own integers
-        )
-        weights = np.concatenate(
-            [np.frombuffer(all_weights[t], dtype=np.float32)[a:b] for t, a, b in spans]
-        )
-        # Stories past the run that are not earlier, and removed ones in it, are weighed zero
-        # rather than cut out.
-        mask = earlier.of(docs) if earlier.late.size or earlier.holes else None
-        slots = int(earlier.late[-1]) + 1 if earlier.late.size else earlier.run[1]
         df = query.frequencies + 1.0
         idf = np.log(1.0 + (earlier.stories + 1.0 - df + 0.5) / (df + 0.5))
         counts = query.counts
         own = float((idf * counts * (_K1 + 1) / (counts + norm)).sum())
         if own <= 0:
             return none
-        # Sum per story over the whole slot range (cheaper than sorting the postings). Every
-        # weight and idf is positive: the earlier stories hit are the ones with a sum.
-        contributions = np.repeat(idf, lengths)
-        contributions *= weights
-        if mask is not None:
-            contributions *= mask
-        summed = np.bincount(docs, weights=contributions, minlength=slots)
-        # A score is the sum divided by at least the floor share of this story's own score, so a
-        # sum below `floor` times that cannot reach `floor` (a float array's own nonzero is 4x
-        # slower than a bool array's).
+        # Every weight and idf is positive: the earlier stories hit are the ones with a sum. A
+        # score is the sum divided by at least the floor share of this story's own score, so a
+        # sum below `floor` times that cannot reach `floor`.
+        postings = self._postings
+        touched = kernels.accumulate(
+            postings.start,
+            postings.docs,
+            postings.weights,
+            query.terms,
+            query.spans,
+            idf,
+            *earlier.rule,
+            self._sums,
+            self._touched,
+        )
         least = floor * _LENGTH_MISMATCH_FLOOR * own
-        candidates = np.flatnonzero(summed >= least if least > 0 else summed > 0)
-        if candidates.size == 0:
+        found = np.zeros(touched, dtype=np.int64)
+        sums = np.zeros(touched)
+        kept = kernels.collect(self._sums, self._touched, touched, least, found, sums)
+        if kept == 0:
             return none
-        scores: FloatArray = np.asarray(summed[candidates], dtype=np.float64)
+        by_slot = np.argsort(found[:kept])
+        candidates, scores = found[:kept][by_slot], sums[:kept][by_slot]
         theirs = own * self._sizes[candidates] / max(1, features.distinct)
         scores /= np.maximum(
             np.sqrt(own * theirs), _LENGTH_MISMATCH_FLOOR * np.maximum(own, theirs)
@@ -618,20 +627,44 @@ class StoryIndex:
         return cast(list[bool], (equal / NUM_PERM >= self.settings.duplicate_similarity).tolist())
 
     def _earlier(self, features: Features) -> _Earlier:
+        """Which stories count as earlier than this one (see `_Earlier`). Removed stories keep
+        their times, also once `_compact` has swept them out of the postings: they never count.
+        """
         size = len(self._uris)
-        times = self._times[:size]
-        alive = self._alive[:size]
+        tied = self._touched  # free working space until `_bm25`
+        same = kernels.same_time(
+            self._times, self._alive, size, self._block_low, self._block_high, features.time, tied
+        )
+        tied_earlier = np.array(
+            [slot for slot in tied[:same].tolist() if cast(str, self._uris[slot]) < features.uri],
+            dtype=np.int64,
+        )
         since = features.time - self.settings.window_s
-        earlier = times < features.time
-        # Usually no story is out of the window. Removed stories keep their times, also once
-        # `_compact` has swept them out of the postings: they never count.
-        if self._by_age and self._by_age[0][0] < since:
-            earlier &= times >= since
-        earlier &= alive
-        for slot in np.flatnonzero(times == features.time).tolist():
-            if alive[slot] and (uri := self._uris[slot]) is not None and uri < features.uri:
-                earlier[slot] = True
-        return _Earlier.of_mask(earlier, alive, self._stale[:size])
+        stories, first, end, last, holes = kernels.earlier_pass(
+            self._times,
+            self._alive,
+            self._stale,
+            size,
+            self._block_low,
+            self._block_high,
+            self._block_alive,
+            self._block_stale,
+            features.time,
+            since,
+            tied_earlier,
+        )
+        return _Earlier(
+            self._times,
+            self._alive,
+            features.time,
+            since,
+            tied_earlier,
+            stories,
+            first,
+            end,
+            last,
+            holes,
+        )
 
     def _order_key(self, slot: int) -> tuple[float, str]:
         uri = self._uris[slot]
@@ -646,9 +679,7 @@ class StoryIndex:
     def _term_id(self, term: str) -> int:
         term_id = self._terms.get(term)
         if term_id is None:
-            term_id = self._terms[term] = len(self._postings_docs)
-            self._postings_docs.append(array("i"))
-            self._postings_weights.append(array("f"))
+            term_id = self._terms[term] = self._postings.new_term()
         return term_id
 
     def _entity_id(self, key: str) -> int:
@@ -668,6 +699,13 @@ class StoryIndex:
             self._signatures = np.concatenate(
                 [self._signatures, np.zeros((grow, NUM_PERM), dtype=np.uint32)]
             )
+            self._sums = np.zeros(2 * grow)
+            self._touched = np.zeros(2 * grow, dtype=np.int64)
+            blocks = len(self._block_low)
+            self._block_low = np.concatenate([self._block_low, np.full(blocks, math.inf)])
+            self._block_high = np.concatenate([self._block_high, np.full(blocks, -math.inf)])
+            self._block_alive = np.concatenate([self._block_alive, np.zeros(blocks, np.int64)])
+            self._block_stale = np.concatenate([self._block_stale, np.zeros(blocks, np.int64)])
 
     def _evict(self) -> None:
         """Stories past the window or beyond the capacity leave, oldest first.
@@ -690,18 +728,11 @@ class StoryIndex:
     def _compact(self) -> None:
         """Drop dead stories from the postings and the LSH buckets (removals only mark them)."""
         alive = self._alive
-        for term_id, docs in enumerate(self._postings_docs):
-            slots = np.frombuffer(docs, dtype=np.int32)
-            keep = alive[slots]
-            kept = int(np.count_nonzero(keep))
-            if kept < len(slots):
-                weights = np.frombuffer(self._postings_weights[term_id], dtype=np.float32)
-                self._postings_docs[term_id] = array("i", slots[keep].tobytes())
-                self._postings_weights[term_id] = array("f", weights[keep].tobytes())
-            del slots
+        self._postings.sweep(alive)
         live = np.flatnonzero(alive[: len(self._uris)])
         self._bands = _Bands.of(live, self._signatures[live])
         self._stale[:] = False
+        self._block_stale[:] = 0
         self._dead = 0
 
 
@@ -712,14 +743,14 @@ class _Query:
     terms: IntArray
     counts: FloatArray
     frequencies: FloatArray
-    # Where each term's postings that may be earlier start and stop: the run, then up to the last
-    # earlier story past it.
-    starts: list[int]
-    stops: list[int]
+    # Per term, where its postings that may be earlier begin and end (within its block).
+    spans: IntArray
 
     @classmethod
     def empty(cls) -> _Query:
-        return cls(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), [], [])
+        return cls(
+            np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), np.zeros((0, 2), dtype=np.int64)
+        )
 
 
 @dataclass(frozen=True)
@@ -730,48 +761,28 @@ class _Earlier:
     an instance reads the story table about in time order).
 
     Removed stories do not end the run (corrections and withdrawals leave one behind every few
-    stories): the run's `holes` are those whose postings are still in the lists, which the
-    counts must then leave out.
+    stories): the run's `holes` are those whose postings are still listed, which the counts
+    must then leave out.
     """
 
-    mask: npt.NDArray[np.bool_]  # per slot
+    times: FloatArray  # the index's, per slot
+    alive: npt.NDArray[np.bool_]
+    time: float  # the story's first time
+    since: float  # the window's start
+    tied_earlier: IntArray  # live stories first seen at `time` with an earlier uri, sorted
     stories: int
-    run: tuple[int, int]  # [first, end) slots: earlier ones and removed ones
-    holes: int  # removed stories in the run that still have postings (usually few or none)
-    late: IntArray  # the earlier slots past the run (usually none)
+    first: int  # the first earlier slot (-1: none)
+    end: int  # the run is [first, end)
+    last: int  # the last earlier slot (past the run when the instance read ahead out of order)
+    holes: int  # removed stories in the run whose postings are still listed
 
-    @classmethod
-    def of_mask(
-        cls,
-        mask: npt.NDArray[np.bool_],
-        alive: npt.NDArray[np.bool_],
-        stale: npt.NDArray[np.bool_],
-    ) -> _Earlier:
-        first = int(np.argmax(mask)) if mask.size else 0  # the first earlier slot
-        if not mask.size or not mask[first]:
-            return cls(mask, 0, (0, 0), 0, np.zeros(0, dtype=np.int64))
-        # The first live story after `first` that is not earlier ends the run (none: the end).
-        blocking = alive[first:] & ~mask[first:]
-        gap = int(np.argmax(blocking))
-        end = first + (gap if blocking[gap] else blocking.size)
-        # Nothing before `first` is earlier: only the slots from `end` on need looking at.
-        late = np.flatnonzero(mask[end:]) + end
-        in_run = int(np.count_nonzero(mask[first:end]))
-        holes = int(np.count_nonzero(stale[first:end]))
-        return cls(mask, in_run + late.size, (first, end), holes, late)
-
-    def of(self, slots: IntArray) -> npt.NDArray[np.bool_]:
-        return np.asarray(self.mask[slots], dtype=bool)
+    @property
+    def rule(self) -> tuple[FloatArray, npt.NDArray[np.bool_], float, float, IntArray]:
+        """What `kernels.is_earlier` needs besides the slot."""
+        return self.times, self.alive, self.time, self.since, self.tied_earlier
 
     def holds(self, slot: int) -> bool:
-        return slot < self.mask.size and bool(self.mask[slot])
-
-
-_APPEND = array.append
-
-
-def _drain(calls: Iterator[None]) -> None:
-    deque(calls, maxlen=0)
+        return bool(kernels.is_earlier(slot, *self.rule))
 
 
 def _with_time(features: Features, time: float) -> Features:

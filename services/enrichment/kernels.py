@@ -1,0 +1,347 @@
+"""The related-story index's inner loops, compiled to machine code by numba. Pure; no I/O.
+
+Postings live in two shared arrays (`docs`: story slots, `weights`: BM25 term weights), each
+term's in one block of them (`start`, `size`, `capacity` per term id), in slot order. A block
+that fills up moves to the end with twice the room; `repack` drops removed stories and the space
+blocks left behind.
+
+A lookup reads only these arrays: which stories are earlier than the one being enriched
+(`earlier_pass`), how many earlier stories hold each term (`frequencies`), and the BM25 sums of
+the earlier stories (`accumulate`, then `collect`). Sums are added in the same order as a numpy
+`bincount` over the concatenated postings would, so scores are the same to the last bit.
+
+Compiled on first use and cached next to this file (numba's `cache=True`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+IntArray = npt.NDArray[np.int64]
+SlotArray = npt.NDArray[np.int32]
+WeightArray = npt.NDArray[np.float32]
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+def compiled(function: F) -> F:
+    """`function` compiled by numba on its first call; same signature, same results."""
+    return cast(F, njit(cache=True, nogil=True)(function))
+
+
+@compiled
+def append_postings(
+    start: IntArray,
+    size: IntArray,
+    capacity: IntArray,
+    docs: SlotArray,
+    weights: WeightArray,
+    used: int,
+    term_ids: IntArray,
+    slot: int,
+    term_weights: WeightArray,
+) -> int:
+    """Append `slot` with its weight to each term's postings; the arena's new high-water mark,
+    or -1 (and nothing changed) when the arena has no room for the blocks that must move.
+    """
+    need = 0
+    for i in range(term_ids.size):
+        term = term_ids[i]
+        if size[term] == capacity[term]:
+            need += max(4, 2 * capacity[term])
+    if used + need > docs.size:
+        return -1
+    for i in range(term_ids.size):
+        term = term_ids[i]
+        held = size[term]
+        if held == capacity[term]:
+            moved = max(4, 2 * held)
+            old = start[term]
+            for j in range(held):
+                docs[used + j] = docs[old + j]
+                weights[used + j] = weights[old + j]
+            start[term] = used
+            capacity[term] = moved
+            used += moved
+        docs[start[term] + held] = slot
+        weights[start[term] + held] = term_weights[i]
+        size[term] = held + 1
+    return used
+
+
+@compiled
+def repack(
+    start: IntArray,
+    size: IntArray,
+    capacity: IntArray,
+    docs: SlotArray,
+    weights: WeightArray,
+    terms: int,
+    alive: BoolArray,
+    new_docs: SlotArray,
+    new_weights: WeightArray,
+) -> int:
+    """Copy every term's postings of live stories into the new arrays, each block with room
+    for as many again; returns the new high-water mark. `new_docs` must hold twice the live
+    postings (and 4 per term).
+    """
+    used = 0
+    for term in range(terms):
+        old = start[term]
+        kept = 0
+        for j in range(size[term]):
+            slot = docs[old + j]
+            if alive[slot]:
+                new_docs[used + kept] = slot
+                new_weights[used + kept] = weights[old + j]
+                kept += 1
+        start[term] = used
+        size[term] = kept
+        capacity[term] = max(4, 2 * kept)
+        used += capacity[term]
+    return used
+
+
+BLOCK = 512  # slots per block of the block summaries `earlier_pass` skips through
+
+
+@compiled
+def is_earlier(
+    slot: int,
+    times: FloatArray,
+    alive: BoolArray,
+    time: float,
+    since: float,
+    tied_earlier: IntArray,
+) -> bool:
+    """Whether the story in `slot` is earlier: alive, first seen in [since, time), or at `time`
+    exactly and listed in `tied_earlier` (sorted; same time, earlier uri).
+    """
+    if not alive[slot]:
+        return False
+    at = times[slot]
+    if since <= at < time:
+        return True
+    if at != time or tied_earlier.size == 0:
+        return False
+    lo, hi = 0, tied_earlier.size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if tied_earlier[mid] < slot:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < tied_earlier.size and tied_earlier[lo] == slot
+
+
+@compiled
+def same_time(
+    times: FloatArray,
+    alive: BoolArray,
+    slots: int,
+    block_low: FloatArray,
+    block_high: FloatArray,
+    time: float,
+    out: IntArray,
+) -> int:
+    """The live stories that first appeared at exactly `time`, into `out` in slot order; how
+    many. Only blocks whose time range holds `time` are read.
+    """
+    found = 0
+    for block in range((slots + BLOCK - 1) // BLOCK):
+        if block_low[block] <= time <= block_high[block]:
+            for slot in range(block * BLOCK, min(slots, (block + 1) * BLOCK)):
+                if alive[slot] and times[slot] == time:
+                    out[found] = slot
+                    found += 1
+    return found
+
+
+@compiled
+def earlier_pass(
+    times: FloatArray,
+    alive: BoolArray,
+    stale: BoolArray,
+    slots: int,
+    block_low: FloatArray,
+    block_high: FloatArray,
+    block_alive: IntArray,
+    block_stale: IntArray,
+    time: float,
+    since: float,
+    tied_earlier: IntArray,
+) -> tuple[int, int, int, int, int]:
+    """The stories earlier than `time` (see `is_earlier`): (how many, the first earlier slot,
+    the end of the run from it that holds no live story that is not earlier, the last earlier
+    slot, removed stories in that run whose postings are still listed). No earlier story:
+    (0, -1, 0, -1, 0).
+
+    Reads block summaries (per block of slots: the time range its stories were first seen in,
+    its live and its removed-but-listed stories) and only the blocks they cannot settle: about
+    in time order, as an instance reads the table, that is a block or two.
+    """
+    count = 0
+    first = -1
+    last_block = -1
+    end = slots
+    holes = 0
+    in_run = False
+    for block in range((slots + BLOCK - 1) // BLOCK):
+        low = block * BLOCK
+        high = min(slots, low + BLOCK)
+        if block_alive[block] == 0:
+            if in_run:
+                holes += block_stale[block]
+            continue
+        if first >= 0 and since <= block_low[block] and block_high[block] < time:
+            # Every live story in it is earlier (a run goes on through it).
+            count += block_alive[block]
+            last_block = block
+            if in_run:
+                holes += block_stale[block]
+            continue
+        if not in_run and (block_high[block] < since or block_low[block] > time):
+            continue  # nothing earlier in it, and no run for a live story to end
+        for slot in range(low, high):
+            if is_earlier(slot, times, alive, time, since, tied_earlier):
+                count += 1
+                last_block = block
+                if first < 0:
+                    first = slot
+                    in_run = True
+            elif in_run:
+                if alive[slot]:
+                    end = slot
+                    in_run = False
+                elif stale[slot]:
+                    holes += 1
+    if first < 0:
+        return 0, -1, 0, -1, 0
+    last = -1
+    for slot in range(min(slots, (last_block + 1) * BLOCK) - 1, last_block * BLOCK - 1, -1):
+        if is_earlier(slot, times, alive, time, since, tied_earlier):
+            last = slot
+            break
+    return count, first, end, last, holes
+
+
+@compiled
+def frequencies(
+    start: IntArray,
+    size: IntArray,
+    docs: SlotArray,
+    term_ids: IntArray,
+    times: FloatArray,
+    alive: BoolArray,
+    time: float,
+    since: float,
+    tied_earlier: IntArray,
+    first: int,
+    end: int,
+    last: int,
+    holes: int,
+    common: int,
+    df: FloatArray,
+    spans: IntArray,
+) -> None:
+    """How many earlier stories hold each term: exact up to `common`, and above it some number
+    above `common`. `spans[i]` gets where term i's postings that may be earlier begin and end
+    (relative to its block; empty for a common term).
+
+    Postings in the run [first, end) are earlier unless removed: when a term has `common` +
+    `holes` + 1 postings inside the run, it is common without counting on.
+    """
+    for i in range(term_ids.size):
+        term = term_ids[i]
+        base = start[term]
+        held = size[term]
+        lo, hi = 0, held  # the first posting at or after `first`
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if docs[base + mid] < first:
+                lo = mid + 1
+            else:
+                hi = mid
+        known = lo + common + holes
+        if known < held and docs[base + known] < end:
+            df[i] = common + 1
+            spans[i, 0] = lo
+            spans[i, 1] = lo
+            continue
+        counted = 0
+        stop = lo
+        while stop < held:
+            slot = docs[base + stop]
+            if slot > last:
+                break
+            if is_earlier(slot, times, alive, time, since, tied_earlier):
+                counted += 1
+            stop += 1
+        df[i] = counted
+        spans[i, 0] = lo
+        spans[i, 1] = stop
+
+
+@compiled
+def accumulate(
+    start: IntArray,
+    docs: SlotArray,
+    weights: WeightArray,
+    term_ids: IntArray,
+    spans: IntArray,
+    idf: FloatArray,
+    times: FloatArray,
+    alive: BoolArray,
+    time: float,
+    since: float,
+    tied_earlier: IntArray,
+    sums: FloatArray,
+    touched: IntArray,
+) -> int:
+    """Add each earlier story's BM25 contributions into `sums` (zero on entry for every slot),
+    term by term in the query's order and slot order within a term; the stories touched go to
+    `touched`, and how many is returned. `collect` reads them and zeroes `sums` again.
+    """
+    found = 0
+    for i in range(term_ids.size):
+        base = start[term_ids[i]]
+        rarity = idf[i]
+        for j in range(spans[i, 0], spans[i, 1]):
+            slot = docs[base + j]
+            if is_earlier(slot, times, alive, time, since, tied_earlier):
+                if sums[slot] == 0.0:
+                    touched[found] = slot
+                    found += 1
+                sums[slot] += rarity * np.float64(weights[base + j])
+    return found
+
+
+@compiled
+def collect(
+    sums: FloatArray,
+    touched: IntArray,
+    found: int,
+    least: float,
+    slots_out: IntArray,
+    sums_out: FloatArray,
+) -> int:
+    """The touched stories whose sum reaches `least` (above zero when `least` is 0), with their
+    sums, in the order touched; zeroes `sums` for the next lookup. Returns how many.
+    """
+    kept = 0
+    for i in range(found):
+        slot = touched[i]
+        summed = sums[slot]
+        sums[slot] = 0.0
+        if summed >= least if least > 0 else summed > 0:
+            slots_out[kept] = slot
+            sums_out[kept] = summed
+            kept += 1
+    return kept
