@@ -15,7 +15,7 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 
-from services.enrichment.jit import compiled
+from services.enrichment.kernels import compiled
 
 FloatArray = npt.NDArray[np.float64]
 

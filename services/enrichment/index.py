@@ -21,7 +21,6 @@ import numpy.typing as npt
 
 from services.enrichment import kernels
 from services.enrichment.entities import FoundEntities, extract_entities
-from services.enrichment.jit import compiled
 from services.enrichment.text import normalise, read_story
 from shared.events import Article
 
@@ -91,7 +90,7 @@ class Neighbours:
     duplicate_of: str | None
 
 
-@compiled
+@kernels.compiled
 def _min_hashes(
     hashes: npt.NDArray[np.uint64], a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]
 ) -> Signature:
