@@ -17,6 +17,14 @@ _ASCII_IN_WORDS = frozenset(string.ascii_letters + string.digits + "_'-")
 _ASCII_SPACED = bytes(c if chr(c) in _ASCII_IN_WORDS else ord(" ") for c in range(256))
 _NOT_FIRST = string.digits + "_'-"
 _NOT_LAST = "_'-"
+# Each character's kind: letter "a", digit "0", "-" for "_'-", else space. A run needs trimming
+# only where a space is followed by "0" or "-", or preceded by "-".
+_KINDS = bytes(
+    ord("a" if chr(c) in string.ascii_letters else "0" if chr(c) in string.digits else "-")
+    if chr(c) in _ASCII_IN_WORDS
+    else ord(" ")
+    for c in range(256)
+)
 TAG = re.compile(r"<[^>]+>")
 _STOPWORDS = """
 a about above after again against all also am an and any are as at be because been before being
@@ -85,7 +93,11 @@ def words_of(text: str) -> list[str]:
     """`WORD.findall(text)`, quicker when the text is ASCII."""
     if not text.isascii():
         return WORD.findall(text)
-    runs = text.encode().translate(_ASCII_SPACED).decode().split()
+    raw = text.encode()
+    runs = raw.translate(_ASCII_SPACED).decode().split()
+    kinds = b" " + raw.translate(_KINDS) + b" "
+    if b" 0" not in kinds and b" -" not in kinds and b"- " not in kinds:
+        return runs
     return [word for run in runs if (word := run.lstrip(_NOT_FIRST).rstrip(_NOT_LAST))]
 
 
