@@ -10,6 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import cast
 
 import numpy as np
@@ -66,24 +67,19 @@ class SectionClassifier:
 
     def predict(self, counts: Mapping[str, int]) -> Prediction | None:
         """The likeliest section and a calibrated confidence; None when no term is known."""
-        rows = list(map(self._vocabulary.get, counts))
-        weights = _weights(counts)
-        if None in rows:
-            known = [(r, w) for r, w in zip(rows, weights, strict=True) if r is not None]
-            rows, weights = [r for r, _ in known], [w for _, w in known]
-        if not rows or not self.trained:
-            return None
+        # Row -1: a term never learned, which says nothing.
+        rows = np.fromiter(map(self._vocabulary.get, counts, repeat(-1)), np.int64, len(counts))
         best, confidence = _posterior(
             self._counts,
-            np.array(rows, dtype=np.int64),
-            np.array(weights),
+            rows,
+            np.array(_weights(counts)),
             self._totals,
             self._documents,
             self._smoothing,
             len(self._vocabulary),
             self._temper,
         )
-        return Prediction(self.classes[best], confidence)
+        return None if best < 0 else Prediction(self.classes[best], confidence)
 
 
 @compiled
@@ -97,14 +93,17 @@ def _posterior(
     vocabulary: int,
     temper: float,
 ) -> tuple[int, float]:
-    """The likeliest section's column and its probability, given a story's known terms (their
-    rows in `counts`) and their weights.
+    """The likeliest section's column and its probability, given a story's terms (their rows in
+    `counts`, -1 if unknown) and their weights; column -1 when no term is known or nothing learned.
     """
     sections = totals.shape[0]
     learned = documents.sum()
+    known = rows >= 0
+    if learned == 0 or not known.any():
+        return -1, 0.0
     # Naive Bayes is overconfident on long texts (it multiplies dependent evidence); `temper`
     # > 0 divides by a power of the evidence size to soften that.
-    scale = max(1.0, weights.sum() ** temper)
+    scale = max(1.0, weights[known].sum() ** temper)
     log_posterior = np.empty(sections)
     for k in range(sections):
         if documents[k] == 0:
@@ -114,7 +113,8 @@ def _posterior(
         denominator = np.log(totals[k] + smoothing * vocabulary)
         evidence = 0.0
         for i in range(rows.shape[0]):
-            evidence += weights[i] * (np.log(counts[rows[i], k] + smoothing) - denominator)
+            if rows[i] >= 0:
+                evidence += weights[i] * (np.log(counts[rows[i], k] + smoothing) - denominator)
         prior = np.log((documents[k] + 1.0) / (learned + sections))
         log_posterior[k] = (prior + evidence) / scale
     probabilities = np.exp(log_posterior - log_posterior.max())
