@@ -96,16 +96,15 @@ def _min_hashes(
 ) -> Signature:
     """For each permutation (a, b), the least `(a*x + b) mod 2^64 >> 32` over the word pairs x."""
     mix, shift = np.uint64(0x9E3779B97F4A7C15), np.uint64(32)
-    lowest = np.full(a.shape[0], np.uint64(0xFFFFFFFF))
-    pairs = hashes.shape[0] - 1
-    for i in range(max(pairs, 1)):
-        # A word pair: the first word's hash mixed into the high bits, the second's added.
-        x = (hashes[i] * mix) ^ hashes[i + 1] if pairs > 0 else hashes[i]
-        for p in range(a.shape[0]):
-            h = (a[p] * x + b[p]) >> shift
-            if h < lowest[p]:
-                lowest[p] = h
-    return lowest.astype(np.uint32)
+    # A word pair: the first word's hash mixed into the high bits, the second's added.
+    pairs = (hashes[:-1] * mix) ^ hashes[1:] if hashes.shape[0] > 1 else hashes
+    signature = np.empty(a.shape[0], dtype=np.uint32)
+    for p in range(a.shape[0]):
+        lowest = np.uint64(0xFFFFFFFF)
+        for i in range(pairs.shape[0]):
+            lowest = min(lowest, (a[p] * pairs[i] + b[p]) >> shift)
+        signature[p] = lowest
+    return signature
 
 
 class Shingler:
