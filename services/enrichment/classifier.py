@@ -10,9 +10,13 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
+
+from services.enrichment.kernels import compiled
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -49,16 +53,12 @@ class SectionClassifier:
         column = self._class_index.get(section_id)
         if column is None:
             return  # e.g. the fallback section: nothing to learn about a topic
-        rows = []
-        amounts = []
-        for term, count in _features(counts).items():
-            row = self._vocabulary.get(term)
-            if row is None:
-                row = self._vocabulary[term] = len(self._vocabulary)
-            rows.append(row)
-            amounts.append(count * weight)
-        if len(self._vocabulary) > len(self._counts):
-            grown = np.zeros((max(len(self._vocabulary), 2 * len(self._counts)), len(self.classes)))
+        vocabulary = self._vocabulary
+        # A term not seen before takes the next row.
+        rows = [vocabulary.setdefault(term, len(vocabulary)) for term in counts]
+        amounts = [w * weight for w in _weights(counts)]
+        if len(vocabulary) > len(self._counts):
+            grown = np.zeros((max(len(vocabulary), 2 * len(self._counts)), len(self.classes)))
             grown[: len(self._counts)] = self._counts
             self._counts = grown
         self._counts[rows, column] += amounts
@@ -67,31 +67,71 @@ class SectionClassifier:
 
     def predict(self, counts: Mapping[str, int]) -> Prediction | None:
         """The likeliest section and a calibrated confidence; None when no term is known."""
-        features = _features(counts)
-        known = [(self._vocabulary[t], w) for t, w in features.items() if t in self._vocabulary]
-        if not known or not self.trained:
-            return None
-        rows = np.fromiter((r for r, _ in known), dtype=np.int64, count=len(known))
-        weights = np.fromiter((w for _, w in known), dtype=np.float64, count=len(known))
-        vocabulary = len(self._vocabulary)
-        likelihood = np.log(self._counts[rows] + self._smoothing) - np.log(
-            self._totals + self._smoothing * vocabulary
+        # Row -1: a term never learned, which says nothing.
+        rows = np.fromiter(map(self._vocabulary.get, counts, repeat(-1)), np.int64, len(counts))
+        best, confidence = _posterior(
+            self._counts,
+            rows,
+            np.array(_weights(counts)),
+            self._totals,
+            self._documents,
+            self._smoothing,
+            len(self._vocabulary),
+            self._temper,
         )
-        prior = np.log((self._documents + 1.0) / (self._documents.sum() + len(self.classes)))
-        log_posterior = prior + weights @ likelihood
-        # A section nothing was learned about has flat likelihoods that would beat real evidence.
-        log_posterior[self._documents == 0] = -np.inf
-        # Naive Bayes is overconfident on long texts (it multiplies dependent evidence); `temper`
-        # > 0 divides by a power of the evidence size to soften that.
-        scaled = log_posterior / max(1.0, float(weights.sum()) ** self._temper)
-        probabilities = np.exp(scaled - scaled.max())
-        probabilities /= probabilities.sum()
-        best = int(np.argmax(probabilities))
-        return Prediction(self.classes[best], float(probabilities[best]))
+        return None if best < 0 else Prediction(self.classes[best], confidence)
 
 
-def _features(counts: Mapping[str, int]) -> dict[str, float]:
-    return {t: 1.0 + math.log(c) for t, c in counts.items()}
+@compiled
+def _posterior(
+    counts: FloatArray,
+    rows: npt.NDArray[np.int64],
+    weights: FloatArray,
+    totals: FloatArray,
+    documents: FloatArray,
+    smoothing: float,
+    vocabulary: int,
+    temper: float,
+) -> tuple[int, float]:
+    """The likeliest section's column and its probability, given a story's terms (their rows in
+    `counts`, -1 if unknown) and their weights; column -1 when no term is known or nothing learned.
+    """
+    sections = totals.shape[0]
+    learned = documents.sum()
+    known = rows >= 0
+    if learned == 0 or not known.any():
+        return -1, 0.0
+    # Naive Bayes is overconfident on long texts (it multiplies dependent evidence); `temper`
+    # > 0 divides by a power of the evidence size to soften that.
+    scale = max(1.0, weights[known].sum() ** temper)
+    log_posterior = np.empty(sections)
+    for k in range(sections):
+        if documents[k] == 0:
+            # A section nothing was learned about has flat likelihoods that would beat evidence.
+            log_posterior[k] = -np.inf
+            continue
+        denominator = np.log(totals[k] + smoothing * vocabulary)
+        evidence = 0.0
+        for i in range(rows.shape[0]):
+            if rows[i] >= 0:
+                evidence += weights[i] * (np.log(counts[rows[i], k] + smoothing) - denominator)
+        prior = np.log((documents[k] + 1.0) / (learned + sections))
+        log_posterior[k] = (prior + evidence) / scale
+    probabilities = np.exp(log_posterior - log_posterior.max())
+    probabilities /= probabilities.sum()
+    best = int(np.argmax(probabilities))
+    return best, float(probabilities[best])
+
+
+# A term's weight is 1 + log(count); counts are small, so most weights are looked up.
+_WEIGHTS = {count: 1.0 + math.log(count) for count in range(1, 1024)}
+
+
+def _weights(counts: Mapping[str, int]) -> list[float]:
+    weights = list(map(_WEIGHTS.get, counts.values()))
+    if None in weights:
+        return [1.0 + math.log(c) for c in counts.values()]
+    return cast(list[float], weights)
 
 
 def term_counts(terms: Iterable[str]) -> dict[str, int]:

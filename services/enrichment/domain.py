@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from services.enrichment.classifier import SectionClassifier, term_counts
-from services.enrichment.index import IndexSettings, StoryIndex
+from services.enrichment.entities import FoundEntities
+from services.enrichment.index import IndexSettings, Neighbours, StoryIndex
 from services.enrichment.taxonomy import Section, Taxonomy
 from services.enrichment.text import story_text, tokens
 from shared.events import (
@@ -134,25 +135,35 @@ class StoryEnricher:
         found = self.index.neighbours(features, rules.related_limit, rules.related_min_score)
         if lookup_timer is not None:
             lookup_timer(time.perf_counter() - started)
-        related = [
-            RelatedStory.model_validate(
-                {"uri": m.uri, "headline": m.headline, "url": m.url, "score": m.score}
-            )
-            for m in found.related
-        ]
-        entities = Entities(
-            people=list(features.entities.people),
-            places=list(features.entities.places),
-            organisations=list(features.entities.organisations),
+        return enriched_story(article, section, found, features.entities, now or datetime.now(UTC))
+
+
+def enriched_story(
+    article: Article,
+    section: SectionAssignment,
+    found: Neighbours,
+    entities: FoundEntities,
+    enriched_at: datetime,
+) -> Story:
+    """The story as it goes out: the article with its section, links and entities."""
+    related = [
+        RelatedStory.model_validate(
+            {"uri": m.uri, "headline": m.headline, "url": m.url, "score": m.score}
         )
-        enrichment = Enrichment(
-            section=section,
-            related=related,
-            entities=entities,
-            duplicate_of=found.duplicate_of,
-            enriched_at=now or datetime.now(UTC),
-        )
-        return _story(article, enrichment)
+        for m in found.related
+    ]
+    enrichment = Enrichment(
+        section=section,
+        related=related,
+        entities=Entities(
+            people=list(entities.people),
+            places=list(entities.places),
+            organisations=list(entities.organisations),
+        ),
+        duplicate_of=found.duplicate_of,
+        enriched_at=enriched_at,
+    )
+    return _story(article, enrichment)
 
 
 def _story(article: Article, enrichment: Enrichment) -> Story:

@@ -179,29 +179,40 @@ def extract_entities(text: str) -> FoundEntities:
     places: dict[str, None] = {}
     orgs: dict[str, None] = {}
     found = {"place": places, "org": orgs, "person": people}
-    if len(_READINGS) > _READINGS_MAX:
+    if len(_READINGS) > _READINGS_MAX or len(_SENTENCE_STARTS) > _READINGS_MAX:
         _READINGS.clear()
+        _SENTENCE_STARTS.clear()
     for match in _CAPITALISED.finditer(text):
         start = match.start()
-        at_start = bool(_SENTENCE_START.search(text[max(0, start - 4) : start]))
         before = text[max(0, start - 40) : start]
-        previous = before.rstrip().rsplit(None, 1)[-1].casefold() if before.strip() else ""
-        key = (match.group(0), previous in TITLES, at_start)
+        # Whether the name opens a sentence shows in the four characters before it.
+        opening = before[-4:]
+        at_start = _SENTENCE_STARTS.get(opening)
+        if at_start is None:
+            at_start = _SENTENCE_STARTS[opening] = bool(_SENTENCE_START.search(opening))
+        previous = before.rsplit(None, 1)
+        key = (match.group(), bool(previous) and previous[-1].casefold() in TITLES, at_start)
         reading = _READINGS.get(key)
         if reading is None:
             reading = _READINGS[key] = _read_name(*key)
         for kind, canonical in reading:
             found[kind][canonical] = None
-    for word in _DEMONYM_CANDIDATE.findall(text):
-        if (country := DEMONYMS.get(word.casefold())) is not None:
-            places[country] = None
+    # Most stories name no demonym: one quick search spares reading every capitalised word.
+    if _DEMONYM_MENTION.search(text):
+        for word in _DEMONYM_CANDIDATE.findall(text):
+            if (country := DEMONYMS.get(word.casefold())) is not None:
+                places[country] = None
     return FoundEntities(tuple(_fold_surnames(people)), tuple(places), tuple(orgs))
 
 
-# Names recur from story to story: each (name, after a title, at a sentence start) is read once.
+# Names recur from story to story: each (name, after a title, at a sentence start) is read once,
+# and each four characters before a name are looked at once.
 _READINGS: dict[tuple[str, bool, bool], tuple[tuple[str, str], ...]] = {}
 _READINGS_MAX = 200_000
+_SENTENCE_STARTS: dict[str, bool] = {}
 _DEMONYM_CANDIDATE = re.compile(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?\b")
+# A candidate is a demonym only when written as one: "Israeli", "South African".
+_DEMONYM_MENTION = re.compile("|".join(name.title() for name in DEMONYMS))
 
 
 def _read_name(found: str, after_title: bool, at_start: bool) -> tuple[tuple[str, str], ...]:

@@ -91,20 +91,37 @@ class Neighbours:
     duplicate_of: str | None
 
 
+@kernels.compiled
+def _min_hashes(
+    hashes: npt.NDArray[np.uint64], a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]
+) -> Signature:
+    """For each permutation (a, b), the least `(a*x + b) mod 2^64 >> 32` over the word pairs x."""
+    mix, shift = np.uint64(0x9E3779B97F4A7C15), np.uint64(32)
+    # A word pair: the first word's hash mixed into the high bits, the second's added.
+    pairs = (hashes[:-1] * mix) ^ hashes[1:] if hashes.shape[0] > 1 else hashes
+    signature = np.empty(a.shape[0], dtype=np.uint32)
+    for p in range(a.shape[0]):
+        lowest = np.uint64(0xFFFFFFFF)
+        for i in range(pairs.shape[0]):
+            lowest = min(lowest, (a[p] * pairs[i] + b[p]) >> shift)
+        signature[p] = lowest
+    return signature
+
+
 class Shingler:
     """MinHash signatures with fixed permutations: every instance signs a text the same way.
 
-    Word pairs are hashed once (crc32 of each word, mixed), then all permutations are applied
-    as one numpy multiply-add-shift (a universal hash family) and the minimum taken per row.
+    Word pairs are hashed once (crc32 of each word, mixed), then every permutation (a universal
+    hash family: multiply, add, shift) is applied and the minimum kept, in one compiled loop.
     """
 
     def __init__(self) -> None:
         rng = np.random.RandomState(1)
         # Odd 64-bit multipliers and 64-bit offsets: h(x) = (a*x + b) mod 2^64 >> 32.
-        self._a = (rng.randint(0, 2**63 - 1, NUM_PERM, dtype=np.uint64) << np.uint64(1)) | 1
-        self._b = rng.randint(0, 2**63 - 1, NUM_PERM, dtype=np.uint64) << np.uint64(1)
-        self._a = self._a.reshape(NUM_PERM, 1)
-        self._b = self._b.reshape(NUM_PERM, 1)
+        a = (rng.randint(0, 2**63 - 1, NUM_PERM, dtype=np.uint64) << np.uint64(1)) | 1
+        b = rng.randint(0, 2**63 - 1, NUM_PERM, dtype=np.uint64) << np.uint64(1)
+        self._a = np.asarray(a, dtype=np.uint64)
+        self._b = np.asarray(b, dtype=np.uint64)
         self._word_hashes: dict[str, int] = {}
 
     def signature(self, words: list[str]) -> Signature:
@@ -119,14 +136,7 @@ class Shingler:
                 if h is None:
                     word = seq[i]
                     hashes[i] = cache[word] = zlib.crc32(normalise(word).encode())
-        w = np.asarray(hashes or [0], dtype=np.uint64)
-        if len(w) > 1:
-            # A word pair: the first word's hash mixed into the high bits, the second's added.
-            w = (w[:-1] * np.uint64(0x9E3779B97F4A7C15)) ^ w[1:]
-        rows = self._a * w
-        rows += self._b
-        rows >>= np.uint64(32)
-        return np.asarray(rows.min(axis=1), dtype=np.uint32)
+        return _min_hashes(np.array(hashes or [0], dtype=np.uint64), self._a, self._b)
 
 
 def features_of(article: Article, shingler: Shingler) -> Features:

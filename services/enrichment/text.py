@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import html
 import re
+import string
 import unicodedata
 from dataclasses import dataclass
 
 from shared.events import Article
 
 WORD = re.compile(r"[^\W\d_][\w'\u2019-]*[^\W_]|[^\W\d_]", re.UNICODE)
-# The same words as WORD in a text that is all ASCII (most news copy): no Unicode class lookups.
-_ASCII_WORD = re.compile(r"[a-zA-Z][a-zA-Z0-9_'-]*[a-zA-Z0-9]|[a-zA-Z]")
+# In ASCII text (most news copy) WORD finds the runs of these characters, each trimmed to begin
+# with a letter and end with a letter or digit: a byte translation and `split` find the runs.
+_ASCII_IN_WORDS = frozenset(string.ascii_letters + string.digits + "_'-")
+_ASCII_SPACED = bytes(c if chr(c) in _ASCII_IN_WORDS else ord(" ") for c in range(256))
+_NOT_FIRST = string.digits + "_'-"
+_NOT_LAST = "_'-"
+# Each character's kind: letter "a", digit "0", "-" for "_'-", else space. A run needs trimming
+# only where a space is followed by "0" or "-", or preceded by "-".
+_KINDS = bytes(
+    ord("a" if chr(c) in string.ascii_letters else "0" if chr(c) in string.digits else "-")
+    if chr(c) in _ASCII_IN_WORDS
+    else ord(" ")
+    for c in range(256)
+)
 TAG = re.compile(r"<[^>]+>")
 _STOPWORDS = """
 a about above after again against all also am an and any are as at be because been before being
@@ -73,12 +86,19 @@ def _terms_of(lowered_words: list[str]) -> list[str]:
             if term is None:
                 word = lowered_words[i]
                 found[i] = _TERMS[word] = _term(word)
-    return [term for term in found if term]
+    return list(filter(None, found))
 
 
 def words_of(text: str) -> list[str]:
     """`WORD.findall(text)`, quicker when the text is ASCII."""
-    return (_ASCII_WORD if text.isascii() else WORD).findall(text)
+    if not text.isascii():
+        return WORD.findall(text)
+    raw = text.encode()
+    runs = raw.translate(_ASCII_SPACED).decode().split()
+    kinds = b" " + raw.translate(_KINDS) + b" "
+    if b" 0" not in kinds and b" -" not in kinds and b"- " not in kinds:
+        return runs
+    return [word for run in runs if (word := run.lstrip(_NOT_FIRST).rstrip(_NOT_LAST))]
 
 
 def tokens(text: str) -> list[str]:
