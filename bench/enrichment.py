@@ -1,10 +1,12 @@
 """Enrichment benchmark: stories/s end to end through Kafka with 100k stories indexed, related
 lookup latency, RSS, and the ratio to a plain aiokafka consume->produce passthrough.
 
-    .venv/bin/python bench/enrichment.py [--indexed 100000] [--stories 20000]
+    .venv/bin/python bench/enrichment.py [--indexed 100000] [--stories 20000] [--feature-workers 1]
 
-Starts its own embedded broker (Tansu, memory only) and one enrichment process, and stops both by
-pid. Stories are synthetic (~3 KB, clustered around events, with named people and places).
+Starts its own embedded broker (Tansu, memory only) and one enrichment process (with its feature
+worker processes), and stops both by pid. Stories are synthetic (~3 KB, clustered around events,
+with named people and places). CPU per measured story is the enrichment process's, and its
+children's (the feature workers), over the measured stories.
 """
 
 from __future__ import annotations
@@ -192,6 +194,30 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by one process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        found += [int(child) for child in children.read_text().split()]
+    return found
+
+
+def cpu_by_process(pid: int) -> dict[int, float]:
+    """CPU seconds so far of the service process and each of its child processes."""
+    out = {}
+    for member in [pid, *children_of(pid)]:
+        try:
+            out[member] = cpu_s(member)
+        except OSError:
+            continue  # it has just exited
+    return out
+
+
 def lookup_percentiles(metrics: str) -> dict[str, float]:
     """p50/p99 upper bounds (ms) from the service's related-lookup histogram buckets."""
     buckets: list[tuple[float, float]] = []
@@ -232,6 +258,7 @@ async def run(args: argparse.Namespace) -> None:
             "NEWSFLOW_ENRICHMENT_PORT": str(port),
             "NEWSFLOW_LOG_LEVEL": "WARNING",
             "NEWSFLOW_LOG_FORMAT": "json",
+            "NEWSFLOW_ENRICHMENT_FEATURE_WORKERS": str(args.feature_workers),
         }
         started = time.perf_counter()
         service = spawn(
@@ -248,6 +275,7 @@ async def run(args: argparse.Namespace) -> None:
         rebuild_s = time.perf_counter() - started
         print(f"index of {args.indexed} stories rebuilt from the topic in {rebuild_s:.1f} s")
 
+        cpu_before = cpu_by_process(service.pid)
         started = time.perf_counter()
         reader = asyncio.create_task(
             count_until(bootstrap, topics.enriched, args.stories, timeout_s=600)
@@ -255,7 +283,12 @@ async def run(args: argparse.Namespace) -> None:
         await produce(bootstrap, topics.ingested, measured)
         finished = await reader
         enriched_rate = args.stories / (finished - started)
+        cpu_after = cpu_by_process(service.pid)
+        used = {p: cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after}
+        service_cpu_us = used.pop(service.pid) / args.stories * 1e6
+        children_cpu_us = sum(used.values()) / args.stories * 1e6
         rss = peak_rss_mib(service.pid)
+        children_rss = sum(peak_rss_mib(p) for p in children_of(service.pid))
         lookup = lookup_percentiles(http_text(f"{service.address}/metrics"))
         service.stop()
         service = None
@@ -276,13 +309,24 @@ async def run(args: argparse.Namespace) -> None:
         f"{lookup['count']:.0f} lookups): p50 <= {lookup['p50']:.1f} ms, "
         f"p99 <= {lookup['p99']:.1f} ms"
     )
-    print(f"enrichment peak RSS: {rss:,.0f} MiB")
+    print(
+        f"enrichment CPU per measured story: {service_cpu_us + children_cpu_us:,.0f} us "
+        f"(service process {service_cpu_us:,.0f} us, child processes {children_cpu_us:,.0f} us; "
+        f"feature workers: {args.feature_workers})"
+    )
+    print(f"enrichment peak RSS: {rss:,.0f} MiB (child processes: {children_rss:,.0f} MiB)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--indexed", type=int, default=100_000)
     parser.add_argument("--stories", type=int, default=20_000)
+    parser.add_argument(
+        "--feature-workers",
+        type=int,
+        default=1,
+        help="NEWSFLOW_ENRICHMENT_FEATURE_WORKERS for the service (0: features in process)",
+    )
     parser.add_argument(
         "--log", default=str(Path(tempfile.gettempdir()) / "newsflow-bench-enrichment.log")
     )
