@@ -10,6 +10,8 @@ killed outright), the worker's next read ends and it exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import multiprocessing
 import os
 import pickle
@@ -28,6 +30,10 @@ from shared.events import InvalidEvent, decode_article
 
 FoundFeatures = list[Features | None]
 _HEADER = struct.Struct("!Q")  # each message: its length, then the pickled value
+# A pipe holds 64 KiB by default, less than one chunk (~230 KB in, ~90 KB out): then a worker
+# waits for the service's event loop to pass each piece on, and that loop is busy inserting the
+# chunk before. Pipes this large (Linux's default limit) hold the chunks in flight.
+PIPE_BYTES = 1 << 20
 STOP_WITHIN_S = 5.0
 
 
@@ -82,6 +88,8 @@ class _Worker:
         # Only the worker holds its ends now: each side sees the other's end close.
         their_requests.close()
         their_answers.close()
+        for pipe in (our_requests, our_answers):
+            _enlarge(pipe)
         answers = _Answers()
         await loop.connect_read_pipe(lambda: answers, _file(our_answers, "rb"))
         requests, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, _file(our_requests, "wb"))
@@ -142,6 +150,13 @@ class _Answers(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+def _enlarge(pipe: Connection) -> None:
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if set_size is not None:
+        with contextlib.suppress(OSError):  # above the system's limit: the default size
+            fcntl.fcntl(pipe.fileno(), set_size, PIPE_BYTES)
 
 
 def _file(connection: Connection, mode: str, buffering: int = 0) -> BinaryIO:

@@ -1,5 +1,6 @@
 """enrichment over the real broker: two instances in one group link like one, a restarted
-instance rebuilds its index before it takes work, poison records go to the DLQ.
+instance rebuilds its index before it takes work, poison records go to the DLQ, and features
+computed in a worker process enrich exactly like features computed in the service process.
 
 Stories are read back from `stories.enriched.v1` with plain aiokafka, as an internal team would.
 """
