@@ -218,6 +218,16 @@ def cpu_by_process(pid: int) -> dict[int, float]:
     return out
 
 
+def _mean_ms(metrics: str, histogram: str) -> float:
+    values = {
+        line.split(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith((f"{histogram}_sum ", f"{histogram}_count "))
+    }
+    count = values.get(f"{histogram}_count", 0.0)
+    return values.get(f"{histogram}_sum", 0.0) / count * 1000 if count else float("nan")
+
+
 def lookup_percentiles(metrics: str) -> dict[str, float]:
     """p50/p99 upper bounds (ms) from the service's related-lookup histogram buckets."""
     buckets: list[tuple[float, float]] = []
@@ -226,7 +236,7 @@ def lookup_percentiles(metrics: str) -> dict[str, float]:
             bound = line.split('le="', 1)[1].split('"', 1)[0]
             buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
     total = buckets[-1][1] if buckets else 0.0
-    out = {"count": total}
+    out = {"count": total, "mean": _mean_ms(metrics, "newsflow_enrichment_related_lookup_seconds")}
     for name, share in (("p50", 0.5), ("p99", 0.99)):
         out[name] = next((b * 1000 for b, n in buckets if n >= share * total), float("inf"))
     return out
@@ -289,7 +299,9 @@ async def run(args: argparse.Namespace) -> None:
         children_cpu_us = sum(used.values()) / args.stories * 1e6
         rss = peak_rss_mib(service.pid)
         children_rss = sum(peak_rss_mib(p) for p in children_of(service.pid))
-        lookup = lookup_percentiles(http_text(f"{service.address}/metrics"))
+        metrics = http_text(f"{service.address}/metrics")
+        lookup = lookup_percentiles(metrics)
+        enrich_ms = _mean_ms(metrics, "newsflow_enrichment_seconds")
         service.stop()
         service = None
 
@@ -307,8 +319,9 @@ async def run(args: argparse.Namespace) -> None:
     print(
         f"related lookup with {args.indexed}+ stories indexed (service histogram, "
         f"{lookup['count']:.0f} lookups): p50 <= {lookup['p50']:.1f} ms, "
-        f"p99 <= {lookup['p99']:.1f} ms"
+        f"p99 <= {lookup['p99']:.1f} ms, mean {lookup['mean']:.2f} ms"
     )
+    print(f"enriching one story (lookup included), mean: {enrich_ms:.2f} ms")
     print(
         f"enrichment CPU per measured story: {service_cpu_us + children_cpu_us:,.0f} us "
         f"(service process {service_cpu_us:,.0f} us, child processes {children_cpu_us:,.0f} us; "
