@@ -1,10 +1,12 @@
 """Enrichment benchmark: stories/s end to end through Kafka with 100k stories indexed, related
 lookup latency, RSS, and the ratio to a plain aiokafka consume->produce passthrough.
 
-    .venv/bin/python bench/enrichment.py [--indexed 100000] [--stories 20000]
+    .venv/bin/python bench/enrichment.py [--indexed 100000] [--stories 20000] [--feature-workers 1]
 
-Starts its own embedded broker (Tansu, memory only) and one enrichment process, and stops both by
-pid. Stories are synthetic (~3 KB, clustered around events, with named people and places).
+Starts its own embedded broker (Tansu, memory only) and one enrichment process (with its feature
+worker processes), and stops both by pid. Stories are synthetic (~3 KB, clustered around events,
+with named people and places). CPU per measured story is the enrichment process's, and its
+children's (the feature workers), over the measured stories.
 """
 
 from __future__ import annotations
@@ -192,6 +194,40 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by one process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        found += [int(child) for child in children.read_text().split()]
+    return found
+
+
+def cpu_by_process(pid: int) -> dict[int, float]:
+    """CPU seconds so far of the service process and each of its child processes."""
+    out = {}
+    for member in [pid, *children_of(pid)]:
+        try:
+            out[member] = cpu_s(member)
+        except OSError:
+            continue  # it has just exited
+    return out
+
+
+def _mean_ms(metrics: str, histogram: str) -> float:
+    values = {
+        line.split(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith((f"{histogram}_sum ", f"{histogram}_count "))
+    }
+    count = values.get(f"{histogram}_count", 0.0)
+    return values.get(f"{histogram}_sum", 0.0) / count * 1000 if count else float("nan")
+
+
 def lookup_percentiles(metrics: str) -> dict[str, float]:
     """p50/p99 upper bounds (ms) from the service's related-lookup histogram buckets."""
     buckets: list[tuple[float, float]] = []
@@ -200,7 +236,7 @@ def lookup_percentiles(metrics: str) -> dict[str, float]:
             bound = line.split('le="', 1)[1].split('"', 1)[0]
             buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
     total = buckets[-1][1] if buckets else 0.0
-    out = {"count": total}
+    out = {"count": total, "mean": _mean_ms(metrics, "newsflow_enrichment_related_lookup_seconds")}
     for name, share in (("p50", 0.5), ("p99", 0.99)):
         out[name] = next((b * 1000 for b, n in buckets if n >= share * total), float("inf"))
     return out
@@ -232,6 +268,7 @@ async def run(args: argparse.Namespace) -> None:
             "NEWSFLOW_ENRICHMENT_PORT": str(port),
             "NEWSFLOW_LOG_LEVEL": "WARNING",
             "NEWSFLOW_LOG_FORMAT": "json",
+            "NEWSFLOW_ENRICHMENT_FEATURE_WORKERS": str(args.feature_workers),
         }
         started = time.perf_counter()
         service = spawn(
@@ -248,6 +285,7 @@ async def run(args: argparse.Namespace) -> None:
         rebuild_s = time.perf_counter() - started
         print(f"index of {args.indexed} stories rebuilt from the topic in {rebuild_s:.1f} s")
 
+        cpu_before = cpu_by_process(service.pid)
         started = time.perf_counter()
         reader = asyncio.create_task(
             count_until(bootstrap, topics.enriched, args.stories, timeout_s=600)
@@ -255,8 +293,15 @@ async def run(args: argparse.Namespace) -> None:
         await produce(bootstrap, topics.ingested, measured)
         finished = await reader
         enriched_rate = args.stories / (finished - started)
+        cpu_after = cpu_by_process(service.pid)
+        used = {p: cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after}
+        service_cpu_us = used.pop(service.pid) / args.stories * 1e6
+        children_cpu_us = sum(used.values()) / args.stories * 1e6
         rss = peak_rss_mib(service.pid)
-        lookup = lookup_percentiles(http_text(f"{service.address}/metrics"))
+        children_rss = sum(peak_rss_mib(p) for p in children_of(service.pid))
+        metrics = http_text(f"{service.address}/metrics")
+        lookup = lookup_percentiles(metrics)
+        enrich_ms = _mean_ms(metrics, "newsflow_enrichment_seconds")
         service.stop()
         service = None
 
@@ -274,15 +319,27 @@ async def run(args: argparse.Namespace) -> None:
     print(
         f"related lookup with {args.indexed}+ stories indexed (service histogram, "
         f"{lookup['count']:.0f} lookups): p50 <= {lookup['p50']:.1f} ms, "
-        f"p99 <= {lookup['p99']:.1f} ms"
+        f"p99 <= {lookup['p99']:.1f} ms, mean {lookup['mean']:.2f} ms"
     )
-    print(f"enrichment peak RSS: {rss:,.0f} MiB")
+    print(f"enriching one story (lookup included), mean: {enrich_ms:.2f} ms")
+    print(
+        f"enrichment CPU per measured story: {service_cpu_us + children_cpu_us:,.0f} us "
+        f"(service process {service_cpu_us:,.0f} us, child processes {children_cpu_us:,.0f} us; "
+        f"feature workers: {args.feature_workers})"
+    )
+    print(f"enrichment peak RSS: {rss:,.0f} MiB (child processes: {children_rss:,.0f} MiB)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--indexed", type=int, default=100_000)
     parser.add_argument("--stories", type=int, default=20_000)
+    parser.add_argument(
+        "--feature-workers",
+        type=int,
+        default=1,
+        help="NEWSFLOW_ENRICHMENT_FEATURE_WORKERS for the service (0: features in process)",
+    )
     parser.add_argument(
         "--log", default=str(Path(tempfile.gettempdir()) / "newsflow-bench-enrichment.log")
     )

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from services.enrichment.index import Features
 from shared.events import Article, EventMeta, InvalidEvent, decode_article
 from shared.kafka import IncomingRecord
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+
+Record = TypeVar("Record")
+Found = TypeVar("Found")
+IngestedRecord: TypeAlias = ConsumerRecord[bytes, bytes]
+# Features of raw record values, in order (None: none needed, or none to be had).
+FeatureSource = Callable[[list[bytes | None]], Awaitable[list[Features | None]]]
 
 
 class StoryFeed(Protocol):
@@ -37,13 +45,20 @@ class KafkaStoryTable:
         self,
         bootstrap_servers: str,
         topic: str,
-        observe: Callable[[Article], None],
+        observe: Callable[[Article, Features | None], None],
         *,
+        features: FeatureSource | None = None,
+        in_flight: int = 3,
         max_records: int = 2000,
         fetch_max_wait_ms: int = 20,
     ) -> None:
+        """`features` computes the records' features elsewhere (worker processes), up to
+        `in_flight` chunks at once; without it `observe` computes them in this process.
+        """
         self._topic = topic
         self._observe = observe
+        self._features = features
+        self._in_flight = in_flight if features is not None else 1
         self._max_records = max_records
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
@@ -60,6 +75,7 @@ class KafkaStoryTable:
         self._read: dict[int, int] = {}  # partition -> next offset to observe
         self._progress = asyncio.Condition()
         self._rebuilt = asyncio.Event()
+        self._rebuild_target: dict[int, int] = {}
         self.skipped = 0
 
     @property
@@ -79,21 +95,13 @@ class KafkaStoryTable:
 
     async def run(self) -> None:
         """Read forever; the first time the reader reaches the end, the index is rebuilt."""
-        target = await self._end_offsets()
+        target = self._rebuild_target = await self._end_offsets()
         log.info("rebuilding the story index", topic=self._topic, records=sum(target.values()))
         if self._reached(target):
             self._rebuilt.set()
-        while True:
-            batches: dict[
-                TopicPartition, list[ConsumerRecord[bytes, bytes]]
-            ] = await self._consumer.getmany(timeout_ms=200, max_records=self._max_records)
-            for message in heapq.merge(*batches.values(), key=lambda m: m.timestamp):
-                self._apply(message)
-            async with self._progress:
-                self._progress.notify_all()
-            if not self._rebuilt.is_set() and self._reached(target):
-                self._rebuilt.set()
-                log.info("story index rebuilt", observed=sum(self._read.values()))
+        await read_in_order(
+            self._fetch, self._features_of, self._observe_chunk, in_flight=self._in_flight
+        )
 
     async def wait_rebuilt(self) -> None:
         await self._rebuilt.wait()
@@ -108,7 +116,30 @@ class KafkaStoryTable:
         async with self._progress:
             await self._progress.wait_for(lambda: self._reached(target))
 
-    def _apply(self, message: ConsumerRecord[bytes, bytes]) -> None:
+    async def _fetch(self, wait: bool) -> list[IngestedRecord]:
+        batches: dict[TopicPartition, list[IngestedRecord]] = await self._consumer.getmany(
+            timeout_ms=200 if wait else 0, max_records=self._max_records
+        )
+        return list(heapq.merge(*batches.values(), key=lambda m: m.timestamp))
+
+    async def _features_of(self, chunk: list[IngestedRecord]) -> list[Features | None]:
+        if self._features is None:
+            return [None] * len(chunk)  # `observe` computes them
+        return await self._features([message.value for message in chunk])
+
+    async def _observe_chunk(
+        self, chunk: list[IngestedRecord], features: list[Features | None]
+    ) -> None:
+        # A record counts as read once it is observed: `caught_up_with` waits for that.
+        for message, found in zip(chunk, features, strict=True):
+            self._apply(message, found)
+        async with self._progress:
+            self._progress.notify_all()
+        if not self._rebuilt.is_set() and self._reached(self._rebuild_target):
+            self._rebuilt.set()
+            log.info("story index rebuilt", observed=sum(self._read.values()))
+
+    def _apply(self, message: IngestedRecord, features: Features | None) -> None:
         self._read[message.partition] = message.offset + 1
         try:
             EventMeta.from_headers(message.headers)
@@ -116,7 +147,7 @@ class KafkaStoryTable:
         except InvalidEvent:
             self.skipped += 1  # the consumer group parks it on the DLQ
             return
-        self._observe(article)
+        self._observe(article, features)
 
     def _reached(self, target: dict[int, int]) -> bool:
         return all(self._read.get(p, 0) >= offset for p, offset in target.items())
@@ -133,3 +164,38 @@ class KafkaStoryTable:
             await self._consumer.topics()  # refreshes the cluster metadata
             await asyncio.sleep(0.1)
         raise RuntimeError(f"topic {self._topic} has no partitions")
+
+
+async def read_in_order(
+    fetch: Callable[[bool], Awaitable[list[Record]]],
+    extract: Callable[[list[Record]], Awaitable[list[Found]]],
+    insert: Callable[[list[Record], list[Found]], Awaitable[None]],
+    *,
+    chunk_size: int = 64,
+    in_flight: int = 3,
+) -> None:
+    """Reads forever: each fetched batch is cut into chunks of at most `chunk_size` records, up
+    to `in_flight` chunks are extracted at once, and every chunk is inserted with what was
+    extracted from it in the order the records were fetched, whichever extraction ends first.
+
+    `fetch(wait)` waits for records only when nothing is being extracted; otherwise it takes
+    what has already arrived, so fetching, extracting and inserting overlap.
+    """
+    fetched: deque[list[Record]] = deque()
+    extracting: deque[tuple[list[Record], asyncio.Future[list[Found]]]] = deque()
+    try:
+        while True:
+            if not fetched:
+                batch = await fetch(not extracting)
+                fetched.extend(batch[i : i + chunk_size] for i in range(0, len(batch), chunk_size))
+            while fetched and len(extracting) < in_flight:
+                chunk = fetched.popleft()
+                extracting.append((chunk, asyncio.ensure_future(extract(chunk))))
+            if extracting:
+                chunk, extraction = extracting[0]
+                found = await extraction
+                extracting.popleft()
+                await insert(chunk, found)
+    finally:
+        for _, extraction in extracting:
+            extraction.cancel()

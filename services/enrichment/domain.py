@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from services.enrichment.classifier import SectionClassifier, term_counts
 from services.enrichment.entities import FoundEntities
-from services.enrichment.index import IndexSettings, Neighbours, StoryIndex
+from services.enrichment.index import Features, IndexSettings, Neighbours, StoryIndex
 from services.enrichment.taxonomy import Section, Taxonomy
 from services.enrichment.text import story_text, tokens
 from shared.events import (
@@ -94,16 +94,17 @@ class StoryEnricher:
         for article, section_id in labelled:
             self.classifier.learn(term_counts(tokens(story_text(article))), section_id)
 
-    def observe(self, article: Article) -> None:
+    def observe(self, article: Article, features: Features | None = None) -> None:
         """One article version from the ingested topic: index it, or drop it when withdrawn.
 
         A story whose provider section the taxonomy knows also teaches the classifier.
+        `features` are the version's `features_of` when already computed elsewhere.
         """
         self.observed += 1
         if article.is_withdrawn:
             self.index.remove(article.uri)
             return
-        features = self.index.add(article)
+        features = self.index.add(article, features)
         if article.section and (hinted := self.rules.taxonomy.by_hint(article.section)):
             self.classifier.learn(features.term_counts, hinted.id)
 

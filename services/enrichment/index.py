@@ -363,10 +363,10 @@ class StoryIndex:
 
     # --- keeping it current -------------------------------------------------------------------
 
-    def add(self, article: Article) -> Features:
+    def add(self, article: Article, features: Features | None = None) -> Features:
         """Index this version; a correction replaces the earlier one, keeping its first time."""
         previous = self._slots.get(article.uri)
-        features = self.features(article)
+        features = self.features(article) if features is None else features
         if previous is not None and self._times[previous] < features.time:
             features = _with_time(features, float(self._times[previous]))
         self.remove(article.uri)

@@ -22,6 +22,7 @@ from services.enrichment.domain import EnrichmentRules, StoryEnricher
 from services.enrichment.index import IndexSettings, warm_up
 from services.enrichment.settings import EnrichmentSettings
 from services.enrichment.taxonomy import Taxonomy
+from services.enrichment.workers import FeatureWorkers
 from shared.kafka import DeadLetters, consume_forever, make_consumer, make_producer
 from shared.logging import configure_logging, get_logger
 from shared.serve import freeze_startup_heap, serve
@@ -64,10 +65,18 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
             producer = make_producer(settings)
             await producer.start()
             stack.push_async_callback(producer.stop)
+            workers = None
+            if settings.enrichment_feature_workers > 0:
+                workers = FeatureWorkers(settings.enrichment_feature_workers)
+                await workers.start()
+                stack.push_async_callback(workers.stop)
             table = KafkaStoryTable(
                 settings.kafka_bootstrap_servers,
                 topics.ingested,
                 enricher.observe,
+                features=workers.features if workers else None,
+                # A chunk for each worker, and a couple more ready while the first are inserted.
+                in_flight=settings.enrichment_feature_workers + 2,
                 fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             )
             await table.start()

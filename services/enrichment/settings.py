@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from shared.settings import NewsflowSettings
 
 DEFAULT_TAXONOMY = Path(__file__).with_name("taxonomy.json")
@@ -35,3 +37,6 @@ class EnrichmentSettings(NewsflowSettings):
     enrichment_index_capacity: int = 200_000
     # MinHash similarity from which a story is a near-duplicate.
     enrichment_duplicate_similarity: float = 0.7
+    # Processes computing story features (tokens, entities, MinHash) for the story table, so they
+    # run on another core; 0: in the service process itself.
+    enrichment_feature_workers: int = Field(1, ge=0)

@@ -1,5 +1,6 @@
 """enrichment over the real broker: two instances in one group link like one, a restarted
-instance rebuilds its index before it takes work, poison records go to the DLQ.
+instance rebuilds its index before it takes work, poison records go to the DLQ, and features
+computed in a worker process enrich exactly like features computed in the service process.
 
 Stories are read back from `stories.enriched.v1` with plain aiokafka, as an internal team would.
 """
@@ -32,23 +33,28 @@ pytestmark = pytest.mark.integration
 
 CORPUS = Path(__file__).parents[1] / "data" / "corpus" / "stories.jsonl"
 T0 = datetime(2026, 4, 1, 6, 0, tzinfo=UTC)
+Poison = tuple[bytes, bytes]  # a key, and a value that is no Article
 
 
-def corpus_articles(count: int, *, offset_minutes: int = 0) -> list[Article]:
+def corpus_articles(
+    count: int, *, offset_minutes: int = 0, with_hint: bool = False
+) -> list[Article]:
     stories: list[LabelledStory] = publication_order(
         parse_corpus(CORPUS.read_text(encoding="utf-8").splitlines())
     )
     return [
-        s.article(T0 + timedelta(minutes=offset_minutes + i)) for i, s in enumerate(stories[:count])
+        s.article(T0 + timedelta(minutes=offset_minutes + i), with_hint=with_hint)
+        for i, s in enumerate(stories[:count])
     ]
 
 
-def settings_for(bootstrap: str, topics: Topics) -> EnrichmentSettings:
+def settings_for(bootstrap: str, topics: Topics, **overrides: Any) -> EnrichmentSettings:
     return EnrichmentSettings(
         kafka_bootstrap_servers=bootstrap,
         topic_prefix=topics.prefix,
         enrichment_group_id=f"{topics.prefix}enrichment",
         log_level="WARNING",
+        **overrides,
     )
 
 
@@ -207,3 +213,83 @@ async def test_a_restarted_instance_rebuilds_its_index_before_it_takes_work(
     assert all(state == "ready" for status, state, _ in seen if status == 200)
     assert original.uri in [r["uri"] for r in stories[followup.uri]["related"]]
     assert len(stories) == len(before) + 1  # nothing was enriched twice after the restart
+
+
+async def test_features_computed_in_a_worker_process_enrich_exactly_like_in_process(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    in_process = await new_topics(kafka_bootstrap, f"{prefix}zero.")
+    in_worker = await new_topics(kafka_bootstrap, f"{prefix}one.")
+    # Read while rebuilding: stories whose section hint teaches the classifier, a correction, a
+    # withdrawal and poison among them. Then, once ready, stories without hints as they come.
+    hinted = corpus_articles(120, with_hint=True)
+    early: list[Article | Poison] = [*hinted[:60]]
+    early.insert(20, (b"urn:p:1", b"\xff\xfe"))
+    early.insert(41, (b"urn:p:2", b'{"uri": "urn:p:2"}'))
+    corrected = hinted[5].model_copy(
+        update={"version": 2, "headline": f"{hinted[5].headline} (corrected)", "section": None}
+    )
+    withdrawn = hinted[7].model_copy(update={"version": 2, "pubstatus": "canceled"})
+    early += [corrected, withdrawn]
+    late: list[Article | Poison] = [a.model_copy(update={"section": None}) for a in hinted[60:]]
+    late.insert(30, (b"urn:p:3", b'{"uri": "urn:p:3", "version": "one"}'))
+    for topics in (in_process, in_worker):
+        await produce_mixed(kafka_bootstrap, topics.ingested, early)
+
+    async with AsyncExitStack() as stack:
+        zero = await stack.enter_async_context(
+            instance(settings_for(kafka_bootstrap, in_process, enrichment_feature_workers=0))
+        )
+        one = await stack.enter_async_context(
+            instance(settings_for(kafka_bootstrap, in_worker, enrichment_feature_workers=1))
+        )
+        for client in (zero, one):
+            await wait_ready(client)
+        for topics in (in_process, in_worker):
+            await read_records(kafka_bootstrap, topics.enriched, 62, within_s=60)
+            await produce_mixed(kafka_bootstrap, topics.ingested, late)
+        here = await enriched_versions(kafka_bootstrap, in_process, 122)
+        there = await enriched_versions(kafka_bootstrap, in_worker, 122)
+        indexed = [(await c.get("/v1/index")).json()["stories"] for c in (zero, one)]
+        parked = await read_records(
+            kafka_bootstrap, in_worker.dlq(in_worker.ingested), 3, within_s=30
+        )
+
+    assert len(here) == 122
+    assert there == here  # links, scores, duplicate_of, section, entities: every version
+    assert indexed == [119, 119]
+    assert sum(1 for e in here.values() if e.get("related")) >= 20
+    assert any(e.get("duplicate_of") for e in here.values())
+    learned = [
+        e["section"] for (uri, _), e in here.items() if uri not in {a.uri for a in hinted[:60]}
+    ]
+    assert any(section["method"] == "classifier" for section in learned)
+    assert sorted(p.key for p in parked) == [b"urn:p:1", b"urn:p:2", b"urn:p:3"]
+
+
+async def produce_mixed(bootstrap: str, topic: str, items: list[Article | Poison]) -> None:
+    """Articles and poison (a key and a value that is no Article), in this order."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for item in items:
+            meta = EventMeta.new(EventType.PUBLISHED, "urn:test").to_headers()
+            key, value = item if isinstance(item, tuple) else (item.uri.encode(), encode(item))
+            await producer.send_and_wait(topic, value, key=key, headers=meta)
+    finally:
+        await producer.stop()
+
+
+async def enriched_versions(
+    bootstrap: str, topics: Topics, count: int
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every enriched version's enrichment, but for when it was enriched."""
+    records = await read_records(bootstrap, topics.enriched, count, within_s=60)
+    found = {}
+    for record in records:
+        assert record.value is not None
+        story = json.loads(record.value)
+        found[(story["uri"], story["version"])] = {
+            k: v for k, v in story["enrichment"].items() if k != "enriched_at"
+        }
+    return found

@@ -1,0 +1,89 @@
+"""The story table's reading in chunks: whichever chunk's features come back first, every record is
+observed in the order it was fetched; and the features a worker computes are the ones the index
+would have computed itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from bench.enrichment import Newsroom
+from services.enrichment.adapters import read_in_order
+from services.enrichment.index import Features, Shingler, features_of
+from services.enrichment.workers import features_of_values
+from shared.events import encode
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+async def test_chunks_are_observed_in_fetch_order_whichever_extraction_ends_first() -> None:
+    batches = [list(range(150)), [], list(range(150, 170)), list(range(170, 400))]
+    extractions: list[tuple[list[int], asyncio.Future[list[int]]]] = []
+    observed: list[int] = []
+
+    async def fetch(wait: bool) -> list[int]:
+        # It waits for records only when nothing fetched is still on its way to the index.
+        assert not wait or sum(len(c) for c, _ in extractions) == len(observed)
+        await asyncio.sleep(0)
+        return batches.pop(0) if batches else []
+
+    def extract(chunk: list[int]) -> asyncio.Future[list[int]]:
+        extraction: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        extractions.append((chunk, extraction))
+        return extraction
+
+    async def observe(chunk: list[int], found: list[int]) -> None:
+        assert found == [n * 10 for n in chunk]
+        observed.extend(chunk)
+
+    reader = asyncio.create_task(read_in_order(fetch, extract, observe, chunk_size=64, in_flight=3))
+    try:
+        while True:
+            for _ in range(10):  # the reader hands out what it can before anything finishes
+                await asyncio.sleep(0)
+            if len(observed) == 400:
+                break
+            running = [(chunk, e) for chunk, e in extractions if not e.done()]
+            assert 1 <= len(running) <= 3
+            chunk, newest = running[-1]  # the last handed out finishes first
+            newest.set_result([n * 10 for n in chunk])
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+    assert observed == list(range(400))
+    assert all(1 <= len(chunk) <= 64 for chunk, _ in extractions)
+    # A fetched batch is cut into chunks, never merged with the next one.
+    assert [len(chunk) for chunk, _ in extractions] == [64, 64, 22, 20, 64, 64, 64, 38]
+
+
+def test_a_worker_computes_the_features_the_index_would_and_none_for_what_it_skips() -> None:
+    newsroom = Newsroom(events=200)
+    stories = [newsroom.story(n, T0 + timedelta(minutes=n)) for n in range(40)]
+    withdrawn = stories[3].model_copy(update={"version": 2, "pubstatus": "canceled"})
+    values: list[bytes | None] = [encode(s) for s in stories]
+    values += [encode(withdrawn), b"\xff\xfe", b'{"uri": "urn:p:2"}', None]
+
+    found = features_of_values(values)
+
+    shingler = Shingler()
+    for story, features in zip(stories, found, strict=False):
+        assert features is not None
+        assert same_features(features, features_of(story, shingler))
+    assert found[len(stories) :] == [None, None, None, None]
+
+
+def same_features(a: Features, b: Features) -> bool:
+    return all(
+        np.array_equal(getattr(a, f.name), getattr(b, f.name))
+        if f.name == "signature"
+        else getattr(a, f.name) == getattr(b, f.name)
+        for f in fields(Features)
+    )
