@@ -303,6 +303,7 @@ class StoryIndex:
 
     def _reset(self) -> None:
         self._terms: dict[str, int] = {}
+        self._term_names: list[str] = []  # by term id
         self._postings = _Postings()
         self._slots: dict[str, int] = {}  # uri -> slot of its live version
         self._entity_ids: dict[str, int] = {}
@@ -353,7 +354,8 @@ class StoryIndex:
         if slot is not None:
             held = self._recent.get(article.uri)
             if held is not None and held.features.version == article.version:
-                counts = dict(zip(held.terms, held.counts.astype(int).tolist(), strict=True))
+                terms = map(self._term_names.__getitem__, held.ids.tolist())
+                counts = dict(zip(terms, held.counts.astype(int).tolist(), strict=True))
                 return replace(held.features, term_counts=counts)
             if self._versions[slot] == article.version:
                 fresh = features_of(article, self.shingler)
@@ -404,7 +406,7 @@ class StoryIndex:
         term_weights = (tf * (_K1 + 1) / (tf + norm)).astype(np.float32)
         term_ids = np.array(ids, dtype=np.int64)
         self._postings.add(slot, term_ids, term_weights)
-        self._recent[features.uri] = _Held(replace(features, term_counts={}), terms, term_ids, tf)
+        self._recent[features.uri] = _Held(replace(features, term_counts={}), term_ids, tf)
         if len(self._recent) > _RECENT_WITH_TERMS:
             self._recent.popitem(last=False)
         self._bands.add(slot, features.signature)
@@ -539,7 +541,7 @@ class StoryIndex:
         wanted = min(len(features.term_counts), 2 * self.settings.query_terms)
         held = self._recent.get(features.uri)
         # Indexed from the same terms, most frequent first (as `features_of` keeps them).
-        if held and held.features.version == features.version and len(held.terms) == wanted:
+        if held and held.features.version == features.version and len(held.ids) == wanted:
             return held.ids, held.counts
         frequent = sorted(features.term_counts.items(), key=itemgetter(1), reverse=True)[:wanted]
         known = [(self._terms.get(term), count) for term, count in frequent]
@@ -683,6 +685,7 @@ class StoryIndex:
         term_id = self._terms.get(term)
         if term_id is None:
             term_id = self._terms[term] = self._postings.new_term()
+            self._term_names.append(term)
         return term_id
 
     def _entity_id(self, key: str) -> int:
@@ -763,11 +766,10 @@ class StoryIndex:
 @dataclass(frozen=True)
 class _Held:
     """A recently indexed story's features without their term counts, which are kept as its
-    terms, their ids and counts in the same order.
+    terms' ids and their counts, in the same order (the index names each id once).
     """
 
     features: Features
-    terms: tuple[str, ...]
     ids: IntArray
     counts: FloatArray
 

@@ -17,9 +17,8 @@ import os
 import pickle
 import signal
 import struct
-import sys
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
@@ -66,8 +65,7 @@ class FeatureWorkers:
             raise RuntimeError("feature workers not started")
         worker = self._workers[self._turn % len(self._workers)]
         self._turn += 1
-        found = await worker.features(values)
-        return [None if f is None else _with_shared_terms(f) for f in found]
+        return await worker.features(values)
 
 
 @dataclass
@@ -206,10 +204,3 @@ def features_of_values(values: list[bytes | None]) -> FoundFeatures:
 @cache
 def _shingler() -> Shingler:
     return Shingler()
-
-
-def _with_shared_terms(features: Features) -> Features:
-    # Unpickled terms are fresh strings per story; the index keeps the recent stories' terms, and
-    # one shared string per term (as the tokeniser's cache gives in process) keeps that small.
-    counts = {sys.intern(term): count for term, count in features.term_counts.items()}
-    return replace(features, term_counts=counts)
