@@ -10,7 +10,7 @@ A lookup reads only these arrays: which stories are earlier than the one being e
 the earlier stories (`accumulate`, then `collect`). Sums are added in the same order as a numpy
 `bincount` over the concatenated postings would, so scores are the same to the last bit.
 
-Compiled on first use and cached next to this file (numba's `cache=True`).
+Compiled on first use and cached next to this file (numba's `cache=True`; see `compiled`).
 """
 
 from __future__ import annotations
@@ -32,9 +32,21 @@ BoolArray = npt.NDArray[np.bool_]
 UIntArray = npt.NDArray[np.uint64]
 
 
+uncached: list[str] = []  # loops compiled at every start: numba found nowhere to cache them
+
+
 def compiled(function: F) -> F:
-    """`function` compiled by numba on its first call; same signature, same results."""
-    return cast(F, njit(cache=True, nogil=True)(function))
+    """`function` compiled by numba on its first call; same signature, same results.
+
+    Compiled code is cached next to the source, else in `NUMBA_CACHE_DIR` or the user's cache
+    directory; where none is writable (a read-only install, no home) it is compiled at each
+    start instead (a few seconds) rather than failing the import.
+    """
+    try:
+        return cast(F, njit(cache=True, nogil=True)(function))
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        uncached.append(function.__name__)
+        return cast(F, njit(nogil=True)(function))
 
 
 @compiled

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from services.enrichment import kernels
 from services.enrichment.adapters import KafkaStoryTable
 from services.enrichment.app import (
     Enricher,
@@ -46,7 +47,12 @@ def build_enricher(settings: EnrichmentSettings) -> StoryEnricher:
     )
     started = time.perf_counter()
     warm_up()
-    log.info("index loops compiled", seconds=round(time.perf_counter() - started, 2))
+    log.info(
+        "index loops compiled",
+        seconds=round(time.perf_counter() - started, 2),
+        # Compiled afresh at each start: set NUMBA_CACHE_DIR to a writable directory.
+        uncached=len(kernels.uncached),
+    )
     enricher = StoryEnricher(rules)
     path = settings.enrichment_training_path
     if path is not None and str(path) not in ("", "."):
