@@ -335,6 +335,7 @@ class StoryIndex:
         self._block_stale: IntArray = np.zeros(blocks, dtype=np.int64)
         # A lookup's working space, one entry per slot (`_earlier` and `_bm25` reuse it).
         self._sums: FloatArray = np.zeros(1024)
+        self._kept: FloatArray = np.zeros(1024)
         self._touched: IntArray = np.zeros(1024, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -595,9 +596,9 @@ class StoryIndex:
             self._touched,
         )
         least = floor * _LENGTH_MISMATCH_FLOOR * own
-        found = np.zeros(touched, dtype=np.int64)
-        sums = np.zeros(touched)
-        kept = kernels.collect(self._sums, self._touched, touched, least, found, sums)
+        # The kept stories go to the front of `_touched` (in place), their sums to `_kept`.
+        found, sums = self._touched, self._kept
+        kept = kernels.collect(self._sums, found, touched, least, found, sums)
         if kept == 0:
             return none
         by_slot = np.argsort(found[:kept])
@@ -706,6 +707,7 @@ class StoryIndex:
                 [self._signatures, np.zeros((grow, NUM_PERM), dtype=np.uint32)]
             )
             self._sums = np.zeros(2 * grow)
+            self._kept = np.zeros(2 * grow)
             self._touched = np.zeros(2 * grow, dtype=np.int64)
             blocks = len(self._block_low)
             self._block_low = np.concatenate([self._block_low, np.full(blocks, math.inf)])

@@ -381,6 +381,7 @@ def collect(
 ) -> int:
     """The touched stories whose sum reaches `least` (above zero when `least` is 0), with their
     sums, in the order touched; zeroes `sums` for the next lookup. Returns how many.
+    `slots_out` may be `touched` itself (each is written after it is read).
     """
     kept = 0
     for i in range(found):
