@@ -36,7 +36,7 @@ from services.delivery.app import (
 )
 from services.delivery.settings import DeliverySettings
 from services.delivery.webhook_client import LeanWebhookSender
-from shared.kafka import DeadLetters, make_consumer, make_producer
+from shared.kafka import DeadLetters, make_consumer, make_producer, stop_producer
 from shared.logging import configure_logging
 from shared.serve import freeze_startup_heap, serve
 from shared.ssrf import Resolver
@@ -61,7 +61,7 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
             stack.push_async_callback(redis.aclose)
             producer = make_producer(settings)
             await producer.start()
-            stack.push_async_callback(producer.stop)
+            stack.push_async_callback(stop_producer, producer)
             dead_letters = DeadLetters(producer, topics.dlq, metrics.consumer)
             subscriptions = KafkaSubscriptionStore(
                 producer,

@@ -24,7 +24,7 @@ from services.enrichment.index import IndexSettings, warm_up
 from services.enrichment.settings import EnrichmentSettings
 from services.enrichment.taxonomy import Taxonomy
 from services.enrichment.workers import FeatureWorkers
-from shared.kafka import DeadLetters, consume_forever, make_consumer, make_producer
+from shared.kafka import DeadLetters, consume_forever, make_consumer, make_producer, stop_producer
 from shared.logging import configure_logging, get_logger
 from shared.serve import freeze_startup_heap, serve
 from shared.tracing import with_tracing
@@ -70,7 +70,7 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
         async with AsyncExitStack() as stack:
             producer = make_producer(settings)
             await producer.start()
-            stack.push_async_callback(producer.stop)
+            stack.push_async_callback(stop_producer, producer)
             workers = None
             if settings.enrichment_feature_workers > 0:
                 workers = FeatureWorkers(settings.enrichment_feature_workers)

@@ -25,7 +25,7 @@ from services.ingest.app import IngestRuntime, create_app
 from services.ingest.domain import Intake
 from services.ingest.feeds import FeedPoller
 from services.ingest.settings import IngestSettings
-from shared.kafka import make_producer
+from shared.kafka import make_producer, stop_producer
 from shared.logging import configure_logging, get_logger
 from shared.serve import freeze_startup_heap, serve
 from shared.tracing import with_tracing
@@ -38,8 +38,8 @@ async def open_runtime(settings: IngestSettings) -> AsyncIterator[IngestRuntime]
     async with AsyncExitStack() as stack:
         producer = make_producer(settings)
         await producer.start()
-        # Graceful shutdown: stop() flushes every record still in flight before closing.
-        stack.push_async_callback(producer.stop)
+        # Graceful shutdown: every record still in flight is flushed before closing.
+        stack.push_async_callback(stop_producer, producer)
         redis = Redis.from_url(settings.redis_url)
         stack.push_async_callback(redis.aclose)
         session = await stack.enter_async_context(
