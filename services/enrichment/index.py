@@ -59,6 +59,10 @@ class IndexSettings:
     common_floor: int = 500
     average_length: float = 80.0  # BM25's average story length, in counted terms
 
+    def __post_init__(self) -> None:
+        if not 0 < self.query_terms <= kernels.PAIRWISE_BLOCK:
+            raise ValueError(f"query_terms must be 1 to {kernels.PAIRWISE_BLOCK}")
+
 
 @dataclass(frozen=True)
 class Features:
@@ -499,42 +503,6 @@ class StoryIndex:
             related.append(Match(uri, headline, self._urls[slot], round(score, 4)))
         return Neighbours(related, self._uri(duplicate_of))
 
-    def _query_terms(self, features: Features, earlier: _Earlier) -> _Query:
-        """The story's most telling terms: frequent in it, rare among the earlier stories.
-
-        Rarity is the document frequency among the stories before this one only (see
-        `_Earlier`), so an instance that has read past this story chooses the same terms and
-        weighs them alike. Terms in more than a small share of the earlier stories say nothing
-        about an event and are skipped.
-        """
-        ids, counts = self._numbered_terms(features)
-        if not len(ids) or not earlier.stories:
-            return _Query.empty()
-        common = max(self.settings.common_floor, int(earlier.stories * self.settings.common_share))
-        df = np.zeros(len(ids))
-        spans = np.zeros((len(ids), 2), dtype=np.int64)
-        postings = self._postings
-        kernels.frequencies(
-            postings.start,
-            postings.size,
-            postings.docs,
-            ids,
-            *earlier.rule,
-            earlier.first,
-            earlier.end,
-            earlier.last,
-            earlier.holes,
-            common,
-            df,
-            spans,
-        )
-        rarity = np.log((earlier.stories + 1.0) / (df + 1.0))
-        weight = np.where(df > common, -1.0, rarity * (1.0 + np.log(counts)))
-        # Stable: equal weights keep the story's own term order.
-        order = np.argsort(-weight, kind="stable")[: self.settings.query_terms]
-        order = order[weight[order] >= 0]
-        return _Query(ids[order], counts[order], df[order], spans[order])
-
     def _numbered_terms(self, features: Features) -> tuple[IntArray, FloatArray]:
         """The ids of the story's most frequent terms the index knows, most frequent first, and
         their counts (held from indexing it when it is this version).
@@ -560,57 +528,46 @@ class StoryIndex:
         self, features: Features, earlier: _Earlier, floor: float = 0.0
     ) -> tuple[IntArray, FloatArray]:
         """BM25 of the earlier stories against this one, relative to this one's own score:
-        the stories scored and their scores.
+        the stories scored and their scores (only those scoring at least `floor`).
 
-        Document frequencies count earlier stories only, for choosing the query terms as for
-        weighing them: two instances that read different amounts past this story, in different
-        orders, score it alike. Scores are divided by both stories' own scores (the other's
+        The query is the story's most telling terms: frequent in it, rare among the earlier
+        stories. Rarity is the document frequency among the stories before this one only (see
+        `_Earlier`), for choosing the query terms as for weighing them: two instances that read
+        different amounts past this story, in different orders, choose the same terms and score
+        it alike. Terms in more than a small share of the earlier stories say nothing about an
+        event and are skipped. Scores are divided by both stories' own scores (the other's
         estimated from its size); a long article and its short teaser are not punished below a
-        floor. Only stories scoring at least `floor` are returned.
+        floor. One compiled pass (`kernels.score_earlier`).
         """
-        query = self._query_terms(features, earlier)
-        none = np.zeros(0, dtype=np.int64), np.zeros(0)
-        if not len(query.terms):
-            return none
-        norm = self._length_norm(features)
-        df = query.frequencies + 1.0
-        idf = np.log(1.0 + (earlier.stories + 1.0 - df + 0.5) / (df + 0.5))
-        counts = query.counts
-        own = float((idf * counts * (_K1 + 1) / (counts + norm)).sum())
-        if own <= 0:
-            return none
-        # Every weight and idf is positive: the earlier stories hit are the ones with a sum. A
-        # score is the sum divided by at least the floor share of this story's own score, so a
-        # sum below `floor` times that cannot reach `floor`.
+        ids, counts = self._numbered_terms(features)
+        settings = self.settings
+        common = max(settings.common_floor, int(earlier.stories * settings.common_share))
         postings = self._postings
-        touched = kernels.accumulate(
+        return kernels.score_earlier(
             postings.start,
+            postings.size,
             postings.docs,
             postings.weights,
-            query.terms,
-            query.spans,
-            idf,
+            ids,
+            counts,
             *earlier.rule,
+            earlier.first,
             earlier.end,
+            earlier.last,
+            earlier.holes,
+            earlier.stories,
+            common,
+            settings.query_terms,
+            self._length_norm(features),
+            _K1,
+            floor,
+            _LENGTH_MISMATCH_FLOOR,
+            self._sizes,
+            max(1, features.distinct),
             self._sums,
             self._touched,
+            self._kept,
         )
-        least = floor * _LENGTH_MISMATCH_FLOOR * own
-        # The kept stories go to the front of `_touched` (in place), their sums to `_kept`.
-        found, sums = self._touched, self._kept
-        kept = kernels.collect(self._sums, found, touched, least, found, sums)
-        if kept == 0:
-            return none
-        by_slot = np.argsort(found[:kept])
-        candidates, scores = found[:kept][by_slot], sums[:kept][by_slot]
-        theirs = own * self._sizes[candidates] / max(1, features.distinct)
-        scores /= np.maximum(
-            np.sqrt(own * theirs), _LENGTH_MISMATCH_FLOOR * np.maximum(own, theirs)
-        )
-        if floor > 0:
-            keep = scores >= floor
-            candidates, scores = candidates[keep], scores[keep]
-        return candidates, scores
 
     def _duplicates(self, features: Features, me: int, earlier: _Earlier) -> set[int]:
         found = set()
@@ -774,23 +731,6 @@ class _Held:
     features: Features
     ids: IntArray
     counts: FloatArray
-
-
-@dataclass(frozen=True)
-class _Query:
-    """The terms a story is looked up by, its counts of them and their earlier frequencies."""
-
-    terms: IntArray
-    counts: FloatArray
-    frequencies: FloatArray
-    # Per term, where its postings that may be earlier begin and end (within its block).
-    spans: IntArray
-
-    @classmethod
-    def empty(cls) -> _Query:
-        return cls(
-            np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0), np.zeros((0, 2), dtype=np.int64)
-        )
 
 
 @dataclass(frozen=True)

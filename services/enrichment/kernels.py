@@ -395,6 +395,126 @@ def collect(
     return kept
 
 
+# numpy sums up to this many values as eight running sums (more: in halves, recursively).
+PAIRWISE_BLOCK = 128
+
+
+@compiled
+def pairwise_sum(values: FloatArray, count: int) -> float:
+    """The sum of `values[:count]` (at most `PAIRWISE_BLOCK`), added in the same order as
+    numpy's `sum` adds them, so the result is the same to the last bit. (Not recursive: numba's
+    cache does not keep recursive functions safely.)
+    """
+    if count > PAIRWISE_BLOCK:
+        raise ValueError("pairwise_sum: too many values")
+    total = 0.0
+    if count < 8:
+        for i in range(count):
+            total += values[i]
+        return total
+    r: FloatArray = values[:8].copy()
+    i = 8
+    while i < count - count % 8:
+        for k in range(8):
+            r[k] += values[i + k]
+        i += 8
+    total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    while i < count:
+        total += values[i]
+        i += 1
+    return float(total)
+
+
+@compiled
+def score_earlier(
+    start: IntArray,
+    size: IntArray,
+    docs: SlotArray,
+    weights: WeightArray,
+    term_ids: IntArray,
+    counts: FloatArray,
+    times: FloatArray,
+    alive: BoolArray,
+    time: float,
+    since: float,
+    tied_earlier: IntArray,
+    first: int,
+    end: int,
+    last: int,
+    holes: int,
+    stories: int,
+    common: int,
+    query_terms: int,
+    norm: float,
+    k1: float,
+    floor: float,
+    mismatch_floor: float,
+    sizes: FloatArray,
+    distinct: int,
+    sums: FloatArray,
+    touched: IntArray,
+    kept_sums: FloatArray,
+) -> tuple[IntArray, FloatArray]:
+    """A lookup's BM25 pass, whole: the earlier stories scoring at least `floor` against a
+    story (its known terms `term_ids`, most frequent first, and their `counts`), in slot order,
+    with their scores.
+
+    The query is the story's `query_terms` most telling terms: rarity among the `stories`
+    earlier ones times `1 + log(count)`, ties in the story's own order, none held by more than
+    `common` earlier stories. A score is the BM25 sum over them divided by both stories' own
+    scores (the other's estimated from its size, `sizes[slot]`, against this one's `distinct`
+    terms), never by less than `mismatch_floor` of the larger. `sums`, `touched` and
+    `kept_sums` are working space, one entry per slot (`sums` zero on entry and on return).
+    """
+    empty = (np.zeros(0, dtype=np.int64), np.zeros(0))
+    n = term_ids.size
+    if n == 0 or stories == 0:
+        return empty
+    df = np.zeros(n)
+    spans = np.zeros((n, 2), dtype=np.int64)
+    frequencies(
+        start, size, docs, term_ids, times, alive, time, since, tied_earlier,
+        first, end, last, holes, common, df, spans,
+    )  # fmt: skip
+    weight = np.empty(n)
+    for i in range(n):
+        rarity = np.log((stories + 1.0) / (df[i] + 1.0))
+        weight[i] = -1.0 if df[i] > common else rarity * (1.0 + np.log(counts[i]))
+    order = np.argsort(-weight, kind="mergesort")[:query_terms]  # stable: ties keep their order
+    chosen = order[weight[order] >= 0]
+    m = chosen.size
+    if m == 0:
+        return empty
+    idf = np.empty(m)
+    own_parts = np.empty(m)
+    for k in range(m):
+        i = chosen[k]
+        held = df[i] + 1.0
+        idf[k] = np.log(1.0 + (stories + 1.0 - held + 0.5) / (held + 0.5))
+        count = counts[i]
+        own_parts[k] = idf[k] * count * (k1 + 1) / (count + norm)
+    own = pairwise_sum(own_parts, m)
+    if own <= 0:
+        return empty
+    found = accumulate(
+        start, docs, weights, term_ids[chosen], spans[chosen], idf, times, alive, time, since,
+        tied_earlier, end, sums, touched,
+    )  # fmt: skip
+    # Every weight and idf is positive: a score is the sum divided by at least the floor share
+    # of this story's own score, so a sum below `floor` times that cannot reach `floor`.
+    kept = collect(sums, touched, found, floor * mismatch_floor * own, touched, kept_sums)
+    by_slot = np.argsort(touched[:kept])
+    slots = touched[:kept][by_slot]
+    scores = kept_sums[:kept][by_slot]
+    for k in range(kept):
+        theirs = own * sizes[slots[k]] / distinct
+        scores[k] /= max(np.sqrt(own * theirs), mismatch_floor * max(own, theirs))
+    if floor > 0:
+        keep = scores >= floor
+        return slots[keep], scores[keep]
+    return slots, scores
+
+
 # --- near-duplicate buckets: an open-addressing table of band keys (0: an empty cell) ---------
 
 
