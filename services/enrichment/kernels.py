@@ -355,18 +355,33 @@ def accumulate(
     for i in range(term_ids.size):
         base = start[term_ids[i]]
         rarity = idf[i]
-        for j in range(spans[i, 0], spans[i, 1]):
-            slot = docs[base + j]
-            # In the run [first, end), every live story is earlier.
-            if (
-                alive[slot]
-                if slot < end
-                else is_earlier(slot, times, alive, time, since, tied_earlier)
-            ):
-                if sums[slot] == 0.0:
+        low = base + spans[i, 0]
+        high = base + spans[i, 1]
+        # Postings are in slot order: those in the run [first, end) come first, and there every
+        # live story is earlier (a loop of its own, with no call in it, runs faster).
+        run_end, past = low, high
+        while run_end < past:
+            mid = (run_end + past) // 2
+            if docs[mid] < end:
+                run_end = mid + 1
+            else:
+                past = mid
+        for j in range(low, run_end):
+            slot = docs[j]
+            if alive[slot]:
+                summed = sums[slot]
+                if summed == 0.0:
                     touched[found] = slot
                     found += 1
-                sums[slot] += rarity * np.float64(weights[base + j])
+                sums[slot] = summed + rarity * np.float64(weights[j])
+        for j in range(run_end, high):
+            slot = docs[j]
+            if is_earlier(slot, times, alive, time, since, tied_earlier):
+                summed = sums[slot]
+                if summed == 0.0:
+                    touched[found] = slot
+                    found += 1
+                sums[slot] = summed + rarity * np.float64(weights[j])
     return found
 
 
