@@ -312,16 +312,19 @@ def frequencies(
             continue
         counted = 0
         stop = lo
+        # In the run, every live story is earlier (a loop of its own, with no call in it).
+        while stop < held:
+            slot = docs[base + stop]
+            if slot >= end or slot > last:
+                break
+            if alive[slot]:
+                counted += 1
+            stop += 1
         while stop < held:
             slot = docs[base + stop]
             if slot > last:
                 break
-            # In the run, every live story is earlier.
-            if (
-                alive[slot]
-                if slot < end
-                else is_earlier(slot, times, alive, time, since, tied_earlier)
-            ):
+            if is_earlier(slot, times, alive, time, since, tied_earlier):
                 counted += 1
             stop += 1
         df[i] = counted
