@@ -12,7 +12,7 @@ import heapq
 import math
 import zlib
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import cast
@@ -191,8 +191,7 @@ class _Bands:
     def add(self, slot: int, signature: Signature) -> None:
         if 2 * (self._used + _BANDS) > len(self._keys):
             self._grow()
-        keys = self.keys_of(signature)[0]
-        kernels.band_add(self._keys, self._slots, keys, np.full(_BANDS, slot, dtype=np.int64))
+        kernels.band_add_story(self._keys, self._slots, signature, self._MIX[0], _BANDS, slot)
         self._used += _BANDS
 
     def candidates(self, signature: Signature) -> set[int]:
@@ -248,7 +247,8 @@ class _Postings:
         self.terms += 1
         return term_id
 
-    def add(self, slot: int, term_ids: IntArray, weights: npt.NDArray[np.float32]) -> None:
+    def add(self, slot: int, term_ids: IntArray, counts: FloatArray, norm: float) -> None:
+        """Post `slot` under each term with its BM25 weight (from its count and length norm)."""
         while True:
             used = kernels.append_postings(
                 self.start,
@@ -259,7 +259,9 @@ class _Postings:
                 self.used,
                 term_ids,
                 slot,
-                weights,
+                counts,
+                norm,
+                _K1,
             )
             if used >= 0:
                 self.used = used
@@ -361,7 +363,7 @@ class StoryIndex:
             if held is not None and held.features.version == article.version:
                 terms = map(self._term_names.__getitem__, held.ids.tolist())
                 counts = dict(zip(terms, held.counts.astype(int).tolist(), strict=True))
-                return replace(held.features, term_counts=counts)
+                return _changed(held.features, term_counts=counts)
             if self._versions[slot] == article.version:
                 fresh = features_of(article, self.shingler)
                 # Keeps the first time of a corrected story.
@@ -406,12 +408,10 @@ class StoryIndex:
         norm = self._length_norm(features)
         known = list(map(self._terms.get, terms))
         ids = cast(list[int], known) if None not in known else list(map(self._term_id, terms))
-        # BM25 term weights, `count * (k1 + 1) / (count + norm)` in float64, kept as float32.
         tf = np.array(counts, dtype=np.float64)
-        term_weights = (tf * (_K1 + 1) / (tf + norm)).astype(np.float32)
         term_ids = np.array(ids, dtype=np.int64)
-        self._postings.add(slot, term_ids, term_weights)
-        self._recent[features.uri] = _Held(replace(features, term_counts={}), term_ids, tf)
+        self._postings.add(slot, term_ids, tf, norm)
+        self._recent[features.uri] = _Held(_changed(features, term_counts={}), term_ids, tf)
         if len(self._recent) > _RECENT_WITH_TERMS:
             self._recent.popitem(last=False)
         self._bands.add(slot, features.signature)
@@ -788,7 +788,17 @@ def warm_up() -> None:
 
 
 def _with_time(features: Features, time: float) -> Features:
-    return replace(features, time=time)
+    return _changed(features, time=time)
+
+
+def _changed(features: Features, **changes: object) -> Features:
+    """A copy of `features` with these fields changed: what `dataclasses.replace` does, in a
+    fifth of the time (it runs twice for every story).
+    """
+    assert changes.keys() <= features.__dict__.keys()
+    copy = object.__new__(Features)
+    copy.__dict__.update(features.__dict__, **changes)
+    return copy
 
 
 def _jaccard(a: Signature, b: Signature) -> float:

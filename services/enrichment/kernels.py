@@ -65,10 +65,13 @@ def append_postings(
     used: int,
     term_ids: IntArray,
     slot: int,
-    term_weights: WeightArray,
+    counts: FloatArray,
+    norm: float,
+    k1: float,
 ) -> int:
-    """Append `slot` with its weight to each term's postings; the arena's new high-water mark,
-    or -1 (and nothing changed) when the arena has no room for the blocks that must move.
+    """Append `slot` to each term's postings with its BM25 weight, `count * (k1 + 1) / (count
+    + norm)` in float64 kept as float32; the arena's new high-water mark, or -1 (and nothing
+    changed) when the arena has no room for the blocks that must move.
     """
     need = 0
     for i in range(term_ids.size):
@@ -90,7 +93,8 @@ def append_postings(
             capacity[term] = moved
             used += moved
         docs[start[term] + held] = slot
-        weights[start[term] + held] = term_weights[i]
+        count = counts[i]
+        weights[start[term] + held] = np.float32(count * (k1 + 1) / (count + norm))
         size[term] = held + 1
     return used
 
@@ -563,6 +567,21 @@ def band_add(table: UIntArray, owners: IntArray, keys: UIntArray, slots: IntArra
             cell = (cell + np.uint64(1)) & mask
         table[cell] = key
         owners[cell] = slots[i]
+
+
+@compiled
+def band_add_story(
+    table: UIntArray,
+    owners: IntArray,
+    signature: npt.NDArray[np.uint32],
+    mix: UIntArray,
+    bands: int,
+    slot: int,
+) -> None:
+    """File one story (`slot`) under each of its signature's band keys (see `band_keys`)."""
+    keys = np.zeros((1, bands), dtype=np.uint64)
+    band_keys(signature.reshape(1, signature.size), mix, keys)
+    band_add(table, owners, keys[0], np.full(bands, slot, dtype=np.int64))
 
 
 @compiled
