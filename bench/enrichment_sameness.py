@@ -44,12 +44,12 @@ MODULES = ("text", "entities", "classifier", "index", "domain")
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
-def reference(ref: str, into: Path) -> dict[str, ModuleType]:
+def reference(ref: str, into: Path, modules: tuple[str, ...] = MODULES) -> dict[str, ModuleType]:
     """The reference commit's modules, importable as `_reference.<name>`."""
     package = into / "_reference"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    for name in MODULES:
+    for name in modules:
         source = subprocess.run(
             ["git", "show", f"{ref}:services/enrichment/{name}.py"],
             cwd=REPO,
@@ -57,11 +57,14 @@ def reference(ref: str, into: Path) -> dict[str, ModuleType]:
             capture_output=True,
             text=True,
         ).stdout
-        for other in MODULES:
+        for other in modules:
             source = source.replace(f"services.enrichment.{other} ", f"_reference.{other} ")
+            source = source.replace(
+                f"from services.enrichment import {other}\n", f"from _reference import {other}\n"
+            )
         (package / f"{name}.py").write_text(source)
     sys.path.insert(0, str(into))
-    return {name: importlib.import_module(f"_reference.{name}") for name in MODULES}
+    return {name: importlib.import_module(f"_reference.{name}") for name in modules}
 
 
 def corpus_articles(path: Path, start: datetime) -> list[Article]:

@@ -114,16 +114,24 @@ class StoryEnricher:
         now: datetime | None = None,
         lookup_timer: Callable[[float], None] | None = None,
     ) -> Story:
-        """Enrich one version from the current state; `lookup_timer` gets the related lookup's
-        duration in seconds (a metric; the domain itself does no I/O).
+        """Enrich one version from the current state: the story as it goes out."""
+        return _story(article, self.enrichment_of(article, now, lookup_timer))
+
+    def enrichment_of(
+        self,
+        article: Article,
+        now: datetime | None = None,
+        lookup_timer: Callable[[float], None] | None = None,
+    ) -> Enrichment:
+        """What enrichment adds to one version, from the current state; `lookup_timer` gets the
+        related lookup's duration in seconds (a metric; the domain itself does no I/O).
         """
         rules = self.rules
         if article.is_withdrawn:
             section = assign_section(
                 article, rules.taxonomy, self.classifier, rules.min_section_confidence
             )
-            enrichment = Enrichment(section=section, enriched_at=now or datetime.now(UTC))
-            return _story(article, enrichment)
+            return Enrichment(section=section, enriched_at=now or datetime.now(UTC))
         features = self.index.features(article)
         section = assign_section(
             article,
@@ -136,7 +144,7 @@ class StoryEnricher:
         found = self.index.neighbours(features, rules.related_limit, rules.related_min_score)
         if lookup_timer is not None:
             lookup_timer(time.perf_counter() - started)
-        return enriched_story(article, section, found, features.entities, now or datetime.now(UTC))
+        return enrichment_from(section, found, features.entities, now or datetime.now(UTC))
 
 
 def enriched_story(
@@ -147,13 +155,23 @@ def enriched_story(
     enriched_at: datetime,
 ) -> Story:
     """The story as it goes out: the article with its section, links and entities."""
+    return _story(article, enrichment_from(section, found, entities, enriched_at))
+
+
+def enrichment_from(
+    section: SectionAssignment,
+    found: Neighbours,
+    entities: FoundEntities,
+    enriched_at: datetime,
+) -> Enrichment:
+    """What enrichment adds to a story: its section, links and entities."""
     related = [
         RelatedStory.model_validate(
             {"uri": m.uri, "headline": m.headline, "url": m.url, "score": m.score}
         )
         for m in found.related
     ]
-    enrichment = Enrichment(
+    return Enrichment(
         section=section,
         related=related,
         entities=Entities(
@@ -164,7 +182,6 @@ def enriched_story(
         duplicate_of=found.duplicate_of,
         enriched_at=enriched_at,
     )
-    return _story(article, enrichment)
 
 
 def _story(article: Article, enrichment: Enrichment) -> Story:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
@@ -11,12 +13,19 @@ from cloudevents.v1 import kafka as ce_v1_kafka
 
 from shared.events import (
     Article,
+    Enrichment,
+    Entities,
     EventMeta,
     EventType,
     InvalidEvent,
+    RelatedStory,
+    SectionAssignment,
+    Story,
     Topics,
     decode_article,
+    decode_story,
     encode,
+    encode_story,
     event_type_for,
 )
 from tests.factories import article_payload
@@ -96,3 +105,37 @@ def test_undecodable_value_is_invalid_with_a_reason() -> None:
         decode_article(b"{not json")
     with pytest.raises(InvalidEvent, match="no value"):
         decode_article(None)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"url": "https://news.example/2026/harbour", "summary": None, "section": None},
+        {"pubstatus": "canceled", "byline": None, "language": "fr"},
+    ],
+)
+def test_a_story_is_encoded_from_its_article_and_enrichment_as_the_story_itself_is(
+    overrides: dict[str, Any],
+) -> None:
+    article = Article.model_validate(article_payload(**overrides))
+    enrichment = Enrichment(
+        section=SectionAssignment(
+            id="business", name="Business", confidence=1.0, method="provider"
+        ),
+        related=[
+            RelatedStory(uri="urn:newsflow:test:1", headline="Ferry", url=None, score=0.5),
+            RelatedStory.model_validate(
+                {"uri": "urn:x:2", "headline": "Port", "url": "https://a.example/p", "score": 0.3}
+            ),
+        ],
+        entities=Entities(people=["Irena Kass"], places=["Geneva"]),
+        duplicate_of="urn:newsflow:test:0",
+        enriched_at=datetime(2026, 5, 1, 12, 0, tzinfo=UTC),
+    )
+    story = Story.model_validate({**article.model_dump(), "enrichment": enrichment.model_dump()})
+
+    value = encode_story(article, enrichment)
+
+    assert value == encode(story)
+    assert decode_story(value) == story
