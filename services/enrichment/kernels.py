@@ -7,7 +7,8 @@ the space blocks left behind.
 
 A lookup reads only these arrays: which stories are earlier than the one being enriched
 (`earlier_pass`), how many earlier stories hold each term (`frequencies`), and the BM25 sums of
-the earlier stories (`accumulate`, then `collect`). Sums are added in the same order as a numpy
+the earlier stories (`accumulate`, then `collect`); `score_earlier` runs the last three, with the
+choice of query terms between them, as one call. Sums are added in the same order as a numpy
 `bincount` over the concatenated postings would, so scores are the same to the last bit.
 
 Compiled on first use and cached next to this file (numba's `cache=True`; see `compiled`).
