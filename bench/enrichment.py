@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import pickle
 import random
 import statistics
 import sys
@@ -85,6 +86,27 @@ def records(newsroom: Newsroom, start: int, count: int) -> list[tuple[bytes, byt
         article = newsroom.story(n, T0 + timedelta(seconds=2 * n))
         out.append((article.uri.encode(), encode(article)))
     return out
+
+
+def stories(
+    indexed: int, count: int, cache: str | None
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """The stories to index and the stories to measure; generating them takes minutes, so they
+    can be kept in `cache` (a directory) between runs.
+    """
+    kept = Path(cache) / f"enrichment-stories-{indexed}-{count}.pickle" if cache else None
+    if kept is not None and kept.exists():
+        print(f"reading {indexed} + {count} synthetic stories from {kept}", flush=True)
+        loaded: tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]
+        loaded = pickle.loads(kept.read_bytes())  # noqa: S301 (written by this script)
+        return loaded
+    newsroom = Newsroom()
+    print(f"generating {indexed} + {count} synthetic stories ...", flush=True)
+    made = records(newsroom, 0, indexed), records(newsroom, indexed, count)
+    if kept is not None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_bytes(pickle.dumps(made, protocol=pickle.HIGHEST_PROTOCOL))
+    return made
 
 
 async def produce(bootstrap: str, topic: str, batch: list[tuple[bytes, bytes]]) -> float:
@@ -250,10 +272,7 @@ async def run(args: argparse.Namespace) -> None:
         topics = Topics("bench.")
         raw = Topics("raw.")
         await ensure_topics(bootstrap, topics.all() + raw.all())
-        newsroom = Newsroom()
-        print(f"generating {args.indexed} + {args.stories} synthetic stories ...", flush=True)
-        preload = records(newsroom, 0, args.indexed)
-        measured = records(newsroom, args.indexed, args.stories)
+        preload, measured = stories(args.indexed, args.stories, args.stories_cache)
         size = statistics.mean(len(v) for _, v in measured)
         await produce(bootstrap, topics.ingested, preload)
         # The service's group carries the topic prefix (see services/enrichment/main.py).
@@ -339,6 +358,11 @@ def main() -> None:
         type=int,
         default=1,
         help="NEWSFLOW_ENRICHMENT_FEATURE_WORKERS for the service (0: features in process)",
+    )
+    parser.add_argument(
+        "--stories-cache",
+        metavar="DIR",
+        help="keep the generated stories in DIR and reuse them on the next run",
     )
     parser.add_argument(
         "--log", default=str(Path(tempfile.gettempdir()) / "newsflow-bench-enrichment.log")
