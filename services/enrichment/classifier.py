@@ -10,8 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
-from typing import cast
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +18,8 @@ import numpy.typing as npt
 from services.enrichment.kernels import compiled
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -27,20 +28,56 @@ class Prediction:
     confidence: float
 
 
+class TermIds(Protocol):
+    """Numbers terms: the classifier keeps its counts by these ids, so a caller that already
+    holds a story's term ids (the index does) learns and predicts without looking up a string.
+    """
+
+    def term_ids(self, terms: Iterable[str], *, create: bool) -> IntArray:
+        """Each term's id, in order; -1 for a term not yet numbered unless `create`."""
+        ...
+
+
+class OwnTermIds:
+    """Terms numbered by the classifier itself, for one used on its own."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+
+    def term_ids(self, terms: Iterable[str], *, create: bool) -> IntArray:
+        ids = self._ids
+        if create:
+            numbered = [ids.setdefault(term, len(ids)) for term in terms]
+        else:
+            numbered = [ids.get(term, -1) for term in terms]
+        return np.array(numbered, dtype=np.int64)
+
+
 class SectionClassifier:
     """Counts per (term, section); posterior computed on demand, so learning one story is cheap."""
 
     def __init__(
-        self, classes: Sequence[str], *, smoothing: float = 0.5, temper: float = 0.0
+        self,
+        classes: Sequence[str],
+        *,
+        smoothing: float = 0.5,
+        temper: float = 0.0,
+        terms: TermIds | None = None,
     ) -> None:
+        """`terms` numbers the terms (by default the classifier does); learning and predicting
+        by id (`learn_ids`, `predict_ids`) take ids from it.
+        """
         if not classes:
             raise ValueError("a classifier needs at least one section")
         self.classes = tuple(classes)
         self._class_index = {c: i for i, c in enumerate(self.classes)}
         self._smoothing = smoothing
         self._temper = temper
-        self._vocabulary: dict[str, int] = {}
+        self._terms: TermIds = terms if terms is not None else OwnTermIds()
+        # Per term id: its count in each section, and whether it was ever learned.
         self._counts: FloatArray = np.zeros((1024, len(self.classes)))
+        self._learned: BoolArray = np.zeros(1024, dtype=bool)
+        self._vocabulary = 0  # terms learned
         self._totals: FloatArray = np.zeros(len(self.classes))
         self._documents: FloatArray = np.zeros(len(self.classes))
 
@@ -50,33 +87,50 @@ class SectionClassifier:
 
     def learn(self, counts: Mapping[str, int], section_id: str, *, weight: float = 1.0) -> None:
         """Learn one story, given how often each term occurs in it."""
+        if section_id not in self._class_index:
+            return
+        ids = self._terms.term_ids(counts, create=True)
+        amounts = np.fromiter(counts.values(), np.float64, len(counts))
+        self.learn_ids(ids, amounts, section_id, weight=weight)
+
+    def learn_ids(
+        self, ids: IntArray, counts: FloatArray, section_id: str, *, weight: float = 1.0
+    ) -> None:
+        """Learn one story from its terms' ids (distinct, from `terms`) and counts."""
         column = self._class_index.get(section_id)
         if column is None:
             return  # e.g. the fallback section: nothing to learn about a topic
-        vocabulary = self._vocabulary
-        # A term not seen before takes the next row.
-        rows = [vocabulary.setdefault(term, len(vocabulary)) for term in counts]
-        amounts = [w * weight for w in _weights(counts)]
-        if len(vocabulary) > len(self._counts):
-            grown = np.zeros((max(len(vocabulary), 2 * len(self._counts)), len(self.classes)))
+        if ids.size and ids.max() >= len(self._learned):
+            size = max(int(ids.max()) + 1, 2 * len(self._learned))
+            grown = np.zeros((size, len(self.classes)))
             grown[: len(self._counts)] = self._counts
             self._counts = grown
-        self._counts[rows, column] += amounts
-        self._totals[column] += sum(amounts)
+            self._learned = np.concatenate(
+                [self._learned, np.zeros(size - len(self._learned), dtype=bool)]
+            )
+        self._vocabulary += int(ids.size - np.count_nonzero(self._learned[ids]))
+        self._learned[ids] = True
+        amounts = _weights(counts) * weight
+        self._counts[ids, column] += amounts
+        self._totals[column] += sum(amounts.tolist())  # in order, as a Python sum adds
         self._documents[column] += 1
 
     def predict(self, counts: Mapping[str, int]) -> Prediction | None:
         """The likeliest section and a calibrated confidence; None when no term is known."""
-        # Row -1: a term never learned, which says nothing.
-        rows = np.fromiter(map(self._vocabulary.get, counts, repeat(-1)), np.int64, len(counts))
+        ids = self._terms.term_ids(counts, create=False)
+        return self.predict_ids(ids, np.fromiter(counts.values(), np.float64, len(counts)))
+
+    def predict_ids(self, ids: IntArray, counts: FloatArray) -> Prediction | None:
+        """`predict` from the story's terms' ids (-1: a term never numbered) and counts."""
         best, confidence = _posterior(
             self._counts,
-            rows,
-            np.array(_weights(counts)),
+            self._learned,
+            ids,
+            _weights(counts),
             self._totals,
             self._documents,
             self._smoothing,
-            len(self._vocabulary),
+            self._vocabulary,
             self._temper,
         )
         return None if best < 0 else Prediction(self.classes[best], confidence)
@@ -85,7 +139,8 @@ class SectionClassifier:
 @compiled
 def _posterior(
     counts: FloatArray,
-    rows: npt.NDArray[np.int64],
+    learned: BoolArray,
+    ids: IntArray,
     weights: FloatArray,
     totals: FloatArray,
     documents: FloatArray,
@@ -94,8 +149,13 @@ def _posterior(
     temper: float,
 ) -> tuple[int, float]:
     """The likeliest section's column and its probability, given a story's terms (their rows in
-    `counts`, -1 if unknown) and their weights; column -1 when no term is known or nothing learned.
+    `counts`; a term never learned says nothing) and their weights; column -1 when no term is
+    known or nothing learned.
     """
+    rows = np.empty(ids.shape[0], dtype=np.int64)
+    for i in range(ids.shape[0]):
+        term = ids[i]
+        rows[i] = term if 0 <= term < learned.shape[0] and learned[term] else -1
     sections = totals.shape[0]
     learned = documents.sum()
     known = rows >= 0
@@ -123,15 +183,15 @@ def _posterior(
     return best, float(probabilities[best])
 
 
-# A term's weight is 1 + log(count); counts are small, so most weights are looked up.
-_WEIGHTS = {count: 1.0 + math.log(count) for count in range(1, 1024)}
+# A term's weight is 1 + log(count); counts are small, so most weights are looked up (the same
+# values as `math.log` gives, which numpy's vectorised log need not be to the last bit).
+_WEIGHTS = np.array([0.0] + [1.0 + math.log(count) for count in range(1, 1024)])
 
 
-def _weights(counts: Mapping[str, int]) -> list[float]:
-    weights = list(map(_WEIGHTS.get, counts.values()))
-    if None in weights:
-        return [1.0 + math.log(c) for c in counts.values()]
-    return cast(list[float], weights)
+def _weights(counts: FloatArray) -> FloatArray:
+    if counts.size and (counts.min() < 1 or counts.max() >= len(_WEIGHTS)):
+        return np.array([1.0 + math.log(c) for c in counts.tolist()])
+    return _WEIGHTS[counts.astype(np.int64)]
 
 
 def term_counts(terms: Iterable[str]) -> dict[str, int]:

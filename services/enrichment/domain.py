@@ -7,11 +7,11 @@ version on the ingested topic; `Enrichment.enrich` reads that state to enrich on
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from services.enrichment.classifier import SectionClassifier, term_counts
+from services.enrichment.classifier import FloatArray, IntArray, SectionClassifier, term_counts
 from services.enrichment.entities import FoundEntities
 from services.enrichment.index import Features, IndexSettings, Neighbours, StoryIndex
 from services.enrichment.taxonomy import Section, Taxonomy
@@ -45,17 +45,19 @@ def assign_section(
     taxonomy: Taxonomy,
     classifier: SectionClassifier,
     min_confidence: float,
-    counts: Mapping[str, int] | None = None,
+    terms: tuple[IntArray, FloatArray] | None = None,
 ) -> SectionAssignment:
     """The provider's hint when the taxonomy knows it, else the classifier, else the fallback.
 
-    `counts` are the story's term counts when already known (the index computed them).
+    `terms` are the story's terms' ids (the classifier's numbering) and counts when already
+    known (the index numbered them).
     """
     if article.section and (hinted := taxonomy.by_hint(article.section)):
         return SectionAssignment(id=hinted.id, name=hinted.name, confidence=1.0, method="provider")
-    if counts is None:
-        counts = term_counts(tokens(story_text(article)))
-    prediction = classifier.predict(counts)
+    if terms is None:
+        prediction = classifier.predict(term_counts(tokens(story_text(article))))
+    else:
+        prediction = classifier.predict_ids(*terms)
     if prediction is not None and prediction.confidence >= min_confidence:
         section = taxonomy.section(prediction.section_id)
         return SectionAssignment(
@@ -78,7 +80,8 @@ class StoryEnricher:
     def __init__(self, rules: EnrichmentRules) -> None:
         self.rules = rules
         self.index = StoryIndex(rules.index)
-        self.classifier = SectionClassifier(rules.taxonomy.classes)
+        # The classifier counts terms by the index's ids: a story's ids serve both.
+        self.classifier = SectionClassifier(rules.taxonomy.classes, terms=self.index)
         self.observed = 0
         # The taxonomy's keywords are each section's first example: the model starts from them.
         for section in rules.taxonomy.sections:
@@ -106,7 +109,7 @@ class StoryEnricher:
             return
         features = self.index.add(article, features)
         if article.section and (hinted := self.rules.taxonomy.by_hint(article.section)):
-            self.classifier.learn(features.term_counts, hinted.id)
+            self.classifier.learn_ids(*self.index.terms_of(features), hinted.id)
 
     def enrich(
         self,
@@ -138,7 +141,7 @@ class StoryEnricher:
             rules.taxonomy,
             self.classifier,
             rules.min_section_confidence,
-            features.term_counts,
+            self.index.terms_of(features, create=False),
         )
         started = time.perf_counter()
         found = self.index.neighbours(features, rules.related_limit, rules.related_min_score)

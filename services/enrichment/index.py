@@ -12,8 +12,10 @@ import heapq
 import math
 import zlib
 from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
 from operator import itemgetter
 from typing import cast
 
@@ -73,7 +75,7 @@ class Features:
     headline: str
     url: str | None
     time: float  # when the story first appeared (epoch seconds): orders stories the same way
-    term_counts: dict[str, int]
+    term_counts: Mapping[str, int]  # most frequent first
     length: int
     distinct: int
     entities: FoundEntities
@@ -361,14 +363,34 @@ class StoryIndex:
         if slot is not None:
             held = self._recent.get(article.uri)
             if held is not None and held.features.version == article.version:
-                terms = map(self._term_names.__getitem__, held.ids.tolist())
-                counts = dict(zip(terms, held.counts.astype(int).tolist(), strict=True))
+                counts = _HeldCounts(self._term_names, held.ids, held.counts)
                 return _changed(held.features, term_counts=counts)
             if self._versions[slot] == article.version:
                 fresh = features_of(article, self.shingler)
                 # Keeps the first time of a corrected story.
                 return _with_time(fresh, float(self._times[slot]))
         return features_of(article, self.shingler)
+
+    def term_ids(self, terms: Iterable[str], *, create: bool) -> IntArray:
+        """Each term's id in this index, in order; -1 for a term it has not numbered unless
+        `create` (the section classifier keeps its counts by these ids too).
+        """
+        if create:
+            return np.array(list(map(self._term_id, terms)), dtype=np.int64)
+        return np.fromiter(map(self._terms.get, terms, repeat(-1)), np.int64)
+
+    def terms_of(self, features: Features, *, create: bool = True) -> tuple[IntArray, FloatArray]:
+        """The story's terms' ids and their counts, most frequent first: held from indexing it
+        when it is this version. A new term is numbered now if `create`, else its id is -1.
+        """
+        held = self._recent.get(features.uri)
+        if held is not None and held.features.version == features.version:
+            return held.ids, held.counts
+        counts = features.term_counts
+        return (
+            self.term_ids(counts, create=create),
+            np.fromiter(counts.values(), np.float64, len(counts)),
+        )
 
     # --- keeping it current -------------------------------------------------------------------
 
@@ -507,11 +529,12 @@ class StoryIndex:
         """The ids of the story's most frequent terms the index knows, most frequent first, and
         their counts (held from indexing it when it is this version).
         """
-        wanted = min(len(features.term_counts), 2 * self.settings.query_terms)
+        wanted = 2 * self.settings.query_terms
         held = self._recent.get(features.uri)
         # Indexed from the same terms, most frequent first (as `features_of` keeps them).
-        if held and held.features.version == features.version and len(held.ids) == wanted:
+        if held and held.features.version == features.version and len(held.ids) <= wanted:
             return held.ids, held.counts
+        wanted = min(len(features.term_counts), wanted)
         frequent = sorted(features.term_counts.items(), key=itemgetter(1), reverse=True)[:wanted]
         known = [(self._terms.get(term), count) for term, count in frequent]
         pairs = [(term_id, count) for term_id, count in known if term_id is not None]
@@ -731,6 +754,31 @@ class _Held:
     features: Features
     ids: IntArray
     counts: FloatArray
+
+
+class _HeldCounts(Mapping[str, int]):
+    """A held story's term counts, by name, made only if read (enriching it needs the ids)."""
+
+    def __init__(self, names: list[str], ids: IntArray, counts: FloatArray) -> None:
+        self._names = names
+        self._ids = ids
+        self._counts = counts
+        self._made: dict[str, int] | None = None
+
+    def _dict(self) -> dict[str, int]:
+        if self._made is None:
+            terms = map(self._names.__getitem__, self._ids.tolist())
+            self._made = dict(zip(terms, self._counts.astype(int).tolist(), strict=True))
+        return self._made
+
+    def __getitem__(self, term: str) -> int:
+        return self._dict()[term]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 @dataclass(frozen=True)

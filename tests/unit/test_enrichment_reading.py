@@ -7,12 +7,15 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 
 from services.enrichment.classifier import SectionClassifier
-from services.enrichment.index import Shingler
+from services.enrichment.index import Shingler, StoryIndex
 from services.enrichment.text import WORD, words_of
+from shared.events import Article
 
 pytestmark = pytest.mark.unit
 
@@ -61,3 +64,55 @@ def test_the_section_confidence_is_the_naive_bayes_posterior() -> None:
     assert prediction is not None and prediction.section_id == "sport"
     assert prediction.confidence == pytest.approx(1 / (1 + odds), abs=1e-12)
     assert classifier.predict({"unknown": 1}) is None
+
+
+def test_a_classifier_counting_by_the_index_term_ids_predicts_as_one_counting_by_name() -> None:
+    # The enricher's classifier keeps its counts by the index's term ids, and learns and predicts
+    # from the ids the index holds for a story; the numbering must change no prediction.
+    rng = random.Random(5)
+    vocabulary = [f"term{n}" for n in range(300)]
+    sections = ["sport", "business", "science"]
+    index = StoryIndex()
+    by_name = SectionClassifier(sections)
+    by_id = SectionClassifier(sections, terms=index)
+    index.term_ids(["numbered", "by", "the", "index", "first"], create=True)  # not learned
+    for n in range(200):
+        counts = {t: rng.randint(1, 4) for t in rng.sample(vocabulary[: 100 + n], 30)}
+        section = sections[n % 3]
+        by_name.learn(counts, section, weight=1.5 if n < 3 else 1.0)
+        if n % 2:
+            by_id.learn(counts, section, weight=1.5 if n < 3 else 1.0)
+        else:
+            ids = index.term_ids(counts, create=True)
+            amounts = np.array(list(counts.values()), dtype=np.float64)
+            by_id.learn_ids(ids, amounts, section, weight=1.5 if n < 3 else 1.0)
+
+    for _ in range(100):
+        counts = {t: rng.randint(1, 6) for t in rng.sample([*vocabulary, "unseen", "by"], 25)}
+        ids = index.term_ids(counts, create=False)
+        amounts = np.array(list(counts.values()), dtype=np.float64)
+        assert by_id.predict_ids(ids, amounts) == by_name.predict(counts)
+        assert by_id.predict(counts) == by_name.predict(counts)
+    assert by_id.predict({"by": 1, "unseen": 2}) is None  # numbered by the index, never learned
+
+
+def test_a_held_story_gives_its_term_counts_by_name_and_its_ids() -> None:
+    story = Article.model_validate(
+        {
+            "uri": "urn:newsflow:test:dam",
+            "headline": "Seralin dam water shared",
+            "body_html": f"<p>{SENTENCE}. The dam holds water for the dry season.</p>",
+            "provider": "test",
+            "versioncreated": datetime(2026, 3, 1, tzinfo=UTC),
+        }
+    )
+    index = StoryIndex()
+    indexed = index.add(story)
+
+    held = index.features(story)
+    ids, counts = index.terms_of(held)
+
+    assert dict(held.term_counts) == dict(indexed.term_counts)
+    assert list(held.term_counts) == list(indexed.term_counts)  # most frequent first
+    assert ids.tolist() == index.term_ids(indexed.term_counts, create=False).tolist()
+    assert counts.tolist() == [float(c) for c in indexed.term_counts.values()]
