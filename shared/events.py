@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -234,6 +234,9 @@ class TopicSpec:
 Headers = list[tuple[str, bytes]]
 
 
+REQUIRED_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type")
+
+
 @dataclass(frozen=True)
 class EventMeta:
     """The CloudEvents attributes of one record (the `ce_*` headers)."""
@@ -259,6 +262,24 @@ class EventMeta:
             extensions=tuple(sorted(extensions.items())),
         )
 
+    @classmethod
+    def check_headers(cls, headers: Iterable[tuple[str, bytes]]) -> None:
+        """What `from_headers` checks, without building the event: raises `InvalidEvent` when a
+        required CloudEvents header is missing or malformed.
+        """
+        cls._check({name: value for name, value in headers if name in REQUIRED_HEADERS})
+
+    @staticmethod
+    def _check(found: Mapping[str, str | bytes]) -> None:
+        missing = [h for h in REQUIRED_HEADERS if h not in found]
+        if missing:
+            raise InvalidEvent(f"missing CloudEvents headers: {', '.join(missing)}")
+        version = found["ce_specversion"]
+        if isinstance(version, bytes):
+            version = version.decode("utf-8", "replace")
+        if version != SPEC_VERSION:
+            raise InvalidEvent(f"unsupported ce_specversion {version!r}")
+
     def to_headers(self) -> Headers:
         headers = [
             ("ce_specversion", SPEC_VERSION.encode()),
@@ -275,11 +296,7 @@ class EventMeta:
     def from_headers(cls, headers: Iterable[tuple[str, bytes]]) -> EventMeta:
         """Raises `InvalidEvent` when a required CloudEvents header is missing or malformed."""
         found = {name: value.decode("utf-8", "replace") for name, value in headers}
-        missing = [h for h in ("ce_specversion", "ce_id", "ce_source", "ce_type") if h not in found]
-        if missing:
-            raise InvalidEvent(f"missing CloudEvents headers: {', '.join(missing)}")
-        if found["ce_specversion"] != SPEC_VERSION:
-            raise InvalidEvent(f"unsupported ce_specversion {found['ce_specversion']!r}")
+        cls._check(found)
         try:
             time = datetime.fromisoformat(found.get("ce_time", "").replace("Z", "+00:00"))
         except ValueError:

@@ -142,7 +142,7 @@ class KafkaStoryTable:
     def _apply(self, message: IngestedRecord, features: Features | None) -> None:
         self._read[message.partition] = message.offset + 1
         try:
-            EventMeta.from_headers(message.headers)
+            EventMeta.check_headers(message.headers)
             article = decode_article(message.value)
         except InvalidEvent:
             self.skipped += 1  # the consumer group parks it on the DLQ

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,6 +79,27 @@ def test_headers_round_trip_with_extensions() -> None:
 def test_missing_ce_headers_are_invalid() -> None:
     with pytest.raises(InvalidEvent, match="ce_id"):
         EventMeta.from_headers([("ce_specversion", b"1.0"), ("ce_type", b"t"), ("ce_source", b"s")])
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("ce_specversion", b"1.0"), ("ce_type", b"t"), ("ce_source", b"s")],
+        [("ce_specversion", b"0.3"), ("ce_id", b"1"), ("ce_type", b"t"), ("ce_source", b"s")],
+        [("ce_specversion", b"\xff"), ("ce_id", b"1"), ("ce_type", b"t"), ("ce_source", b"s")],
+        [],
+        EventMeta.new(EventType.PUBLISHED, "urn:x").to_headers(),
+        [*EventMeta.new(EventType.PUBLISHED, "urn:x").to_headers(), ("ce_time", b"yesterday")],
+    ],
+)
+def test_checking_headers_agrees_with_reading_them(headers: list[tuple[str, bytes]]) -> None:
+    try:
+        EventMeta.from_headers(headers)
+    except InvalidEvent as exc:
+        with pytest.raises(InvalidEvent, match=re.escape(str(exc))):
+            EventMeta.check_headers(headers)
+    else:
+        EventMeta.check_headers(headers)
 
 
 def test_topic_names_carry_the_prefix() -> None:
