@@ -363,8 +363,7 @@ class StoryIndex:
         if slot is not None:
             held = self._recent.get(article.uri)
             if held is not None and held.features.version == article.version:
-                counts = _HeldCounts(self._term_names, held.ids, held.counts)
-                return _changed(held.features, term_counts=counts)
+                return self.numbered(held.features, held.ids, held.counts)
             if self._versions[slot] == article.version:
                 fresh = features_of(article, self.shingler)
                 # Keeps the first time of a corrected story.
@@ -387,10 +386,18 @@ class StoryIndex:
         if held is not None and held.features.version == features.version:
             return held.ids, held.counts
         counts = features.term_counts
+        if create or (isinstance(counts, NumberedCounts) and counts.names is self._term_names):
+            return self._ids_and_counts(counts)
         return (
-            self.term_ids(counts, create=create),
+            self.term_ids(counts, create=False),
             np.fromiter(counts.values(), np.float64, len(counts)),
         )
+
+    def numbered(self, features: Features, ids: IntArray, counts: FloatArray) -> Features:
+        """The features with their term counts given as this index's term ids (`term_ids`),
+        in the same order, and counts.
+        """
+        return _changed(features, term_counts=NumberedCounts(self._term_names, ids, counts))
 
     # --- keeping it current -------------------------------------------------------------------
 
@@ -415,8 +422,6 @@ class StoryIndex:
         self._entities.append(tuple(self._entity_id(key) for key in sorted(features.entity_keys)))
         self._versions[slot] = features.version
         self._signatures[slot] = features.signature
-        terms = tuple(features.term_counts)
-        counts = tuple(features.term_counts.values())
         self._slots[features.uri] = slot
         self._times[slot] = features.time
         self._alive[slot] = True
@@ -428,16 +433,22 @@ class StoryIndex:
         self._newest = max(self._newest, features.time)
         self._sizes[slot] = max(1, features.distinct)
         norm = self._length_norm(features)
-        known = list(map(self._terms.get, terms))
-        ids = cast(list[int], known) if None not in known else list(map(self._term_id, terms))
-        tf = np.array(counts, dtype=np.float64)
-        term_ids = np.array(ids, dtype=np.int64)
+        term_ids, tf = self._ids_and_counts(features.term_counts)
         self._postings.add(slot, term_ids, tf, norm)
         self._recent[features.uri] = _Held(_changed(features, term_counts={}), term_ids, tf)
         if len(self._recent) > _RECENT_WITH_TERMS:
             self._recent.popitem(last=False)
         self._bands.add(slot, features.signature)
         self._evict()
+
+    def _ids_and_counts(self, term_counts: Mapping[str, int]) -> tuple[IntArray, FloatArray]:
+        if isinstance(term_counts, NumberedCounts) and term_counts.names is self._term_names:
+            return term_counts.ids, term_counts.counts
+        terms = tuple(term_counts)
+        known = list(map(self._terms.get, terms))
+        ids = cast(list[int], known) if None not in known else list(map(self._term_id, terms))
+        counts = np.fromiter(term_counts.values(), np.float64, len(terms))
+        return np.array(ids, dtype=np.int64), counts
 
     def remove(self, uri: str) -> None:
         slot = self._slots.pop(uri, None)
@@ -756,19 +767,21 @@ class _Held:
     counts: FloatArray
 
 
-class _HeldCounts(Mapping[str, int]):
-    """A held story's term counts, by name, made only if read (enriching it needs the ids)."""
+class NumberedCounts(Mapping[str, int]):
+    """A story's term counts given as an index's term ids (`names` names each id), read by name
+    only if asked: indexing, classifying and enriching the story need only the ids.
+    """
 
     def __init__(self, names: list[str], ids: IntArray, counts: FloatArray) -> None:
-        self._names = names
-        self._ids = ids
-        self._counts = counts
+        self.names = names
+        self.ids = ids
+        self.counts = counts
         self._made: dict[str, int] | None = None
 
     def _dict(self) -> dict[str, int]:
         if self._made is None:
-            terms = map(self._names.__getitem__, self._ids.tolist())
-            self._made = dict(zip(terms, self._counts.astype(int).tolist(), strict=True))
+            terms = map(self.names.__getitem__, self.ids.tolist())
+            self._made = dict(zip(terms, self.counts.astype(int).tolist(), strict=True))
         return self._made
 
     def __getitem__(self, term: str) -> int:
@@ -778,7 +791,7 @@ class _HeldCounts(Mapping[str, int]):
         return iter(self._dict())
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self.ids)
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
             stack.push_async_callback(stop_producer, producer)
             workers = None
             if settings.enrichment_feature_workers > 0:
-                workers = FeatureWorkers(settings.enrichment_feature_workers)
+                workers = FeatureWorkers(settings.enrichment_feature_workers, enricher.index)
                 await workers.start()
                 stack.push_async_callback(workers.stop)
             table = KafkaStoryTable(

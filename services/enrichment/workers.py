@@ -18,16 +18,34 @@ import pickle
 import signal
 import struct
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext, SpawnProcess
-from typing import BinaryIO, cast
+from typing import BinaryIO, Protocol, cast
 
-from services.enrichment.index import Features, Shingler, features_of
+import numpy as np
+import numpy.typing as npt
+
+from services.enrichment.index import Features, FloatArray, IntArray, Shingler, features_of
 from shared.events import InvalidEvent, decode_article
 
 FoundFeatures = list[Features | None]
+# A chunk's features as a worker sends them: each story's features without its term counts; all
+# the term ids (the worker's own numbering) and counts in one pair of arrays, story after story;
+# how many terms each story has; and the terms the worker numbered for this chunk, in order.
+Packed = tuple[FoundFeatures, npt.NDArray[np.int32], npt.NDArray[np.int32], list[int], list[str]]
+
+
+class Numbering(Protocol):
+    """The index the features are for: it numbers terms, and takes counts given as its ids."""
+
+    def term_ids(self, terms: Iterable[str], *, create: bool) -> IntArray: ...
+
+    def numbered(self, features: Features, ids: IntArray, counts: FloatArray) -> Features: ...
+
+
 _HEADER = struct.Struct("!Q")  # each message: its length, then the pickled value
 # A pipe holds 64 KiB by default, less than one chunk (~230 KB in, ~90 KB out): then a worker
 # waits for the service's event loop to pass each piece on, and that loop is busy inserting the
@@ -41,17 +59,20 @@ class FeatureWorkers:
     in turn.
     """
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, numbering: Numbering) -> None:
+        """Features come back with their term counts given as `numbering`'s term ids."""
         if processes < 1:
             raise ValueError("feature workers need at least one process")
         self.processes = processes
+        self._numbering = numbering
         self._workers: list[_Worker] = []
         self._turn = 0
 
     async def start(self) -> None:
         context = multiprocessing.get_context("spawn")
         for n in range(self.processes):
-            self._workers.append(await _Worker.start(context, f"newsflow-feature-worker-{n}"))
+            name = f"newsflow-feature-worker-{n}"
+            self._workers.append(await _Worker.start(context, name, self._numbering))
         # Each answers once it has imported everything: one that cannot start fails start-up.
         await asyncio.gather(*(worker.features([]) for worker in self._workers))
 
@@ -75,7 +96,7 @@ class _Worker:
     answers: _Answers
 
     @classmethod
-    async def start(cls, context: SpawnContext, name: str) -> _Worker:
+    async def start(cls, context: SpawnContext, name: str, numbering: Numbering) -> _Worker:
         loop = asyncio.get_running_loop()
         their_requests, our_requests = context.Pipe(duplex=False)
         our_answers, their_answers = context.Pipe(duplex=False)
@@ -88,7 +109,7 @@ class _Worker:
         their_answers.close()
         for pipe in (our_requests, our_answers):
             _enlarge(pipe)
-        answers = _Answers()
+        answers = _Answers(numbering)
         await loop.connect_read_pipe(lambda: answers, _file(our_answers, "rb"))
         requests, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, _file(our_requests, "wb"))
         return cls(process, requests, answers)
@@ -116,8 +137,13 @@ class _Worker:
 class _Answers(asyncio.Protocol):
     """The service's side of a worker's answers: each message resolves the oldest request."""
 
-    def __init__(self) -> None:
+    def __init__(self, numbering: Numbering) -> None:
         self.awaited: deque[asyncio.Future[FoundFeatures]] = deque()
+        self._numbering = numbering
+        # The index's id of each term the worker numbered, by the worker's id (the first
+        # `_numbered` entries).
+        self._ids: IntArray = np.zeros(1024, dtype=np.int64)
+        self._numbered = 0
         self.gone: Exception | None = None
         self._buffer = bytearray()
         self._transport: asyncio.BaseTransport | None = None
@@ -132,11 +158,37 @@ class _Answers(asyncio.Protocol):
             end = _HEADER.size + size
             if len(self._buffer) < end:
                 return
-            found = pickle.loads(memoryview(self._buffer)[_HEADER.size : end])  # noqa: S301 (ours)
+            packed = pickle.loads(memoryview(self._buffer)[_HEADER.size : end])  # noqa: S301 (ours)
             del self._buffer[:end]
+            found = self._unpack(packed)
             answer = self.awaited.popleft()
             if not answer.cancelled():
                 answer.set_result(found)
+
+    def _unpack(self, packed: Packed) -> FoundFeatures:
+        """The features with their term counts given as the index's ids. Every answer is
+        unpacked, also one no longer awaited: the worker's numbering goes on from it.
+        """
+        found, local_ids, local_counts, sizes, new_terms = packed
+        if new_terms:
+            numbered = self._numbering.term_ids(new_terms, create=True)
+            total = self._numbered + len(numbered)
+            if total > len(self._ids):
+                self._ids = np.resize(self._ids, max(total, 2 * len(self._ids)))
+            self._ids[self._numbered : total] = numbered
+            self._numbered = total
+        ids = self._ids[local_ids]
+        counts = local_counts.astype(np.float64)
+        unpacked: FoundFeatures = []
+        at = 0
+        for features, size in zip(found, sizes, strict=True):
+            if features is None:
+                unpacked.append(None)
+                continue
+            story = slice(at, at + size)
+            unpacked.append(self._numbering.numbered(features, ids[story], counts[story]))
+            at += size
+        return unpacked
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = RuntimeError("a feature worker exited")
@@ -171,6 +223,7 @@ def serve(requests: Connection, answers: Connection) -> None:
     """A worker's life: read a chunk of values, answer with their features, until the input ends."""
     # Ctrl-C reaches the whole process group: the service stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    numbering: dict[str, int] = {}
     # Buffered: a read or write of n bytes is all n bytes (or the end of the input).
     with _file(requests, "rb", -1) as incoming, _file(answers, "wb", -1) as outgoing:
         while len(header := incoming.read(_HEADER.size)) == _HEADER.size:
@@ -179,7 +232,8 @@ def serve(requests: Connection, answers: Connection) -> None:
             if len(message) < size:
                 return  # the service died while writing
             values = pickle.loads(message)  # noqa: S301 (from the service that started it)
-            message = pickle.dumps(features_of_values(values), protocol=pickle.HIGHEST_PROTOCOL)
+            packed = pack(features_of_values(values), numbering)
+            message = pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)
             try:
                 outgoing.write(_HEADER.pack(len(message)) + message)
                 outgoing.flush()
@@ -199,6 +253,45 @@ def features_of_values(values: list[bytes | None]) -> FoundFeatures:
             continue
         found.append(None if article.is_withdrawn else features_of(article, shingler))
     return found
+
+
+def pack(found: FoundFeatures, numbering: dict[str, int]) -> Packed:
+    """The features as a worker sends them (`Packed`), its terms numbered in `numbering`, which
+    goes on from one chunk to the next (the service keeps the same numbering from the answers).
+    """
+    new_terms: list[str] = []
+    ids: list[int] = []
+    counts: list[int] = []
+    sizes: list[int] = []
+    bare: FoundFeatures = []
+    for features in found:
+        if features is None:
+            bare.append(None)
+            sizes.append(0)
+            continue
+        term_counts = features.term_counts
+        for term in term_counts:
+            term_id = numbering.get(term)
+            if term_id is None:
+                term_id = numbering[term] = len(numbering)
+                new_terms.append(term)
+            ids.append(term_id)
+        counts.extend(term_counts.values())
+        sizes.append(len(term_counts))
+        bare.append(_without_counts(features))
+    return (
+        bare,
+        np.array(ids, dtype=np.int32),
+        np.array(counts, dtype=np.int32),
+        sizes,
+        new_terms,
+    )
+
+
+def _without_counts(features: Features) -> Features:
+    copy = object.__new__(type(features))
+    copy.__dict__.update(features.__dict__, term_counts={})
+    return copy
 
 
 @cache

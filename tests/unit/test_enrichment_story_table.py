@@ -14,8 +14,8 @@ import pytest
 
 from bench.enrichment import Newsroom
 from services.enrichment.adapters import read_in_order
-from services.enrichment.index import Features, Shingler, features_of
-from services.enrichment.workers import features_of_values
+from services.enrichment.index import Features, Shingler, StoryIndex, features_of
+from services.enrichment.workers import FeatureWorkers, features_of_values
 from shared.events import encode
 
 pytestmark = pytest.mark.unit
@@ -87,3 +87,40 @@ def same_features(a: Features, b: Features) -> bool:
         else getattr(a, f.name) == getattr(b, f.name)
         for f in fields(Features)
     )
+
+
+async def test_features_from_a_worker_come_numbered_as_the_index_numbers_terms() -> None:
+    # The worker numbers terms itself and sends ids; the service turns them into the index's ids
+    # (numbering the new ones), chunk after chunk, so the index never looks a term up by name.
+    newsroom = Newsroom(events=50)
+    stories = [newsroom.story(n, T0 + timedelta(minutes=n)) for n in range(60)]
+    chunks: list[list[bytes | None]] = [
+        [encode(s) for s in stories[:30]],
+        [b"not json", *(encode(s) for s in stories[30:]), None],
+    ]
+    by_worker = StoryIndex()
+    by_worker.term_ids(["numbered", "before", "the", "worker", "started"], create=True)
+    by_name = StoryIndex()
+    shingler = Shingler()
+    workers = FeatureWorkers(1, by_worker)
+    await workers.start()
+    try:
+        found = [await workers.features(chunk) for chunk in chunks]
+    finally:
+        await workers.stop()
+
+    assert found[1][0] is None and found[1][-1] is None
+    sent = [f for f in [*found[0], *found[1]] if f is not None]
+    assert len(sent) == len(stories)
+    for story, features in zip(stories, sent, strict=True):
+        expected = features_of(story, shingler)
+        assert same_features(features, expected)
+        assert list(features.term_counts.items()) == list(expected.term_counts.items())
+        ids, _ = by_worker.terms_of(features, create=False)
+        assert ids.tolist() == by_worker.term_ids(expected.term_counts, create=False).tolist()
+        by_worker.add(story, features)
+        by_name.add(story, expected)
+    for story in stories:
+        assert by_worker.neighbours(by_worker.features(story), 5, 0.0) == by_name.neighbours(
+            by_name.features(story), 5, 0.0
+        )
