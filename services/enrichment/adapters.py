@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeAlias, TypeVar
@@ -21,6 +22,7 @@ from shared.kafka import IncomingRecord
 from shared.logging import get_logger
 
 log = get_logger(__name__)
+YIELD_EVERY_S = 0.005
 
 Record = TypeVar("Record")
 Found = TypeVar("Found")
@@ -49,16 +51,20 @@ class KafkaStoryTable:
         *,
         features: FeatureSource | None = None,
         in_flight: int = 3,
+        here_while_waiting: bool = True,
         max_records: int = 2000,
         fetch_max_wait_ms: int = 20,
     ) -> None:
         """`features` computes the records' features elsewhere (worker processes), up to
-        `in_flight` chunks at once; without it `observe` computes them in this process.
+        `in_flight` chunks at once; without it `observe` computes them in this process. With
+        `here_while_waiting`, this process also computes a chunk's features itself while a caller
+        waits for the reader (see `_features_of`).
         """
         self._topic = topic
         self._observe = observe
         self._features = features
         self._in_flight = in_flight if features is not None else 1
+        self._here_while_waiting = here_while_waiting
         self._max_records = max_records
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
@@ -76,7 +82,12 @@ class KafkaStoryTable:
         self._progress = asyncio.Condition()
         self._rebuilt = asyncio.Event()
         self._rebuild_target: dict[int, int] = {}
+        self._waiting = 0  # callers waiting for this reader to read further
+        self._here: set[int] = set()  # chunks (by id) whose features this process computes
         self.skipped = 0
+        # Records whose features this process computed, and those the workers computed.
+        self.computed_here = 0
+        self.computed_by_workers = 0
 
     @property
     def rebuilt(self) -> bool:
@@ -104,7 +115,11 @@ class KafkaStoryTable:
         )
 
     async def wait_rebuilt(self) -> None:
-        await self._rebuilt.wait()
+        self._waiting += 1
+        try:
+            await self._rebuilt.wait()
+        finally:
+            self._waiting -= 1
 
     async def caught_up_with(self, records: Sequence[IncomingRecord]) -> None:
         """Wait until this instance has read everything on the topic up to now, and at least
@@ -113,8 +128,14 @@ class KafkaStoryTable:
         target = await self._end_offsets()
         for record in records:
             target[record.partition] = max(target.get(record.partition, 0), record.offset + 1)
-        async with self._progress:
-            await self._progress.wait_for(lambda: self._reached(target))
+        if self._reached(target):
+            return
+        self._waiting += 1
+        try:
+            async with self._progress:
+                await self._progress.wait_for(lambda: self._reached(target))
+        finally:
+            self._waiting -= 1
 
     async def _fetch(self, wait: bool) -> list[IngestedRecord]:
         batches: dict[TopicPartition, list[IngestedRecord]] = await self._consumer.getmany(
@@ -123,16 +144,31 @@ class KafkaStoryTable:
         return list(heapq.merge(*batches.values(), key=lambda m: m.timestamp))
 
     async def _features_of(self, chunk: list[IngestedRecord]) -> list[Features | None]:
+        """The chunk's features from the workers; None for each (`observe` computes them) when
+        there are no workers, or when the enricher waits for this reader and this process has
+        no chunk of its own yet: its core is idle then (the rebuild, or a burst to catch up).
+        """
         if self._features is None:
-            return [None] * len(chunk)  # `observe` computes them
+            self.computed_here += len(chunk)
+            return [None] * len(chunk)
+        if self._here_while_waiting and self._waiting and not self._here:
+            self._here.add(id(chunk))
+            self.computed_here += len(chunk)
+            return [None] * len(chunk)
+        self.computed_by_workers += len(chunk)
         return await self._features([message.value for message in chunk])
 
     async def _observe_chunk(
         self, chunk: list[IngestedRecord], features: list[Features | None]
     ) -> None:
         # A record counts as read once it is observed: `caught_up_with` waits for that.
+        handed_on = time.perf_counter()
         for message, found in zip(chunk, features, strict=True):
             self._apply(message, found)
+            if time.perf_counter() - handed_on > YIELD_EVERY_S:
+                await asyncio.sleep(0)  # computing features here takes a while: let others run
+                handed_on = time.perf_counter()
+        self._here.discard(id(chunk))
         async with self._progress:
             self._progress.notify_all()
         if not self._rebuilt.is_set() and self._reached(self._rebuild_target):

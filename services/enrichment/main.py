@@ -83,6 +83,7 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
                 features=workers.features if workers else None,
                 # A chunk for each worker, and a couple more ready while the first are inserted.
                 in_flight=settings.enrichment_feature_workers + 2,
+                here_while_waiting=settings.enrichment_features_here_while_waiting,
                 fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             )
             await table.start()
@@ -131,6 +132,11 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
                     "state": "ready" if table.rebuilt else "rebuilding",
                     "stories": len(enricher.index),
                     "observed": enricher.observed,
+                    # Whose features the story table used: this process's or the workers'.
+                    "features": {
+                        "here": table.computed_here,
+                        "workers": table.computed_by_workers,
+                    },
                     "taxonomy_version": enricher.rules.taxonomy.version,
                 }
 

@@ -40,3 +40,7 @@ class EnrichmentSettings(NewsflowSettings):
     # Processes computing story features (tokens, entities, MinHash) for the story table, so they
     # run on another core; 0: in the service process itself.
     enrichment_feature_workers: int = Field(1, ge=0)
+    # While the enricher waits for the story table (at start-up, or after a burst), the service
+    # process computes one chunk's features itself at a time besides the workers: its core is
+    # idle then. False: the workers compute them all.
+    enrichment_features_here_while_waiting: bool = True

@@ -220,6 +220,8 @@ async def test_features_computed_in_a_worker_process_enrich_exactly_like_in_proc
 ) -> None:
     in_process = await new_topics(kafka_bootstrap, f"{prefix}zero.")
     in_worker = await new_topics(kafka_bootstrap, f"{prefix}one.")
+    # A worker, and this process lending a hand while the enricher waits for the story table.
+    helped = await new_topics(kafka_bootstrap, f"{prefix}both.")
     # Read while rebuilding: stories whose section hint teaches the classifier, a correction, a
     # withdrawal and poison among them. Then, once ready, stories without hints as they come.
     hinted = corpus_articles(120, with_hint=True)
@@ -233,7 +235,7 @@ async def test_features_computed_in_a_worker_process_enrich_exactly_like_in_proc
     early += [corrected, withdrawn]
     late: list[Article | Poison] = [a.model_copy(update={"section": None}) for a in hinted[60:]]
     late.insert(30, (b"urn:p:3", b'{"uri": "urn:p:3", "version": "one"}'))
-    for topics in (in_process, in_worker):
+    for topics in (in_process, in_worker, helped):
         await produce_mixed(kafka_bootstrap, topics.ingested, early)
 
     async with AsyncExitStack() as stack:
@@ -241,23 +243,42 @@ async def test_features_computed_in_a_worker_process_enrich_exactly_like_in_proc
             instance(settings_for(kafka_bootstrap, in_process, enrichment_feature_workers=0))
         )
         one = await stack.enter_async_context(
-            instance(settings_for(kafka_bootstrap, in_worker, enrichment_feature_workers=1))
+            instance(
+                settings_for(
+                    kafka_bootstrap,
+                    in_worker,
+                    enrichment_feature_workers=1,
+                    enrichment_features_here_while_waiting=False,
+                )
+            )
         )
-        for client in (zero, one):
+        both = await stack.enter_async_context(
+            instance(settings_for(kafka_bootstrap, helped, enrichment_feature_workers=1))
+        )
+        clients = (zero, one, both)
+        for client in clients:
             await wait_ready(client)
-        for topics in (in_process, in_worker):
+        for topics in (in_process, in_worker, helped):
             await read_records(kafka_bootstrap, topics.enriched, 62, within_s=60)
             await produce_mixed(kafka_bootstrap, topics.ingested, late)
         here = await enriched_versions(kafka_bootstrap, in_process, 122)
         there = await enriched_versions(kafka_bootstrap, in_worker, 122)
-        indexed = [(await c.get("/v1/index")).json()["stories"] for c in (zero, one)]
+        mixed = await enriched_versions(kafka_bootstrap, helped, 122)
+        status = [(await c.get("/v1/index")).json() for c in clients]
         parked = await read_records(
             kafka_bootstrap, in_worker.dlq(in_worker.ingested), 3, within_s=30
         )
 
     assert len(here) == 122
     assert there == here  # links, scores, duplicate_of, section, entities: every version
-    assert indexed == [119, 119]
+    assert mixed == here
+    assert [s["stories"] for s in status] == [119, 119, 119]
+    read = len(early) + len(late)  # every record of the topic, poison included
+    assert status[0]["features"] == {"here": read, "workers": 0}
+    assert status[1]["features"] == {"here": 0, "workers": read}
+    # The rebuild's first chunk at least is computed here, while the consumer waits for it.
+    assert status[2]["features"]["here"] >= 1
+    assert sum(status[2]["features"].values()) == read
     assert sum(1 for e in here.values() if e.get("related")) >= 20
     assert any(e.get("duplicate_of") for e in here.values())
     learned = [
