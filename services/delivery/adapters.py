@@ -65,11 +65,46 @@ class RedisStoryCache:
     """
 
     ALL = "all"
+    APPLIED_AT_ONCE = 128
+
+    # ARGV: the key prefix, the list cap, then per story: uri, version, withdrawn (0/1), section
+    # id, section name, score (first publication time), stored bytes (fingerprint + JSON).
+    # A version older than the cached one is ignored; a newer one (or the same again) leaves
+    # every list, then a live one joins its section's list and `all`, each trimmed to the cap.
+    _APPLY = """
+    local prefix, cap = ARGV[1], tonumber(ARGV[2])
+    local versions, sections = prefix .. 'version', prefix .. 'sections'
+    local known = {all = true}
+    for _, id in ipairs(redis.call('HKEYS', sections)) do known[id] = true end
+    for i = 3, #ARGV, 7 do
+        local uri, version, withdrawn = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+        local section, name, score, stored = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+        local cached = redis.call('HGET', versions, uri)
+        if not cached or tonumber(cached) <= tonumber(version) then
+            known[section] = true
+            for id in pairs(known) do redis.call('ZREM', prefix .. 'latest:' .. id, uri) end
+            redis.call('HSET', versions, uri, version)
+            if withdrawn == '1' then
+                redis.call('DEL', prefix .. 'story:' .. uri)
+            else
+                redis.call('SET', prefix .. 'story:' .. uri, stored)
+                redis.call('HSET', sections, section, name)
+                for _, id in ipairs({section, 'all'}) do
+                    local key = prefix .. 'latest:' .. id
+                    redis.call('ZADD', key, score, uri)
+                    redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
+                end
+            end
+        end
+    end
+    return 0
+    """
 
     def __init__(self, redis: Redis, key_prefix: str, per_section: int) -> None:
         self._redis = redis
         self._prefix = f"{key_prefix}cache:"
         self._per_section = per_section
+        self._apply = redis.register_script(self._APPLY)
         # Reads of concurrent requests share one pipeline per loop tick: one round trip.
         self._reads = _Coalescer(redis)
 
@@ -89,28 +124,25 @@ class RedisStoryCache:
             seen = latest.get(story.uri)
             if seen is None or story.version >= seen.version:
                 latest[story.uri] = story
-        uris = list(latest)
-        cached_versions = await self._redis.hmget(self._prefix + "version", uris)
-        known = {text(s) for s in await self._redis.hkeys(self._prefix + "sections")}
-        known |= {s.section_id for s in latest.values()} | {self.ALL}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for story, cached in zip(latest.values(), cached_versions, strict=True):
-                if cached is not None and int(cached) > story.version:
-                    continue
-                for section_id in known:
-                    pipe.zrem(self._latest_key(section_id), story.uri)
-                pipe.hset(self._prefix + "version", story.uri, story.version)
-                if story.withdrawn:
-                    pipe.delete(self._story_key(story.uri))
-                    continue
-                stored = fingerprint(story.story_json).encode() + story.story_json
-                pipe.set(self._story_key(story.uri), stored)
-                pipe.hset(self._prefix + "sections", story.section_id, story.section_name)
-                for section_id in (story.section_id, self.ALL):
-                    key = self._latest_key(section_id)
-                    pipe.zadd(key, {story.uri: story.versioncreated})
-                    pipe.zremrangebyrank(key, 0, -(self._per_section + 1))
-            await pipe.execute()
+        chosen = list(latest.values())
+        # One script call per slice: the Python side packs one command, not ~20 per story,
+        # and no call holds Redis for long.
+        for start in range(0, len(chosen), self.APPLIED_AT_ONCE):
+            args: list[str | bytes | int] = [self._prefix, self._per_section]
+            for story in chosen[start : start + self.APPLIED_AT_ONCE]:
+                stored = b""
+                if not story.withdrawn:
+                    stored = fingerprint(story.story_json).encode() + story.story_json
+                args += [
+                    story.uri,
+                    story.version,
+                    int(story.withdrawn),
+                    story.section_id,
+                    story.section_name,
+                    repr(float(story.versioncreated)),
+                    stored,
+                ]
+            await self._apply(args=args)
 
     async def versions(self, uris: Sequence[str]) -> dict[str, int]:
         """The cached version of each uri (withdrawn ones too); absent when never seen."""
