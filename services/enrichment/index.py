@@ -494,14 +494,16 @@ class StoryIndex:
             keep = base >= cut
             candidates, base = candidates[keep], base[keep]
 
-        ages = np.maximum(0.0, features.time - self._times[candidates])
+        times = self._times[candidates]
+        ages = np.maximum(0.0, features.time - times)
         decays = 0.5 ** (ages / self.settings.half_life_s)
         mine = {self._entity_ids.get(key, -1) for key in features.entity_keys}
         own_entities = len(features.entity_keys)
         boost = self.settings.entity_boost
-        ranked: list[tuple[float, int]] = []
-        for slot, score, decay in zip(
-            candidates.tolist(), base.tolist(), decays.tolist(), strict=True
+        # Best first: the higher score, then the earlier story (first time, then uri).
+        ranked: list[tuple[float, float, str, int]] = []  # -score, first time, uri, slot
+        for slot, first, score, decay in zip(
+            candidates.tolist(), times.tolist(), base.tolist(), decays.tolist(), strict=True
         ):
             if slot in duplicates:
                 continue
@@ -510,27 +512,27 @@ class StoryIndex:
                 score *= 1.0 + boost * shared
             score *= decay
             if score >= min_score:
-                ranked.append((min(score, 1.0), slot))
-        ranked.sort(key=lambda pair: (-pair[0], self._order_key(pair[1])))
+                ranked.append((-min(score, 1.0), first, cast(str, self._uris[slot]), slot))
+        ranked.sort()
 
         # Two copies of one wire story are one link, to the first copy, at the better score.
         # (Each chosen story's copies among all the ranked ones are found in one compiled pass.)
-        signatures = self._signatures[np.array([slot for _, slot in ranked], dtype=np.int64)]
+        signatures = self._signatures[np.array([r[3] for r in ranked], dtype=np.int64)]
         chosen: list[tuple[float, int]] = []  # score, position in `ranked`
         copies: list[list[bool]] = []  # per chosen story: which ranked stories are copies of it
-        for i, (score, slot) in enumerate(ranked):
+        for i, (negative, first, of_story, _) in enumerate(ranked):
             copy_of = next((n for n, of_it in enumerate(copies) if of_it[i]), None)
             if copy_of is not None:
                 kept_score, kept = chosen[copy_of]
-                if self._order_key(slot) < self._order_key(ranked[kept][1]):
+                if (first, of_story) < ranked[kept][1:3]:
                     chosen[copy_of] = (kept_score, i)
                     copies[copy_of] = self._copies(signatures, i)
             elif len(chosen) < limit:
-                chosen.append((score, i))
+                chosen.append((-negative, i))
                 copies.append(self._copies(signatures, i))
         related = []
         for score, position in chosen:
-            slot = ranked[position][1]
+            slot = ranked[position][3]
             uri, headline = self._uris[slot], self._headlines[slot]
             assert uri is not None and headline is not None
             related.append(Match(uri, headline, self._urls[slot], round(score, 4)))
