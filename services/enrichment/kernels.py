@@ -296,7 +296,8 @@ def frequencies(
     (relative to its block; empty for a common term).
 
     Postings in the run [first, end) are earlier unless removed: when a term has `common` +
-    `holes` + 1 postings inside the run, it is common without counting on.
+    `holes` + 1 postings inside the run, it is common without counting on; with no hole, a
+    term's postings in the run are all counted without reading them.
     """
     for i in range(term_ids.size):
         term = term_ids[i]
@@ -317,6 +318,18 @@ def frequencies(
             continue
         counted = 0
         stop = lo
+        if holes == 0:
+            # No removed story in the run: each of its postings is a live, earlier story, so
+            # they are counted by finding where the run ends.
+            bound = min(end, last + 1)
+            past = held
+            while stop < past:
+                mid = (stop + past) // 2
+                if docs[base + mid] < bound:
+                    stop = mid + 1
+                else:
+                    past = mid
+            counted = stop - lo
         # In the run, every live story is earlier (a loop of its own, with no call in it).
         while stop < held:
             slot = docs[base + stop]
@@ -351,6 +364,7 @@ def accumulate(
     since: float,
     tied_earlier: IntArray,
     end: int,
+    holes: int,
     sums: FloatArray,
     touched: IntArray,
 ) -> int:
@@ -374,14 +388,23 @@ def accumulate(
                 run_end = mid + 1
             else:
                 past = mid
-        for j in range(low, run_end):
-            slot = docs[j]
-            if alive[slot]:
+        if holes == 0:  # no removed story in the run: every posting in it is live
+            for j in range(low, run_end):
+                slot = docs[j]
                 summed = sums[slot]
                 if summed == 0.0:
                     touched[found] = slot
                     found += 1
                 sums[slot] = summed + rarity * np.float64(weights[j])
+        else:
+            for j in range(low, run_end):
+                slot = docs[j]
+                if alive[slot]:
+                    summed = sums[slot]
+                    if summed == 0.0:
+                        touched[found] = slot
+                        found += 1
+                    sums[slot] = summed + rarity * np.float64(weights[j])
         for j in range(run_end, high):
             slot = docs[j]
             if is_earlier(slot, times, alive, time, since, tied_earlier):
@@ -521,7 +544,7 @@ def score_earlier(
         return empty
     found = accumulate(
         start, docs, weights, term_ids[chosen], spans[chosen], idf, times, alive, time, since,
-        tied_earlier, end, sums, touched,
+        tied_earlier, end, holes, sums, touched,
     )  # fmt: skip
     # Every weight and idf is positive: a score is the sum divided by at least the floor share
     # of this story's own score, so a sum below `floor` times that cannot reach `floor`.
