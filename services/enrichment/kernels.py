@@ -156,14 +156,22 @@ def is_earlier(
         return True
     if at != time or tied_earlier.size == 0:
         return False
-    lo, hi = 0, tied_earlier.size
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if tied_earlier[mid] < slot:
-            lo = mid + 1
+    at_or_after = first_from(tied_earlier, 0, tied_earlier.size, slot)
+    return at_or_after < tied_earlier.size and tied_earlier[at_or_after] == slot
+
+
+@compiled
+def first_from(slots: SlotArray | IntArray, low: int, high: int, bound: int) -> int:
+    """The first position in [low, high) whose slot is `bound` or more (`slots` ascending
+    there: a term's postings, or a sorted list of slots); `high` if none is.
+    """
+    while low < high:
+        mid = (low + high) // 2
+        if slots[mid] < bound:
+            low = mid + 1
         else:
-            hi = mid
-    return lo < tied_earlier.size and tied_earlier[lo] == slot
+            high = mid
+    return low
 
 
 @compiled
@@ -303,13 +311,7 @@ def frequencies(
         term = term_ids[i]
         base = start[term]
         held = size[term]
-        lo, hi = 0, held  # the first posting at or after `first`
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if docs[base + mid] < first:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = first_from(docs, base, base + held, first) - base  # the first posting in the run
         known = lo + common + holes
         if known < held and docs[base + known] < end:
             df[i] = common + 1
@@ -321,14 +323,7 @@ def frequencies(
         if holes == 0:
             # No removed story in the run: each of its postings is a live, earlier story, so
             # they are counted by finding where the run ends.
-            bound = min(end, last + 1)
-            past = held
-            while stop < past:
-                mid = (stop + past) // 2
-                if docs[base + mid] < bound:
-                    stop = mid + 1
-                else:
-                    past = mid
+            stop = first_from(docs, base + lo, base + held, min(end, last + 1)) - base
             counted = stop - lo
         # In the run, every live story is earlier (a loop of its own, with no call in it).
         while stop < held:
@@ -381,13 +376,7 @@ def accumulate(
         high = base + spans[i, 1]
         # Postings are in slot order: those in the run [first, end) come first, and there every
         # live story is earlier (a loop of its own, with no call in it, runs faster).
-        run_end, past = low, high
-        while run_end < past:
-            mid = (run_end + past) // 2
-            if docs[mid] < end:
-                run_end = mid + 1
-            else:
-                past = mid
+        run_end = first_from(docs, low, high, end)
         if holes == 0:  # no removed story in the run: every posting in it is live
             for j in range(low, run_end):
                 slot = docs[j]

@@ -184,6 +184,31 @@ def test_only_earlier_stories_are_linked_whatever_the_index_already_holds() -> N
     assert [r.uri for r in enricher.enrich(second).enrichment.related] == ["urn:t:dam-1"]
 
 
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0)])
+def test_stories_first_seen_at_the_same_moment_count_as_earlier_by_uri(
+    order: tuple[int, int, int],
+) -> None:
+    # Ties on the first time are broken by uri, whatever order an instance read them in.
+    enricher = StoryEnricher(RULES)
+    stories = [
+        at(dam_story("urn:t:dam-a"), 0),
+        at(dam_followup("urn:t:dam-b"), 0),
+        at(dam_followup("urn:t:dam-c"), 0),
+    ]
+    for n in order:
+        enricher.observe(stories[n])
+
+    enriched = [enricher.enrich(s).enrichment for s in stories]
+
+    assert [{r.uri for r in e.related} for e in enriched] == [
+        set(),
+        {"urn:t:dam-a"},
+        {"urn:t:dam-a"},
+    ]
+    # The two follow-ups are one text: the later by uri repeats the earlier.
+    assert [e.duplicate_of for e in enriched] == [None, None, "urn:t:dam-b"]
+
+
 def test_a_story_never_links_itself_and_a_correction_replaces_it() -> None:
     enricher = StoryEnricher(RULES)
     first = at(dam_story("urn:t:dam-1"), 0)
