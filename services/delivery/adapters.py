@@ -67,16 +67,17 @@ class RedisStoryCache:
     ALL = "all"
     APPLIED_AT_ONCE = 128
 
-    # ARGV: the key prefix, the list cap, then per story: uri, version, withdrawn (0/1), section
-    # id, section name, score (first publication time), stored bytes (fingerprint + JSON).
+    # ARGV: the key prefix, the list cap, the list of every story (`ALL`), then per story: uri,
+    # version, withdrawn (0/1), section id, section name, score (first publication time), stored
+    # bytes (fingerprint + JSON).
     # A version older than the cached one is ignored; a newer one (or the same again) leaves
     # every list, then a live one joins its section's list and `all`, each trimmed to the cap.
     _APPLY = """
-    local prefix, cap = ARGV[1], tonumber(ARGV[2])
+    local prefix, cap, all = ARGV[1], tonumber(ARGV[2]), ARGV[3]
     local versions, sections = prefix .. 'version', prefix .. 'sections'
-    local known = {all = true}
+    local known = {[all] = true}
     for _, id in ipairs(redis.call('HKEYS', sections)) do known[id] = true end
-    for i = 3, #ARGV, 7 do
+    for i = 4, #ARGV, 7 do
         local uri, version, withdrawn = ARGV[i], ARGV[i + 1], ARGV[i + 2]
         local section, name, score, stored = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
         local cached = redis.call('HGET', versions, uri)
@@ -89,7 +90,7 @@ class RedisStoryCache:
             else
                 redis.call('SET', prefix .. 'story:' .. uri, stored)
                 redis.call('HSET', sections, section, name)
-                for _, id in ipairs({section, 'all'}) do
+                for _, id in ipairs({section, all}) do
                     local key = prefix .. 'latest:' .. id
                     redis.call('ZADD', key, score, uri)
                     redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
@@ -128,7 +129,7 @@ class RedisStoryCache:
         # One script call per slice: the Python side packs one command, not ~20 per story,
         # and no call holds Redis for long.
         for start in range(0, len(chosen), self.APPLIED_AT_ONCE):
-            args: list[str | bytes | int] = [self._prefix, self._per_section]
+            args: list[str | bytes | int] = [self._prefix, self._per_section, self.ALL]
             for story in chosen[start : start + self.APPLIED_AT_ONCE]:
                 stored = b""
                 if not story.withdrawn:

@@ -28,7 +28,14 @@ from typing import BinaryIO, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
-from services.enrichment.index import Features, FloatArray, IntArray, Shingler, features_of
+from services.enrichment.index import (
+    Features,
+    FloatArray,
+    IntArray,
+    Shingler,
+    features_of,
+    with_changes,
+)
 from shared.events import InvalidEvent, decode_article
 
 FoundFeatures = list[Features | None]
@@ -278,7 +285,7 @@ def pack(found: FoundFeatures, numbering: dict[str, int]) -> Packed:
             ids.append(term_id)
         counts.extend(term_counts.values())
         sizes.append(len(term_counts))
-        bare.append(_without_counts(features))
+        bare.append(with_changes(features, term_counts={}))
     return (
         bare,
         np.array(ids, dtype=np.int32),
@@ -286,12 +293,6 @@ def pack(found: FoundFeatures, numbering: dict[str, int]) -> Packed:
         sizes,
         new_terms,
     )
-
-
-def _without_counts(features: Features) -> Features:
-    copy = object.__new__(type(features))
-    copy.__dict__.update(features.__dict__, term_counts={})
-    return copy
 
 
 @cache
