@@ -98,6 +98,7 @@ class IncomingRecord:
     value: bytes | None
     headers: Headers
     meta: EventMeta
+    timestamp: int  # the record's Kafka timestamp, in ms
 
 
 class DeadLetters:
@@ -215,4 +216,5 @@ def _incoming(message: ConsumerRecord[bytes, bytes], meta: EventMeta) -> Incomin
         value=message.value,
         headers=list(message.headers),
         meta=meta,
+        timestamp=message.timestamp,
     )

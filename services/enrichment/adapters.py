@@ -11,7 +11,8 @@ import asyncio
 import heapq
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -38,6 +39,42 @@ class StoryFeed(Protocol):
     def rebuilt(self) -> bool: ...
 
     async def caught_up_with(self, records: Sequence[IncomingRecord]) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReadTarget:
+    """How far the story table must have read before a batch of records is enriched.
+
+    In each partition: past the batch's own records, and past what came before the batch: the
+    partition's last record as of now, or a record there newer than the batch's newest (by Kafka
+    timestamp; a partition's timestamps rise with its offsets while its producers' clocks
+    agree). So a batch waits only for what came before it, not for a burst behind it: the table
+    analyses the next stories while this batch is enriched.
+    """
+
+    ends: Mapping[int, int]  # partition -> its end offset when the batch arrived
+    own: Mapping[int, int]  # partition -> the offset after the batch's last record there
+    newest: int  # the batch's newest Kafka timestamp, in ms
+
+    @classmethod
+    def of(cls, records: Sequence[IncomingRecord], ends: Mapping[int, int]) -> ReadTarget:
+        own: dict[int, int] = {}
+        for record in records:
+            own[record.partition] = max(own.get(record.partition, 0), record.offset + 1)
+        newest = max((record.timestamp for record in records), default=-1)
+        return cls(ends, own, newest)
+
+    def met_by(self, read: Mapping[int, int], newest_read: Mapping[int, int]) -> bool:
+        """`read`: partition -> the next offset to read; `newest_read`: partition -> the
+        timestamp of the last record read there."""
+        for partition in self.ends.keys() | self.own.keys():
+            offset = read.get(partition, 0)
+            if offset < self.own.get(partition, 0):
+                return False
+            past_end = offset >= self.ends.get(partition, 0)
+            if not past_end and newest_read.get(partition, -1) <= self.newest:
+                return False
+        return True
 
 
 class KafkaStoryTable:
@@ -79,6 +116,7 @@ class KafkaStoryTable:
         )
         self._partitions: list[TopicPartition] = []
         self._read: dict[int, int] = {}  # partition -> next offset to observe
+        self._newest: dict[int, int] = {}  # partition -> Kafka timestamp of the last observed
         self._progress = asyncio.Condition()
         self._rebuilt = asyncio.Event()
         self._rebuild_target: dict[int, int] = {}
@@ -122,18 +160,16 @@ class KafkaStoryTable:
             self._waiting -= 1
 
     async def caught_up_with(self, records: Sequence[IncomingRecord]) -> None:
-        """Wait until this instance has read everything on the topic up to now, and at least
-        these records: the index then holds every story that came before them.
+        """Wait until this instance has read these records and every story that came to the
+        topic before them (see `ReadTarget`): the index then holds every story before them.
         """
-        target = await self._end_offsets()
-        for record in records:
-            target[record.partition] = max(target.get(record.partition, 0), record.offset + 1)
-        if self._reached(target):
+        target = ReadTarget.of(records, await self._end_offsets())
+        if target.met_by(self._read, self._newest):
             return
         self._waiting += 1
         try:
             async with self._progress:
-                await self._progress.wait_for(lambda: self._reached(target))
+                await self._progress.wait_for(lambda: target.met_by(self._read, self._newest))
         finally:
             self._waiting -= 1
 
@@ -177,6 +213,7 @@ class KafkaStoryTable:
 
     def _apply(self, message: IngestedRecord, features: Features | None) -> None:
         self._read[message.partition] = message.offset + 1
+        self._newest[message.partition] = message.timestamp
         try:
             EventMeta.check_headers(message.headers)
             article = decode_article(message.value)

@@ -25,7 +25,7 @@ def park_one(kafka_bootstrap: str, topics: Topics) -> EventMeta:
         await producer.start()
         try:
             record = IncomingRecord(
-                topics.ingested, 2, 41, b"urn:poison", b'{"uri": 42}', meta.to_headers(), meta
+                topics.ingested, 2, 41, b"urn:poison", b'{"uri": 42}', meta.to_headers(), meta, 0
             )
             await DeadLetters(producer, topics.dlq).park(record, "not a valid Article: uri")
         finally:

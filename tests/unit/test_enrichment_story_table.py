@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from bench.enrichment import Newsroom
-from services.enrichment.adapters import read_in_order
+from services.enrichment.adapters import ReadTarget, read_in_order
 from services.enrichment.index import Features, Shingler, StoryIndex, features_of
 from services.enrichment.workers import FeatureWorkers, features_of_values
-from shared.events import encode
+from shared.events import EventMeta, EventType, encode
+from shared.kafka import IncomingRecord
 
 pytestmark = pytest.mark.unit
 
@@ -124,3 +125,33 @@ async def test_features_from_a_worker_come_numbered_as_the_index_numbers_terms()
         assert by_worker.neighbours(by_worker.features(story), 5, 0.0) == by_name.neighbours(
             by_name.features(story), 5, 0.0
         )
+
+
+def incoming(partition: int, offset: int, timestamp: int) -> IncomingRecord:
+    meta = EventMeta.new(EventType.PUBLISHED, "urn:test")
+    return IncomingRecord(
+        "articles.ingested.v1", partition, offset, b"k", b"{}", meta.to_headers(), meta, timestamp
+    )
+
+
+def test_a_batch_waits_for_what_came_before_it_not_for_the_burst_behind_it() -> None:
+    # Partitions 0 and 1 each hold a burst of 1,000 records (timestamps 1,000 ms apart from
+    # 0); the batch is partition 0's first three records.
+    ends = {0: 1000, 1: 1000, 2: 0}
+    target = ReadTarget.of([incoming(0, 0, 0), incoming(0, 1, 1000), incoming(0, 2, 2000)], ends)
+
+    # Its own records must be read, even when every other partition is far ahead.
+    assert not target.met_by({0: 2, 1: 900}, {0: 1000, 1: 899_000})
+    # Both partitions are read past the batch's newest (2,000): what came before it is read.
+    assert target.met_by({0: 4, 1: 3}, {0: 3000, 1: 2001})
+    # A record with the batch's newest timestamp may still have a twin unread behind it.
+    assert not target.met_by({0: 4, 1: 3}, {0: 3000, 1: 2000})
+    assert not target.met_by({0: 3, 1: 3}, {0: 2000, 1: 2001})
+    # A partition read to its end as of the batch needs nothing newer (partition 2 is empty).
+    quiet = ReadTarget.of([incoming(0, 0, 5000)], {0: 1, 1: 40})
+    assert quiet.met_by({0: 1, 1: 40}, {0: 5000, 1: 10})
+    assert not quiet.met_by({0: 1, 1: 39}, {0: 5000, 1: 10})
+    # A partition the end offsets did not list yet still needs the batch's records there.
+    assert not ReadTarget.of([incoming(7, 4, 0)], ends).met_by(
+        {0: 1000, 1: 1000, 7: 4}, {0: 1, 1: 1, 7: 0}
+    )
