@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import pickle
 import random
@@ -305,6 +306,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"index of {args.indexed} stories rebuilt from the topic in {rebuild_s:.1f} s")
 
         cpu_before = cpu_by_process(service.pid)
+        features_before = json.loads(http_text(f"{service.address}/v1/index"))["features"]
         started = time.perf_counter()
         reader = asyncio.create_task(
             count_until(bootstrap, topics.enriched, args.stories, timeout_s=600)
@@ -319,6 +321,8 @@ async def run(args: argparse.Namespace) -> None:
         rss = peak_rss_mib(service.pid)
         children_rss = sum(peak_rss_mib(p) for p in children_of(service.pid))
         metrics = http_text(f"{service.address}/metrics")
+        features_after = json.loads(http_text(f"{service.address}/v1/index"))["features"]
+        features = {k: features_after[k] - features_before[k] for k in features_after}
         lookup = lookup_percentiles(metrics)
         enrich_ms = _mean_ms(metrics, "newsflow_enrichment_seconds")
         service.stop()
@@ -345,6 +349,11 @@ async def run(args: argparse.Namespace) -> None:
         f"enrichment CPU per measured story: {service_cpu_us + children_cpu_us:,.0f} us "
         f"(service process {service_cpu_us:,.0f} us, child processes {children_cpu_us:,.0f} us; "
         f"feature workers: {args.feature_workers})"
+    )
+    print(
+        f"measured stories whose features the service process computed itself (while it "
+        f"waited for its story table): {features['here']:,}; the feature workers: "
+        f"{features['workers']:,}"
     )
     print(f"enrichment peak RSS: {rss:,.0f} MiB (child processes: {children_rss:,.0f} MiB)")
 
