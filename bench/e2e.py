@@ -309,11 +309,19 @@ def ingest_sender(session: aiohttp.ClientSession, ingest: str) -> Send:
         url = f"{ingest}/v1/articles"
         if item.kind == "withdraw":
             url = f"{ingest}/v1/articles/{quote(item.uri, safe='')}/withdraw"
+        resent = False
         for _ in range(50):
-            async with session.post(url, data=item.body, headers=headers) as response:
-                await response.read()
-                if response.status != 503:
-                    return response.status
+            try:
+                async with session.post(url, data=item.body, headers=headers) as response:
+                    await response.read()
+                    if response.status == 409 and resent:
+                        return 202  # the attempt whose answer was lost was accepted
+                    if response.status != 503:
+                        return response.status
+            except aiohttp.ClientConnectionError:
+                # A kept-alive connection the server closed as the request went out (uvicorn
+                # closes idle ones after 5 s): no answer came, so send it again.
+                resent = True
             await asyncio.sleep(0.1)
         return 503
 
