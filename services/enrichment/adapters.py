@@ -11,7 +11,7 @@ import asyncio
 import heapq
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, TypeVar
 
@@ -38,23 +38,25 @@ class StoryFeed(Protocol):
     @property
     def rebuilt(self) -> bool: ...
 
-    async def caught_up_with(self, records: Sequence[IncomingRecord]) -> None: ...
+    def each_once_read(
+        self, records: Sequence[IncomingRecord]
+    ) -> AsyncIterator[IncomingRecord]: ...
 
 
 @dataclass(frozen=True)
 class ReadTarget:
-    """How far the story table must have read before a batch of records is enriched.
+    """How far the story table must have read before records are enriched.
 
-    In each partition: past the batch's own records, and past what came before the batch: the
-    partition's last record as of now, or a record there newer than the batch's newest (by Kafka
-    timestamp; a partition's timestamps rise with its offsets while its producers' clocks
-    agree). So a batch waits only for what came before it, not for a burst behind it: the table
-    analyses the next stories while this batch is enriched.
+    In each partition: past the records' own, and past what came before them: the partition's
+    last record as of when they arrived, or a record there newer than the newest of them (by
+    Kafka timestamp; a partition's timestamps rise with its offsets while its producers' clocks
+    agree). So a story waits only for what came before it, not for a burst behind it: the table
+    analyses the next stories while this one is enriched.
     """
 
-    ends: Mapping[int, int]  # partition -> its end offset when the batch arrived
-    own: Mapping[int, int]  # partition -> the offset after the batch's last record there
-    newest: int  # the batch's newest Kafka timestamp, in ms
+    ends: Mapping[int, int]  # partition -> its end offset when the records arrived
+    own: Mapping[int, int]  # partition -> the offset after the last of the records there
+    newest: int  # the records' newest Kafka timestamp, in ms
 
     @classmethod
     def of(cls, records: Sequence[IncomingRecord], ends: Mapping[int, int]) -> ReadTarget:
@@ -108,14 +110,16 @@ class KafkaStoryTable:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            # The enricher waits for this reader before each batch (`caught_up_with`), and the
+            max_partition_fetch_bytes=256 * 1024,
+            # The enricher waits for this reader before each batch (`each_once_read`), and the
             # embedded broker answers a fetch only when this wait runs out: it is on every
             # story's path (aiokafka's default, 500 ms, was most of the end-to-end latency).
             fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self._partitions: list[TopicPartition] = []
         self._read: dict[int, int] = {}  # partition -> next offset to observe
+        # partition -> (next offset, newest timestamp) fetched, ahead of what is observed
+        self._fetched: dict[TopicPartition, tuple[int, int]] = {}
         self._newest: dict[int, int] = {}  # partition -> Kafka timestamp of the last observed
         self._progress = asyncio.Condition()
         self._rebuilt = asyncio.Event()
@@ -159,11 +163,19 @@ class KafkaStoryTable:
         finally:
             self._waiting -= 1
 
-    async def caught_up_with(self, records: Sequence[IncomingRecord]) -> None:
-        """Wait until this instance has read these records and every story that came to the
-        topic before them (see `ReadTarget`): the index then holds every story before them.
+    async def each_once_read(
+        self, records: Sequence[IncomingRecord]
+    ) -> AsyncIterator[IncomingRecord]:
+        """The records (in time order), each once this instance has read it and every story
+        that came to the topic before it (see `ReadTarget`): the index then holds every story
+        before it. The first can be enriched while the table still reads up to the last.
         """
-        target = ReadTarget.of(records, await self._end_offsets())
+        ends = await self._end_offsets()
+        for record in records:
+            await self._read_to(ReadTarget.of([record], ends))
+            yield record
+
+    async def _read_to(self, target: ReadTarget) -> None:
         if target.met_by(self._read, self._newest):
             return
         self._waiting += 1
@@ -177,7 +189,31 @@ class KafkaStoryTable:
         batches: dict[TopicPartition, list[IngestedRecord]] = await self._consumer.getmany(
             timeout_ms=200 if wait else 0, max_records=self._max_records
         )
+        for tp, messages in batches.items():
+            self._fetched[tp] = (messages[-1].offset + 1, messages[-1].timestamp)
+        self._keep_in_step()
         return list(heapq.merge(*batches.values(), key=lambda m: m.timestamp))
+
+    def _keep_in_step(self) -> None:
+        """Pause the partitions fetched further in time than one that still has records to
+        fetch. The broker hands out hundreds of one partition's records at a time, and a story
+        waits until every partition is read past its time (`ReadTarget`): partitions read side
+        by side in time keep those waits short.
+        """
+        behind = []
+        for tp in self._partitions:
+            next_offset, newest = self._fetched.get(tp, (0, -1))
+            highwater = self._consumer.highwater(tp)
+            if highwater is None or next_offset < highwater:
+                behind.append(newest)
+        slowest = min(behind, default=None)
+        ahead = [
+            tp
+            for tp in self._partitions
+            if slowest is not None and self._fetched.get(tp, (0, -1))[1] > slowest
+        ]
+        self._consumer.pause(*ahead)
+        self._consumer.resume(*(tp for tp in self._partitions if tp not in ahead))
 
     async def _features_of(self, chunk: list[IngestedRecord]) -> list[Features | None]:
         """The chunk's features from the workers; None for each (`observe` computes them) when
@@ -197,7 +233,7 @@ class KafkaStoryTable:
     async def _observe_chunk(
         self, chunk: list[IngestedRecord], features: list[Features | None]
     ) -> None:
-        # A record counts as read once it is observed: `caught_up_with` waits for that.
+        # A record counts as read once it is observed: `each_once_read` waits for that.
         handed_on = time.perf_counter()
         for message, found in zip(chunk, features, strict=True):
             self._apply(message, found)

@@ -80,12 +80,11 @@ class Enricher:
         self._metrics = metrics
 
     async def handle(self, records: list[IncomingRecord]) -> None:
-        # Every story before these must be in the index first: that is what makes two instances
-        # link the same stories as one.
-        await self._feed.caught_up_with(records)
         acks: list[asyncio.Future[Any]] = []
         handed_on = time.perf_counter()
-        for record in records:
+        # Every story before a record must be in the index first: that is what makes two
+        # instances link the same stories as one.
+        async for record in self._feed.each_once_read(records):
             with record_context(record.meta):
                 try:
                     article = decode_article(record.value)
