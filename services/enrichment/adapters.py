@@ -195,23 +195,16 @@ class KafkaStoryTable:
         return list(heapq.merge(*batches.values(), key=lambda m: m.timestamp))
 
     def _keep_in_step(self) -> None:
-        """Pause the partitions fetched further in time than one that still has records to
-        fetch. The broker hands out hundreds of one partition's records at a time, and a story
-        waits until every partition is read past its time (`ReadTarget`): partitions read side
-        by side in time keep those waits short.
+        """Fetch the partitions side by side in time (see `ahead_in_time`): the broker hands
+        out hundreds of one partition's records at a time, and a story waits until every
+        partition is read past its time (`ReadTarget`).
         """
-        behind = []
-        for tp in self._partitions:
-            next_offset, newest = self._fetched.get(tp, (0, -1))
-            highwater = self._consumer.highwater(tp)
-            if highwater is None or next_offset < highwater:
-                behind.append(newest)
-        slowest = min(behind, default=None)
-        ahead = [
-            tp
-            for tp in self._partitions
-            if slowest is not None and self._fetched.get(tp, (0, -1))[1] > slowest
-        ]
+        ahead = ahead_in_time(
+            {
+                tp: (*self._fetched.get(tp, (0, -1)), self._consumer.highwater(tp))
+                for tp in self._partitions
+            }
+        )
         self._consumer.pause(*ahead)
         self._consumer.resume(*(tp for tp in self._partitions if tp not in ahead))
 
@@ -273,6 +266,24 @@ class KafkaStoryTable:
             await self._consumer.topics()  # refreshes the cluster metadata
             await asyncio.sleep(0.1)
         raise RuntimeError(f"topic {self._topic} has no partitions")
+
+
+Partition = TypeVar("Partition")
+
+
+def ahead_in_time(fetched: Mapping[Partition, tuple[int, int, int | None]]) -> set[Partition]:
+    """The partitions fetched further in time than one that still has records to fetch, from
+    each partition's (next offset to fetch, newest timestamp fetched or -1, end offset or None
+    when unknown). Reading pauses those until the one behind catches up; one with nothing left
+    to fetch holds none back.
+    """
+    behind = [
+        newest for next_offset, newest, end in fetched.values() if end is None or next_offset < end
+    ]
+    if not behind:
+        return set()
+    slowest = min(behind)
+    return {partition for partition, (_, newest, _) in fetched.items() if newest > slowest}
 
 
 async def read_in_order(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench.enrichment import Newsroom
-from services.enrichment.adapters import ReadTarget, read_in_order
+from services.enrichment.adapters import ReadTarget, ahead_in_time, read_in_order
 from services.enrichment.index import Features, Shingler, StoryIndex, features_of
 from services.enrichment.workers import FeatureWorkers, features_of_values
 from shared.events import EventMeta, EventType, encode
@@ -155,3 +155,23 @@ def test_a_batch_waits_for_what_came_before_it_not_for_the_burst_behind_it() -> 
     assert not ReadTarget.of([incoming(7, 4, 0)], ends).met_by(
         {0: 1000, 1: 1000, 7: 4}, {0: 1, 1: 1, 7: 0}
     )
+
+
+def test_the_table_pauses_partitions_fetched_ahead_in_time_of_one_still_behind() -> None:
+    # partition: (next offset to fetch, newest timestamp fetched, end offset)
+    fetched: dict[int, tuple[int, int, int | None]] = {
+        0: (900, 5_000, 2_000),  # far ahead in time
+        1: (300, 1_000, 2_000),  # the slowest with records left: never paused
+        2: (300, 1_000, 2_000),  # level with it
+        3: (50, 9_000, 50),  # ahead, and nothing left to fetch
+        4: (10, 200, 10),  # behind but nothing left to fetch: holds no one back
+    }
+    assert ahead_in_time(fetched) == {0, 3}
+    # Once the slowest catches up, nothing is paused.
+    fetched[1] = fetched[2] = (900, 9_000, 2_000)
+    fetched[0] = (1_000, 9_000, 2_000)
+    assert ahead_in_time(fetched) == set()
+    # A partition not fetched yet (newest -1, end unknown) holds the others back until it is.
+    assert ahead_in_time({0: (0, -1, None), 1: (64, 300, None)}) == {1}
+    # When every partition is read to its end, none is paused.
+    assert ahead_in_time({0: (5, 900, 5), 1: (7, 100, 7)}) == set()
