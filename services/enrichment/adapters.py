@@ -110,16 +110,18 @@ class KafkaStoryTable:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # Small fetches a partition (~70 stories) keep the partitions close in time (see
+            # `_keep_in_step`); the embedded broker still answers with whole producer batches.
             max_partition_fetch_bytes=256 * 1024,
-            # The enricher waits for this reader before each batch (`each_once_read`), and the
+            # The enricher waits for this reader before each story (`each_once_read`), and the
             # embedded broker answers a fetch only when this wait runs out: it is on every
             # story's path (aiokafka's default, 500 ms, was most of the end-to-end latency).
             fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self._partitions: list[TopicPartition] = []
         self._read: dict[int, int] = {}  # partition -> next offset to observe
-        # partition -> (next offset, newest timestamp) fetched, ahead of what is observed
-        self._fetched: dict[TopicPartition, tuple[int, int]] = {}
+        # partition -> the Kafka timestamp of the last record fetched (ahead of the observed)
+        self._fetched: dict[TopicPartition, int] = {}
         self._newest: dict[int, int] = {}  # partition -> Kafka timestamp of the last observed
         self._progress = asyncio.Condition()
         self._rebuilt = asyncio.Event()
@@ -190,18 +192,24 @@ class KafkaStoryTable:
             timeout_ms=200 if wait else 0, max_records=self._max_records
         )
         for tp, messages in batches.items():
-            self._fetched[tp] = (messages[-1].offset + 1, messages[-1].timestamp)
-        self._keep_in_step()
+            self._fetched[tp] = messages[-1].timestamp
+        await self._keep_in_step()
         return list(heapq.merge(*batches.values(), key=lambda m: m.timestamp))
 
-    def _keep_in_step(self) -> None:
+    async def _keep_in_step(self) -> None:
         """Fetch the partitions side by side in time (see `ahead_in_time`): the broker hands
         out hundreds of one partition's records at a time, and a story waits until every
         partition is read past its time (`ReadTarget`).
         """
+        # The consumer's position also steps over offsets that hold no record for us (e.g.
+        # transaction markers), so a partition read to its end never looks behind.
         ahead = ahead_in_time(
             {
-                tp: (*self._fetched.get(tp, (0, -1)), self._consumer.highwater(tp))
+                tp: (
+                    await self._consumer.position(tp),
+                    self._fetched.get(tp, -1),
+                    self._consumer.highwater(tp),
+                )
                 for tp in self._partitions
             }
         )
