@@ -276,21 +276,33 @@ Send = Callable[[Item], Awaitable[int]]
 async def offer(
     items: list[Item], send: Send, rate: float | None, concurrency: int
 ) -> tuple[dict[int, float], Counter[int], float]:
-    """Sends every item: as fast as `concurrency` allows, or paced at `rate` per second."""
+    """Sends every item: as fast as `concurrency` allows, or paced at `rate` per second. One
+    story's items go in order, each once the one before it was answered (as a newsroom sends a
+    correction after the version it corrects): with many requests in flight, a correction
+    could otherwise overtake its story and be refused."""
     sent: dict[int, float] = {}
     statuses: Counter[int] = Counter()
     refused: set[int] = set()
     queue = iter(enumerate(items))
+    answered: dict[str, asyncio.Future[None]] = {}  # uri -> its latest item's answer
     start = time.monotonic()
 
     async def worker() -> None:
+        loop = asyncio.get_running_loop()
         for index, item in queue:
-            if rate is not None:
-                delay = start + index / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            sent[item.token] = time.time()
-            status = await send(item)
+            before = answered.get(item.uri)
+            mine = answered[item.uri] = loop.create_future()
+            try:
+                if before is not None:
+                    await before
+                if rate is not None:
+                    delay = start + index / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                sent[item.token] = time.time()
+                status = await send(item)
+            finally:
+                mine.set_result(None)
             statuses[status] += 1
             if status not in (200, 202):
                 refused.add(item.token)
