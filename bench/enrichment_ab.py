@@ -15,16 +15,18 @@ No broker, no Kafka client, no feature worker: what is left is the service proce
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from bench.enrichment import Newsroom, records
 from bench.enrichment_sameness import reference
+from bench.stories import stream
 from services.enrichment import domain
 from services.enrichment.corpus import parse_corpus
 from services.enrichment.index import Shingler, features_of
@@ -50,20 +52,44 @@ def enriched(enricher: Any) -> Callable[[Article], bytes]:
     return lambda article: encode(enricher.enrich(article, now=NOW))
 
 
+def e2e_articles(count: int) -> list[Article]:
+    """The end-to-end bench's stories and corrections (not its withdrawals), as ingest would
+    store them: one a millisecond.
+    """
+    items = [item for item in stream(count + count // 50, "ab") if item.kind != "withdraw"]
+    return [
+        Article.model_validate(
+            {**json.loads(item.body), "versioncreated": NOW + timedelta(milliseconds=n)}
+        )
+        for n, item in enumerate(items[:count])
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--against", default="bf597ab", help="reference commit")
     parser.add_argument("--indexed", type=int, default=30_000)
     parser.add_argument("--stories", type=int, default=2_000)
+    parser.add_argument(
+        "--stream",
+        choices=("newsroom", "e2e"),
+        default="newsroom",
+        help="the enrichment bench's stories, or the end-to-end bench's (a small index whose "
+        "stories share many terms: many candidates a lookup)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
         old = reference(args.against, Path(folder), MODULES)
         enrichers = {"reference": enricher_of(old["domain"]), "this checkout": enricher_of(domain)}
         print(f"making {args.indexed} + {args.stories} bench stories ...", flush=True)
-        newsroom = Newsroom()
-        preload = [decode_article(v) for _, v in records(newsroom, 0, args.indexed)]
-        measured = [decode_article(v) for _, v in records(newsroom, args.indexed, args.stories)]
+        if args.stream == "e2e":
+            articles = e2e_articles(args.indexed + args.stories)
+            preload, measured = articles[: args.indexed], articles[args.indexed :]
+        else:
+            newsroom = Newsroom()
+            preload = [decode_article(v) for _, v in records(newsroom, 0, args.indexed)]
+            measured = [decode_article(v) for _, v in records(newsroom, args.indexed, args.stories)]
         shingler = Shingler()
         spent = dict.fromkeys(enrichers, 0.0)
         for article in preload:
