@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import aiohttp
 import uvloop
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.processes import process_tree_cpu_s, raw_producer
@@ -56,6 +56,8 @@ class Result:
     cache_ms: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     cpu_s: dict[str, float] = field(default_factory=dict)
+    first_webhook: dict[int, float] = field(default_factory=dict)  # token -> when it came
+    stages: list[Hop] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -76,6 +78,16 @@ class Result:
         if set(self.statuses) - {200, 202}:
             text += f"  statuses {dict(self.statuses)}"
         return text
+
+    def stages_line(self) -> str:
+        """Per hop: a new story's time from the hop before (p50/p99), and when the hop wrote its
+        last record from the first request (the hop that falls behind is where stories queue).
+        """
+        parts = [
+            f"{hop.what} +{hop.p50_ms:.0f}/{hop.p99_ms:.0f} ms (last at {hop.last_s:.1f} s)"
+            for hop in self.stages
+        ]
+        return "    hops, p50/p99: " + " -> ".join(parts)
 
     def cpu_line(self) -> str:
         """CPU per accepted story of every process in the run: where the two cores went."""
@@ -182,6 +194,8 @@ class Services:
     ingest: str
     delivery: str
     pids: dict[str, int]
+    bootstrap: str
+    stages: list[tuple[str, str]]  # (what, topic): each hop's output, in order
 
 
 def start_services(
@@ -207,10 +221,13 @@ def start_services(
     for child in started:
         wait_ready(child.name, f"{child.address}/readyz", child, timeout=90)
     by_name = {c.name: c for c in started}
+    topics = Topics(prefix)
     return Services(
         by_name["ingest-0"].address,
         by_name["delivery-0"].address,
         {c.name: c.pid for c in started},
+        infra_.kafka.address,
+        [("ingested", topics.ingested), ("enriched", topics.enriched)],
     )
 
 
@@ -227,7 +244,7 @@ def subscribe_all(services: Services, urls: dict[str, list[str]]) -> None:
                 raise RuntimeError(f"cannot subscribe {url}: {status} {body}")
 
 
-def start_baseline(infra_: Infra, logs: Path, urls: dict[str, list[str]]) -> str:
+def start_baseline(infra_: Infra, logs: Path, urls: dict[str, list[str]]) -> list[str]:
     prefix = f"raw{uuid.uuid4().hex[:6]}."
     hops = [f"{prefix}a", f"{prefix}b", f"{prefix}c"]
     asyncio.run(_create_plain_topics(infra_.kafka.address, hops))
@@ -248,7 +265,7 @@ def start_baseline(infra_: Infra, logs: Path, urls: dict[str, list[str]]) -> str
         if target is not None:
             argv += ["--target", target]
         infra_.children.append(spawn(f"hop-{index}", argv, "", logs / f"hop-{index}.log", None))
-    return hops[0]
+    return hops
 
 
 async def _create_plain_topics(bootstrap: str, names: list[str]) -> None:
@@ -271,6 +288,7 @@ def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
 # --- load -------------------------------------------------------------------------------------
 
 Send = Callable[[Item], Awaitable[int]]
+Hops = tuple[str, list[tuple[str, str]]]  # the broker, and each hop's (name, output topic)
 
 
 async def offer(
@@ -393,12 +411,14 @@ def measure(
     marks = receiver_get(receiver, "/dump")["marks"]
     seen: set[tuple[int, int]] = set()
     latencies: list[float] = []
+    first_webhook: dict[int, float] = {}
     last = first
     for sub, token, at, withdrawn in marks:
         last = max(last, at)
         if token in sent and not withdrawn and (sub, token) not in seen:
             seen.add((sub, token))
             latencies.append((at - sent[token]) * 1000)
+            first_webhook[token] = min(at, first_webhook.get(token, at))
     accepted = sum(n for status, n in statuses.items() if status in (200, 202))
     return Result(
         name,
@@ -410,6 +430,7 @@ def measure(
         last - first,
         latencies,
         statuses=statuses,
+        first_webhook=first_webhook,
     )
 
 
@@ -423,6 +444,7 @@ async def run_load(
     concurrency: int,
     probe: tuple[aiohttp.ClientSession, str] | None = None,
     pids: dict[str, int] | None = None,
+    hops: Hops | None = None,
 ) -> Result:
     await asyncio.to_thread(receiver_reset, receiver)
     cpu_before = cpu_snapshot(pids or {})
@@ -454,10 +476,94 @@ async def run_load(
     result.cache_ms = cache_ms
     if pids is not None:
         result.cpu_s = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
+    if hops is not None:
+        bootstrap, topics = hops
+        stamps = [await first_stamps(bootstrap, topic, int(first * 1000)) for _, topic in topics]
+        result.stages = hop_times(
+            [what for what, _ in topics], stamps, items, sent, result.first_webhook, first
+        )
     print(result.line(), flush=True)
+    if result.stages:
+        print(result.stages_line(), flush=True)
     if result.cpu_s:
         print(result.cpu_line(), flush=True)
     return result
+
+
+async def first_stamps(bootstrap: str, topic: str, since_ms: int) -> dict[bytes, int]:
+    """Per key, the timestamp (ms) of its first record in `topic` from `since_ms` on."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    stamps: dict[bytes, int] = {}
+    try:
+        await consumer.topics()  # the cluster metadata, for the topic's partitions
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+        for tp in partitions:
+            start = starts.get(tp)
+            if start is None or start.offset >= ends[tp]:
+                continue
+            consumer.seek(tp, start.offset)
+            while await consumer.position(tp) < ends[tp]:
+                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
+                for record in batch.get(tp, []):
+                    if record.key is not None and record.timestamp >= since_ms:
+                        stamps.setdefault(record.key, record.timestamp)
+        return stamps
+    finally:
+        await consumer.stop()
+
+
+@dataclass(frozen=True)
+class Hop:
+    what: str
+    records: int
+    last_s: float  # its last record, from the first request
+    p50_ms: float  # the time a new story spent from the hop before (or its request) to this one
+    p99_ms: float
+
+
+def hop_times(
+    names: list[str],
+    stamps: list[dict[bytes, int]],
+    items: list[Item],
+    sent: dict[int, float],
+    first_webhook: dict[int, float],
+    first: float,
+) -> list[Hop]:
+    """Each hop's share of a new story's latency (request -> each topic -> first webhook), and
+    when it wrote its last record: the hop whose rate falls behind is where the stories queue.
+    """
+    stories = [i for i in items if i.kind == "publish" and i.token in sent]
+    hops: list[Hop] = []
+    for n, name in enumerate([*names, "webhook"]):
+        spent: list[float] = []
+        for item in stories:
+            key = item.uri.encode()
+            before = sent[item.token] if n == 0 else stamps[n - 1].get(key, 0) / 1000
+            after = (
+                stamps[n].get(key, 0) / 1000
+                if n < len(names)
+                else first_webhook.get(item.token, 0.0)
+            )
+            if before and after:
+                spent.append((after - before) * 1000)
+        if n < len(names):
+            records, last = len(stamps[n]), max(stamps[n].values(), default=0) / 1000
+        else:
+            records, last = len(first_webhook), max(first_webhook.values(), default=0.0)
+        hops.append(
+            Hop(
+                name,
+                records,
+                max(0.0, last - first),
+                percentile(spent, 50),
+                percentile(spent, 99),
+            )
+        )
+    return hops
 
 
 # --- scenarios --------------------------------------------------------------------------------
@@ -476,13 +582,14 @@ class Options:
 
 
 async def _baseline(
-    opts: Options, receiver: str, bootstrap: str, topic: str, pids: dict[str, int]
+    opts: Options, receiver: str, bootstrap: str, topics: list[str], pids: dict[str, int]
 ) -> list[Result]:
     urls = subscriber_urls(receiver)
     producer = raw_producer(bootstrap)
     await producer.start()
+    hops = (bootstrap, list(zip(("sent", "hop 1", "hop 2"), topics, strict=True)))
     try:
-        send = producer_sender(producer, topic)
+        send = producer_sender(producer, topics[0])
         await run_load("warm-up", stream(200, "rw"), send, receiver, urls, None, 32)
         results = [
             await run_load(
@@ -494,6 +601,7 @@ async def _baseline(
                 None,
                 opts.concurrency,
                 pids=pids,
+                hops=hops,
             ),
             await run_load(
                 "baseline (raw 3 hops)",
@@ -505,21 +613,29 @@ async def _baseline(
                 opts.concurrency,
             ),
         ]
-        results += await sweep("baseline (raw 3 hops)", opts, send, receiver, urls, "rs")
+        results += await sweep("baseline (raw 3 hops)", opts, send, receiver, urls, "rs", hops)
     finally:
         await producer.stop()
     return results
 
 
 async def sweep(
-    name: str, opts: Options, send: Send, receiver: str, urls: dict[str, list[str]], tag: str
+    name: str,
+    opts: Options,
+    send: Send,
+    receiver: str,
+    urls: dict[str, list[str]],
+    tag: str,
+    hops: Hops,
 ) -> list[Result]:
     """Paced runs at each offered rate of `--sweep`: the highest one delivered in full, in
     step with the offer and with p99 <= 250 ms is the sustained rate (`report`)."""
     results = []
     for rate in sorted(opts.sweep):
         stories = stream(int(rate * opts.sweep_seconds), f"{tag}{rate:.0f}{uuid.uuid4().hex[:4]}")
-        results.append(await run_load(name, stories, send, receiver, urls, rate, opts.concurrency))
+        results.append(
+            await run_load(name, stories, send, receiver, urls, rate, opts.concurrency, hops=hops)
+        )
         if not sustained(results[-1]):
             break  # higher rates would only pile up a longer backlog
     return results
@@ -551,6 +667,7 @@ async def _ours(
                 None,
                 opts.concurrency,
                 pids=pids,
+                hops=(services.bootstrap, services.stages),
             ),
         ]
         results.append(
@@ -565,7 +682,8 @@ async def _ours(
                 probe=(session, services.delivery),
             )
         )
-        results += await sweep(name, opts, send, receiver, urls, f"s{tag}")
+        hops = (services.bootstrap, services.stages)
+        results += await sweep(name, opts, send, receiver, urls, f"s{tag}", hops)
     return results
 
 
@@ -668,7 +786,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--sweep",
-        default="100,200,300,500,750,1000",
+        default="100,200,300,400,500,600,750,1000",
         help="offered rates (stories/s, comma-separated) of paced runs to find the sustained rate",
     )
     parser.add_argument("--sweep-seconds", type=float, default=10.0)
@@ -693,11 +811,11 @@ def main() -> None:
         for scenario in args.scenarios.split(","):
             if scenario == "raw":
                 with infra(logs, "raw") as running:
-                    topic = start_baseline(running, logs, subscriber_urls(receiver.address))
+                    topics = start_baseline(running, logs, subscriber_urls(receiver.address))
                     time.sleep(6)  # the hops join their groups
                     kafka = running.kafka.address
                     pids = running.pids(receiver)
-                    results += asyncio.run(_baseline(opts, receiver.address, kafka, topic, pids))
+                    results += asyncio.run(_baseline(opts, receiver.address, kafka, topics, pids))
             else:
                 enrichers, deliverers = (int(n) for n in scenario.split("x"))
                 results += scenario_ours(opts, receiver, enrichers, deliverers)
@@ -718,15 +836,23 @@ def report(results: list[Result]) -> None:
             base_p99 = percentile(base.latencies_ms, 99)
             line += f" (p99 {p99 / base_p99:.1f}x baseline)" if base_p99 else ""
         print(line)
+        if result.stages:
+            print(result.stages_line())
         if result.cpu_s:
             print(result.cpu_line())
+    held: dict[str, float] = {}
     for name in dict.fromkeys(r.name for r in results):
         paced = [r for r in results if r.name == name and r.mode != "max"]
-        held = [r for r in paced if sustained(r)]
         if len(paced) > 1:
-            best = max((r.rate for r in held), default=0.0)
-            print(f"{name}: sustained {best:.0f} stories/s (the highest offered rate delivered in "
-                  f"full, in step, with webhook p99 <= {SUSTAINED_P99_MS:.0f} ms)")  # fmt: skip
+            held[name] = max((r.rate for r in paced if sustained(r)), default=0.0)
+            print(
+                f"{name}: sustained {held[name]:.0f} stories/s (the highest offered rate "
+                f"delivered in full, in step, with webhook p99 <= {SUSTAINED_P99_MS:.0f} ms)"
+            )
+    raw = next((rate for name, rate in held.items() if name.startswith("baseline")), 0.0)
+    for name, rate in held.items():
+        if raw and not name.startswith("baseline"):
+            print(f"{name}: sustained ratio {rate / raw:.2f} (to the baseline's {raw:.0f}/s)")
 
 
 SUSTAINED_P99_MS = 250.0
