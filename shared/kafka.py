@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -132,7 +133,19 @@ class DeadLetters:
         )
 
 
-BatchHandler = Callable[[list[IncomingRecord]], Awaitable[None]]
+# Handles one batch; returns once it is handed on, with what completes once the batch's output
+# is durable (the producer's acks), or None when it already is.
+BatchHandler = Callable[[list[IncomingRecord]], Awaitable[Awaitable[object] | None]]
+Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+
+@dataclass
+class _Handed:
+    """A batch handed on and not yet committed."""
+
+    fetched: Fetched
+    records: list[IncomingRecord]
+    durable: Awaitable[object] | None
 
 
 async def consume_forever(
@@ -143,30 +156,112 @@ async def consume_forever(
     retry_delay_s: float = 1.0,
     metrics: ConsumerMetrics | None = None,
 ) -> None:
-    """Poll in batches, hand each batch to `handle`, commit only after it returns.
+    """Poll in batches, hand each batch to `handle`, commit it only once its output is durable.
 
-    Records without valid CloudEvents headers go to the DLQ. If anything raises (broker or Redis
-    down), the batch is rewound and retried: nothing is committed that was not done.
+    The next batch is fetched and handled while the one before waits for its acks and its
+    commit, so those round trips are off the records' path; batches are still committed in
+    order, each only once durable. Records without valid CloudEvents headers go to the DLQ. If
+    anything raises (broker or Redis down), reading goes back to the oldest batch not committed
+    and tries again: nothing is committed that was not done.
     """
-    while True:
-        batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = await consumer.getmany(
-            timeout_ms=500, max_records=500
-        )
-        if not batches:
-            continue
-        try:
-            records = await read_batch(batches, dead_letters)
-            await handle(records)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            await rewind(consumer, batches, retry_delay_s)
-            continue
-        await consumer.commit()
-        if metrics:
-            for record in records:
-                metrics.consumed.labels(record.topic).inc()
-            await observe_lag(consumer, metrics)
+    handed: _Handed | None = None
+    try:
+        while True:
+            fetched: Fetched = await consumer.getmany(timeout_ms=500, max_records=500)
+            if not fetched:
+                if handed is not None:
+                    if not await _commit_once_durable(consumer, handed, retry_delay_s, metrics):
+                        await _rewind_to(consumer, _starts(handed.fetched), retry_delay_s)
+                    handed = None
+                continue
+            try:
+                records = await read_batch(fetched, dead_letters)
+                durable = await handle(records)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("batch failed; rewinding to retry it")
+                older = handed.fetched if handed is not None else {}
+                if handed is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(_wait(handed.durable))
+                await _rewind_to(consumer, _starts(older, fetched), retry_delay_s)
+                handed = None
+                continue
+            if handed is not None and not await _commit_once_durable(
+                consumer, handed, retry_delay_s, metrics
+            ):
+                log.error("a batch's output was not acknowledged; rewinding to retry it")
+                await _rewind_to(consumer, _starts(handed.fetched, fetched), retry_delay_s)
+                handed = None
+                continue
+            handed = _Handed(fetched, records, durable)
+            if durable is None:
+                await _commit_once_durable(consumer, handed, retry_delay_s, metrics)
+                handed = None
+    finally:
+        # Stopping: commit what is already durable, so a restart does not handle it again.
+        if handed is not None and _done_well(handed.durable):
+            with contextlib.suppress(Exception):
+                await _commit_once_durable(consumer, handed, retry_delay_s, metrics)
+
+
+async def _wait(durable: Awaitable[object] | None) -> None:
+    if durable is not None:
+        await durable
+
+
+def _done_well(durable: Awaitable[object] | None) -> bool:
+    if durable is None:
+        return True
+    future = asyncio.ensure_future(durable)
+    return future.done() and not future.cancelled() and future.exception() is None
+
+
+async def _commit_once_durable(
+    consumer: AIOKafkaConsumer,
+    handed: _Handed,
+    retry_delay_s: float,
+    metrics: ConsumerMetrics | None,
+) -> bool:
+    """Commits the batch once its output is acknowledged; False when it was not."""
+    try:
+        await _wait(handed.durable)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("batch output not acknowledged")
+        return False
+    assigned = consumer.assignment()
+    offsets = {
+        tp: messages[-1].offset + 1 for tp, messages in handed.fetched.items() if tp in assigned
+    }
+    if offsets:
+        await consumer.commit(offsets)
+    if metrics:
+        for record in handed.records:
+            metrics.consumed.labels(record.topic).inc()
+        await observe_lag(consumer, metrics)
+    return True
+
+
+def _starts(*fetches: Fetched) -> dict[TopicPartition, int]:
+    """Per partition, the first offset fetched in any of these batches."""
+    starts: dict[TopicPartition, int] = {}
+    for fetched in fetches:
+        for tp, messages in fetched.items():
+            starts[tp] = min(starts.get(tp, messages[0].offset), messages[0].offset)
+    return starts
+
+
+async def _rewind_to(
+    consumer: AIOKafkaConsumer, starts: dict[TopicPartition, int], retry_delay_s: float
+) -> None:
+    assigned = consumer.assignment()
+    for tp, offset in starts.items():
+        if tp in assigned:
+            consumer.seek(tp, offset)
+    await asyncio.sleep(retry_delay_s)
 
 
 async def read_batch(

@@ -79,7 +79,10 @@ class Enricher:
         self._dead_letters = dead_letters
         self._metrics = metrics
 
-    async def handle(self, records: list[IncomingRecord]) -> None:
+    async def handle(self, records: list[IncomingRecord]) -> asyncio.Future[list[Any]]:
+        """Enriches the batch and hands every story to the producer; returns what completes once
+        the broker has acknowledged them all (the batch is committed only then, while the next
+        batch is already handled: `consume_forever`)."""
         acks: list[asyncio.Future[Any]] = []
         handed_on = time.perf_counter()
         # Every story before a record must be in the index first: that is what makes two
@@ -121,7 +124,7 @@ class Enricher:
                 await asyncio.sleep(0)
                 handed_on = time.perf_counter()
         self._metrics.indexed.set(len(self._enricher.index))
-        await asyncio.gather(*acks)  # the batch is committed only once every story is acked
+        return asyncio.gather(*acks)
 
 
 Ready = Callable[[], Awaitable[bool]]

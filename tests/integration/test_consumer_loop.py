@@ -59,3 +59,63 @@ async def test_poison_goes_to_dlq_and_good_records_are_handled_and_committed(
     assert b"missing CloudEvents headers" in headers["newsflow_error"]
     assert headers["newsflow_original_topic"] == topics.ingested.encode()
     assert sum(offset or 0 for offset in committed.values()) == 2
+
+
+async def test_a_batch_is_committed_only_once_durable_and_read_again_when_it_is_not(
+    kafka_bootstrap: str, topics: Topics, prefix: str
+) -> None:
+    # The loop hands on the next batch while the one before waits for its acks; a batch whose
+    # acks fail is read again (with everything after it), and nothing is committed before.
+    settings = NewsflowSettings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
+    producer = make_producer(settings)
+    await producer.start()
+    loop = asyncio.get_running_loop()
+    first_acks: asyncio.Future[None] = loop.create_future()
+    handled: list[list[bytes | None]] = []
+    calls = asyncio.Queue[int]()
+
+    async def handle(records: list[IncomingRecord]) -> asyncio.Future[None]:
+        handled.append([r.key for r in records])
+        calls.put_nowait(len(handled))
+        if len(handled) == 1:
+            return first_acks  # the first batch's acks: still out
+        done: asyncio.Future[None] = loop.create_future()
+        done.set_result(None)
+        return done
+
+    async def publish(key: bytes) -> None:
+        meta = EventMeta.new(EventType.PUBLISHED, "urn:test")
+        await producer.send_and_wait(topics.ingested, b"{}", key=key, headers=meta.to_headers())
+
+    async def committed() -> int:
+        return sum([await consumer.committed(tp) or 0 for tp in consumer.assignment()])
+
+    consumer = make_consumer(settings, topics.ingested, f"{prefix}group")
+    await consumer.start()
+    task = asyncio.create_task(
+        consume_forever(consumer, handle, DeadLetters(producer, topics.dlq), retry_delay_s=0.1)
+    )
+    try:
+        await publish(b"urn:a")
+        assert await asyncio.wait_for(calls.get(), 30) == 1
+        await publish(b"urn:b")
+        # The second batch is handled while the first still waits for its acks ...
+        assert await asyncio.wait_for(calls.get(), 30) == 2
+        await asyncio.sleep(1.0)
+        # ... and nothing is committed meanwhile.
+        assert await committed() == 0
+        first_acks.set_exception(RuntimeError("broker gone"))
+        while sum(len(keys) for keys in handled) < 4:
+            await asyncio.wait_for(calls.get(), 30)
+        await asyncio.sleep(1.0)  # the next poll commits the last batch
+        assert await committed() == 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await consumer.stop()
+        await producer.stop()
+
+    assert handled[:2] == [[b"urn:a"], [b"urn:b"]]
+    # Read again from the failed batch on: both stories, in order.
+    assert [key for keys in handled[2:] for key in keys] == [b"urn:a", b"urn:b"]
