@@ -35,8 +35,10 @@ from bench.processes import process_tree_cpu_s, raw_producer
 from bench.stories import SECTIONS, Item, stream
 from ops.devrun import http_json, wait_ready
 from ops.embedded import ChildProcess, free_port, spawn, start_kafka, start_redis, wait_for_port
+from services.enrichment.settings import EnrichmentSettings
 from shared.events import Topics
 from shared.kafka import ensure_topics
+from shared.settings import NewsflowSettings
 
 SUBSCRIPTIONS = 20
 API_KEY = "bench-ingest-key"
@@ -261,6 +263,14 @@ def start_baseline(infra_: Infra, logs: Path, urls: dict[str, list[str]]) -> lis
             source,
             "--urls",
             json.dumps(urls),
+            # The first hop reads what the load client sent, as enrichment reads what ingest
+            # stored: the same fetch wait as enrichment's; the others as delivery's story consumer.
+            "--fetch-max-wait-ms",
+            str(
+                EnrichmentSettings().enrichment_fetch_max_wait_ms
+                if index == 0
+                else NewsflowSettings().kafka_fetch_max_wait_ms
+            ),
         ]
         if target is not None:
             argv += ["--target", target]

@@ -82,7 +82,7 @@ def receiver(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def _consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
+def _consumer(bootstrap: str, topic: str, group: str, fetch_max_wait_ms: int) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -90,8 +90,8 @@ def _consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=500,
-        # The same as the services' consumers (`NEWSFLOW_KAFKA_FETCH_MAX_WAIT_MS`).
-        fetch_max_wait_ms=NewsflowSettings().kafka_fetch_max_wait_ms,
+        # The same as the service in that place (`bench.e2e.start_baseline`).
+        fetch_max_wait_ms=fetch_max_wait_ms,
     )
 
 
@@ -107,9 +107,15 @@ def raw_producer(bootstrap: str) -> AIOKafkaProducer:
     )
 
 
-async def hop(bootstrap: str, source: str, target: str | None, urls: dict[str, list[str]]) -> None:
+async def hop(
+    bootstrap: str,
+    source: str,
+    target: str | None,
+    urls: dict[str, list[str]],
+    fetch_max_wait_ms: int,
+) -> None:
     """consume -> produce (or -> POST to every subscriber of the record's section), no work."""
-    consumer = _consumer(bootstrap, source, f"bench-hop-{source}")
+    consumer = _consumer(bootstrap, source, f"bench-hop-{source}", fetch_max_wait_ms)
     producer = raw_producer(bootstrap)
     await consumer.start()
     await producer.start()
@@ -158,12 +164,16 @@ def main() -> None:
     hop_args.add_argument("--source", required=True)
     hop_args.add_argument("--target")
     hop_args.add_argument("--urls", default="{}", help="JSON {section_id: [url, ...]}")
+    hop_args.add_argument(
+        "--fetch-max-wait-ms", type=int, default=NewsflowSettings().kafka_fetch_max_wait_ms
+    )
     args = parser.parse_args()
     uvloop.install()
     if args.mode == "receiver":
         receiver(args.port)
     else:
-        asyncio.run(hop(args.bootstrap, args.source, args.target, json.loads(args.urls)))
+        urls = json.loads(args.urls)
+        asyncio.run(hop(args.bootstrap, args.source, args.target, urls, args.fetch_max_wait_ms))
 
 
 if __name__ == "__main__":

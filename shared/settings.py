@@ -29,8 +29,10 @@ class NewsflowSettings(BaseSettings):
     )
     kafka_fetch_max_wait_ms: int = Field(
         20,
-        description="Longest a consumer's fetch waits for records. The embedded Tansu broker "
-        "answers only when this runs out, even with records waiting: it bounds each hop's latency.",
+        description="Longest a consumer's fetch waits for records. A fetch in flight leaves out "
+        "the partitions whose records the service is still working on, so records arriving "
+        "there wait until it comes back: it bounds each hop's latency. Shorter waits cost "
+        "broker and client CPU when idle (each consumer polls every this many ms).",
     )
     kafka_compression: Literal["zstd", "lz4", "gzip", "none"] = Field(
         "zstd",

@@ -84,13 +84,18 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
                 # A chunk for each worker, and a couple more ready while the first are inserted.
                 in_flight=settings.enrichment_feature_workers + 2,
                 here_while_waiting=settings.enrichment_features_here_while_waiting,
-                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                fetch_max_wait_ms=settings.enrichment_fetch_max_wait_ms,
             )
             await table.start()
             stack.push_async_callback(table.stop)
             # The group carries the topic prefix, so environments sharing a cluster stay apart.
             group = settings.topic_prefix + settings.enrichment_group_id
-            consumer = make_consumer(settings, topics.ingested, group)
+            consumer = make_consumer(
+                settings,
+                topics.ingested,
+                group,
+                fetch_max_wait_ms=settings.enrichment_fetch_max_wait_ms,
+            )
             dead_letters = DeadLetters(producer, topics.dlq, metrics.consumer)
             handler = Enricher(
                 producer,

@@ -44,3 +44,9 @@ class EnrichmentSettings(NewsflowSettings):
     # process computes one chunk's features itself at a time besides the workers: its core is
     # idle then. False: the workers compute them all.
     enrichment_features_here_while_waiting: bool = True
+    # Longest a fetch of the story table or of the group's consumer waits for records. Shorter
+    # than the other consumers' (NEWSFLOW_KAFKA_FETCH_MAX_WAIT_MS): while the enricher works on a
+    # partition's records, the client's next fetch goes out without that partition, and records
+    # arriving there wait until that fetch comes back (at 100 stories/s the enrichment hop took
+    # 42 ms p50 with 20 ms, 23 ms with 10). Costs ~4% of a core when idle.
+    enrichment_fetch_max_wait_ms: int = Field(10, ge=1)
