@@ -48,5 +48,5 @@ class EnrichmentSettings(NewsflowSettings):
     # than the other consumers' (NEWSFLOW_KAFKA_FETCH_MAX_WAIT_MS): while the enricher works on a
     # partition's records, the client's next fetch goes out without that partition, and records
     # arriving there wait until that fetch comes back (at 100 stories/s the enrichment hop took
-    # 42 ms p50 with 20 ms, 23 ms with 10). Costs ~4% of a core when idle.
+    # 42 ms p50 with 20 ms, 23 ms with 10). Costs ~5% of a core more when idle (service, broker).
     enrichment_fetch_max_wait_ms: int = Field(10, ge=1)
