@@ -135,7 +135,7 @@ class DeadLetters:
 
 # Handles one batch; returns once it is handed on, with what completes once the batch's output
 # is durable (the producer's acks), or None when it already is.
-BatchHandler = Callable[[list[IncomingRecord]], Awaitable[Awaitable[object] | None]]
+BatchHandler = Callable[[list[IncomingRecord]], Awaitable[asyncio.Future[Any] | None]]
 Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 
@@ -145,7 +145,14 @@ class _Handed:
 
     fetched: Fetched
     records: list[IncomingRecord]
-    durable: Awaitable[object] | None
+    durable: asyncio.Future[Any] | None
+
+    def done_well(self) -> bool:
+        """Its output is already acknowledged."""
+        durable = self.durable
+        return durable is None or (
+            durable.done() and not durable.cancelled() and durable.exception() is None
+        )
 
 
 async def consume_forever(
@@ -170,7 +177,7 @@ async def consume_forever(
             fetched: Fetched = await consumer.getmany(timeout_ms=500, max_records=500)
             if not fetched:
                 if handed is not None:
-                    if not await _commit_once_durable(consumer, handed, retry_delay_s, metrics):
+                    if not await _commit_once_durable(consumer, handed, metrics):
                         await _rewind_to(consumer, _starts(handed.fetched), retry_delay_s)
                     handed = None
                 continue
@@ -182,51 +189,35 @@ async def consume_forever(
             except Exception:
                 log.exception("batch failed; rewinding to retry it")
                 older = handed.fetched if handed is not None else {}
-                if handed is not None:
+                if handed is not None and handed.durable is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.shield(_wait(handed.durable))
+                        await asyncio.shield(handed.durable)
                 await _rewind_to(consumer, _starts(older, fetched), retry_delay_s)
                 handed = None
                 continue
-            if handed is not None and not await _commit_once_durable(
-                consumer, handed, retry_delay_s, metrics
-            ):
+            if handed is not None and not await _commit_once_durable(consumer, handed, metrics):
                 log.error("a batch's output was not acknowledged; rewinding to retry it")
                 await _rewind_to(consumer, _starts(handed.fetched, fetched), retry_delay_s)
                 handed = None
                 continue
             handed = _Handed(fetched, records, durable)
             if durable is None:
-                await _commit_once_durable(consumer, handed, retry_delay_s, metrics)
+                await _commit_once_durable(consumer, handed, metrics)
                 handed = None
     finally:
         # Stopping: commit what is already durable, so a restart does not handle it again.
-        if handed is not None and _done_well(handed.durable):
+        if handed is not None and handed.done_well():
             with contextlib.suppress(Exception):
-                await _commit_once_durable(consumer, handed, retry_delay_s, metrics)
-
-
-async def _wait(durable: Awaitable[object] | None) -> None:
-    if durable is not None:
-        await durable
-
-
-def _done_well(durable: Awaitable[object] | None) -> bool:
-    if durable is None:
-        return True
-    future = asyncio.ensure_future(durable)
-    return future.done() and not future.cancelled() and future.exception() is None
+                await _commit_once_durable(consumer, handed, metrics)
 
 
 async def _commit_once_durable(
-    consumer: AIOKafkaConsumer,
-    handed: _Handed,
-    retry_delay_s: float,
-    metrics: ConsumerMetrics | None,
+    consumer: AIOKafkaConsumer, handed: _Handed, metrics: ConsumerMetrics | None
 ) -> bool:
     """Commits the batch once its output is acknowledged; False when it was not."""
     try:
-        await _wait(handed.durable)
+        if handed.durable is not None:
+            await handed.durable
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -288,9 +279,7 @@ async def rewind(
     """A batch failed (broker or Redis away): seek back to its start and pause before reading
     it again, so nothing is committed that was not done."""
     log.exception("batch failed; rewinding to retry it")
-    for tp, messages in batches.items():
-        consumer.seek(tp, messages[0].offset)
-    await asyncio.sleep(retry_delay_s)
+    await _rewind_to(consumer, _starts(batches), retry_delay_s)
 
 
 async def observe_lag(consumer: AIOKafkaConsumer, metrics: ConsumerMetrics) -> None:
