@@ -527,7 +527,6 @@ async def first_stamps(bootstrap: str, topic: str, since_ms: int) -> dict[bytes,
 @dataclass(frozen=True)
 class Hop:
     what: str
-    records: int
     last_s: float  # its last record, from the first request
     p50_ms: float  # the time a new story spent from the hop before (or its request) to this one
     p99_ms: float
@@ -559,13 +558,12 @@ def hop_times(
             if before and after:
                 spent.append((after - before) * 1000)
         if n < len(names):
-            records, last = len(stamps[n]), max(stamps[n].values(), default=0) / 1000
+            last = max(stamps[n].values(), default=0) / 1000
         else:
-            records, last = len(first_webhook), max(first_webhook.values(), default=0.0)
+            last = max(first_webhook.values(), default=0.0)
         hops.append(
             Hop(
                 name,
-                records,
                 max(0.0, last - first),
                 percentile(spent, 50),
                 percentile(spent, 99),

@@ -255,9 +255,7 @@ async def _rewind_to(
     await asyncio.sleep(retry_delay_s)
 
 
-async def read_batch(
-    batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], dead_letters: DeadLetters
-) -> list[IncomingRecord]:
+async def read_batch(batches: Fetched, dead_letters: DeadLetters) -> list[IncomingRecord]:
     """The records of one poll with their CloudEvents metadata; records without valid headers
     go to the DLQ. Partition order is kept; across partitions, the batch runs in time order."""
     records: list[IncomingRecord] = []
@@ -273,7 +271,7 @@ async def read_batch(
 
 async def rewind(
     consumer: AIOKafkaConsumer,
-    batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    batches: Fetched,
     retry_delay_s: float,
 ) -> None:
     """A batch failed (broker or Redis away): seek back to its start and pause before reading

@@ -113,9 +113,10 @@ class KafkaStoryTable:
             # Small fetches a partition (~70 stories) keep the partitions close in time (see
             # `_keep_in_step`); the embedded broker still answers with whole producer batches.
             max_partition_fetch_bytes=256 * 1024,
-            # The enricher waits for this reader before each story (`each_once_read`), and the
-            # embedded broker answers a fetch only when this wait runs out: it is on every
-            # story's path (aiokafka's default, 500 ms, was most of the end-to-end latency).
+            # The enricher waits for this reader before each story (`each_once_read`): a
+            # partition left out of a fetch in flight is read again only once that fetch comes
+            # back, up to this wait later, on every story's path (aiokafka's default, 500 ms,
+            # was most of the end-to-end latency).
             fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self._partitions: list[TopicPartition] = []
