@@ -481,7 +481,9 @@ class _Lane:
     """One endpoint: its jobs waiting for a slot, served in order by at most the per-endpoint
     limit of worker tasks (a waiting job is an entry here, not a task of its own)."""
 
-    queue: collections.deque[tuple[Job, _Record]] = field(default_factory=collections.deque)
+    queue: collections.deque[tuple[Job, _Record, asyncio.Event]] = field(
+        default_factory=collections.deque
+    )
     workers: int = 0
 
 
@@ -521,6 +523,9 @@ class Sender:
         self._slots = _Slots(settings.delivery_max_in_flight)
         self._records = asyncio.Semaphore(settings.delivery_max_records_in_flight)
         self._lanes: dict[str, _Lane] = {}
+        # Versions of each (subscription, story) in this process's lanes, each with the event
+        # set once it is settled: a correction right behind its original waits for it here.
+        self._in_lanes: dict[tuple[str, str], list[tuple[int, asyncio.Event]]] = {}
         self._endpoint_of: dict[str, str] = {}  # subscription URL -> endpoint
         self._breaker = Breaker(
             settings.delivery_breaker_failures, settings.delivery_breaker_cooldown_s
@@ -591,7 +596,10 @@ class Sender:
                 # A backlog for this endpoint: park the job on a retry tier.
                 self._spawn(self._settle(job, busy=True), record)
                 continue
-            lane.queue.append((job, record))
+            settled_here = asyncio.Event()
+            key = (job.subscription_id, job.story_uri)
+            self._in_lanes.setdefault(key, []).append((job.version, settled_here))
+            lane.queue.append((job, record, settled_here))
             if lane.workers < limit:
                 lane.workers += 1
                 task = asyncio.create_task(self._serve(endpoint, lane))
@@ -617,18 +625,37 @@ class Sender:
         shutdown (jobs still queued then are not settled: their offsets stay uncommitted)."""
         try:
             while lane.queue:
-                job, record = lane.queue.popleft()
+                job, record, settled_here = lane.queue.popleft()
                 try:
                     await self._settle(job)
                 except asyncio.CancelledError:
                     record.cancelled = True
-                    self._job_settled(record)
                     raise
-                self._job_settled(record)
+                finally:
+                    self._left_lane(job, settled_here)
+                    self._job_settled(record)
         finally:
             lane.workers -= 1
             if not lane.workers and not lane.queue and self._lanes.get(endpoint) is lane:
                 del self._lanes[endpoint]
+
+    def _left_lane(self, job: Job, settled_here: asyncio.Event) -> None:
+        settled_here.set()
+        key = (job.subscription_id, job.story_uri)
+        versions = [entry for entry in self._in_lanes.get(key, []) if entry[1] is not settled_here]
+        if versions:
+            self._in_lanes[key] = versions
+        else:
+            self._in_lanes.pop(key, None)
+
+    async def _earlier_settled_here(self, job: Job) -> bool:
+        """Waits for earlier versions of the job's story to this subscription that are in this
+        process's lanes (they are ahead of it, so they are being sent); False if there are none."""
+        in_lanes = self._in_lanes.get((job.subscription_id, job.story_uri), [])
+        earlier = [settled_here for version, settled_here in in_lanes if version < job.version]
+        for settled_here in earlier:
+            await settled_here.wait()
+        return bool(earlier)
 
     def _resume_due(self) -> None:
         now = time.time()
@@ -706,7 +733,10 @@ class Sender:
             return
         # Version 1 has nothing before it; later versions wait for any older one still queued.
         oldest = None if job.version <= 1 else await self._state.oldest_pending(job)
+        if oldest is not None and oldest < job.version and await self._earlier_settled_here(job):
+            oldest = await self._state.oldest_pending(job)  # sent by now, unless it failed
         if oldest is not None and oldest < job.version:
+            # Still queued elsewhere (a retry tier, another instance): look again later.
             await self._defer(job, self._settings.delivery_order_recheck_s, "order")
             return
         endpoint = self._endpoint(subscription.url)

@@ -175,3 +175,70 @@ async def test_a_cancelled_job_leaves_its_record_unsettled_and_frees_its_slots()
     await sender.drain()
     assert settled == [1]  # the cancelled record is not marked settled; the slot went on
     assert posted == [s.url for s in subscriptions]
+
+
+class PendingRecorder(Recorder):
+    """Also keeps the order guard: a job is pending from dispatch until it is settled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: set[tuple[str, int]] = set()
+
+    async def settled_(self, job: Job, attempt: Any, delivered: bool, dead: bool) -> None:
+        await super().settled_(job, attempt, delivered, dead)
+        self.pending.discard((job.story_uri, job.version))
+
+    async def oldest_pending(self, job: Job) -> int | None:
+        earlier = [v for uri, v in self.pending if uri == job.story_uri and v < job.version]
+        return min(earlier, default=None)
+
+
+def story_and_correction(subscription: Subscription) -> list[Job]:
+    return [
+        Job(subscription.id, "urn:story:dam", version, event, 1, 0.0, b"{}")
+        for version, event in ((1, EventType.PUBLISHED), (2, EventType.UPDATED))
+    ]
+
+
+@pytest.mark.parametrize("first_answer", [204, 503])
+async def test_a_correction_behind_its_original_waits_for_it_in_process(first_answer: int) -> None:
+    settings = DeliverySettings(delivery_per_endpoint_in_flight=4)
+    store = FakeSubscriptionStore()
+    subscription = Subscription.create(SubscriptionRequest(url="https://partner.example/hook"))
+    await store.add(subscription)
+    recorder = PendingRecorder()
+    state: Any = type("State", (), {})()
+    state.settled = recorder.settled_
+    state.attempted = recorder.attempted
+    state.oldest_pending = recorder.oldest_pending
+    posted: list[str] = []
+    release = asyncio.Event()
+
+    async def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
+        posted.append(headers["webhook-id"])
+        await release.wait()
+        return Answer(first_answer if len(posted) == 1 else 204, None, 1.0)
+
+    unused: Any = None
+    sender = Sender(
+        unused, Topics(""), store, state, recorder, post, recorder, recorder,  # type: ignore[arg-type]
+        DeliveryMetrics(), settings, unused,
+    )  # fmt: skip
+    original, correction = story_and_correction(subscription)
+    recorder.pending |= {(original.story_uri, 1), (correction.story_uri, 2)}
+    settled: list[int] = []
+    for n, job in enumerate((original, correction)):
+        await sender.dispatch([job], lambda n=n: settled.append(n))  # type: ignore[misc]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert posted == [original.message_id]  # a free worker, but the correction waits its turn
+    release.set()
+    await sender.drain()
+
+    assert sorted(settled) == [0, 1]
+    if first_answer == 204:  # the original went out: the correction follows at once
+        assert posted == [original.message_id, correction.message_id]
+        assert recorder.queued == []
+    else:  # the original waits on a retry tier: so does the correction, behind it
+        assert posted == [original.message_id]
+        assert [(j.version, j.attempt) for j in recorder.queued] == [(1, 2), (2, 1)]
