@@ -166,20 +166,23 @@ async def consume_forever(
     """Poll in batches, hand each batch to `handle`, commit it only once its output is durable.
 
     The next batch is fetched and handled while the one before waits for its acks and its
-    commit, so those round trips are off the records' path; batches are still committed in
-    order, each only once durable. Records without valid CloudEvents headers go to the DLQ. If
-    anything raises (broker or Redis down), reading goes back to the oldest batch not committed
-    and tries again: nothing is committed that was not done.
+    commit (a task of its own), so those round trips are off the records' path; batches are
+    still committed in order, each only once durable. Records without valid CloudEvents
+    headers go to the DLQ. If anything raises (broker or Redis down), reading goes back to the
+    oldest batch not committed and tries again: nothing is committed that was not done.
     """
+    # The batch before the one being handled, and its commit: it waits for the batch's acks,
+    # then commits, while the loop fetches and handles the next batch.
     handed: _Handed | None = None
+    committing: asyncio.Task[bool] | None = None
     try:
         while True:
             fetched: Fetched = await consumer.getmany(timeout_ms=500, max_records=500)
             if not fetched:
-                if handed is not None:
-                    if not await _commit_once_durable(consumer, handed, metrics):
+                if handed is not None and committing is not None:
+                    if not await committing:
                         await _rewind_to(consumer, _starts(handed.fetched), retry_delay_s)
-                    handed = None
+                    handed = committing = None
                 continue
             try:
                 records = await read_batch(fetched, dead_letters)
@@ -188,27 +191,31 @@ async def consume_forever(
                 raise
             except Exception:
                 log.exception("batch failed; rewinding to retry it")
-                older = handed.fetched if handed is not None else {}
-                if handed is not None and handed.durable is not None:
+                older: Fetched = {}
+                if handed is not None and committing is not None:
+                    older = handed.fetched
                     with contextlib.suppress(Exception):
-                        await asyncio.shield(handed.durable)
+                        if await asyncio.shield(committing):
+                            older = {}  # committed after all
                 await _rewind_to(consumer, _starts(older, fetched), retry_delay_s)
-                handed = None
+                handed = committing = None
                 continue
-            if handed is not None and not await _commit_once_durable(consumer, handed, metrics):
+            if handed is not None and committing is not None and not await committing:
                 log.error("a batch's output was not acknowledged; rewinding to retry it")
                 await _rewind_to(consumer, _starts(handed.fetched, fetched), retry_delay_s)
-                handed = None
+                handed = committing = None
                 continue
             handed = _Handed(fetched, records, durable)
-            if durable is None:
-                await _commit_once_durable(consumer, handed, metrics)
-                handed = None
+            committing = asyncio.create_task(_commit_once_durable(consumer, handed, metrics))
     finally:
         # Stopping: commit what is already durable, so a restart does not handle it again.
-        if handed is not None and handed.done_well():
-            with contextlib.suppress(Exception):
-                await _commit_once_durable(consumer, handed, metrics)
+        if committing is not None:
+            if handed is not None and handed.done_well():
+                with contextlib.suppress(Exception):
+                    await committing
+            else:
+                committing.cancel()
+                await asyncio.gather(committing, return_exceptions=True)
 
 
 async def _commit_once_durable(

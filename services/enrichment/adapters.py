@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from services.enrichment.index import Features
 from shared.events import Article, EventMeta, InvalidEvent, decode_article
@@ -79,6 +80,19 @@ class ReadTarget:
         return True
 
 
+@dataclass(frozen=True)
+class KnownEnds:
+    """Partition end offsets, looked up once the table had fetched each partition up to
+    `covers` (the offset after its last record fetched then)."""
+
+    covers: Mapping[int, int]
+    ends: Mapping[int, int]
+
+    def cover(self, own: Mapping[int, int]) -> bool:
+        """Looked up after the records up to these offsets (partition -> offset) were fetched."""
+        return all(self.covers.get(partition, 0) >= offset for partition, offset in own.items())
+
+
 class KafkaStoryTable:
     """A group-less reader of every partition of the ingested topic, from the beginning."""
 
@@ -121,6 +135,11 @@ class KafkaStoryTable:
         )
         self._partitions: list[TopicPartition] = []
         self._read: dict[int, int] = {}  # partition -> next offset to observe
+        self._fetched_to: dict[int, int] = {}  # partition -> offset after the last fetched
+        # The partitions' end offsets, looked up after the table had fetched up to `covers`
+        # (see `_track_ends`), and whether records were fetched since that lookup began.
+        self._ends = KnownEnds({}, {})
+        self._fetched_since_lookup = asyncio.Event()
         # partition -> the Kafka timestamp of the last record fetched (ahead of the observed)
         self._fetched: dict[TopicPartition, int] = {}
         self._newest: dict[int, int] = {}  # partition -> Kafka timestamp of the last observed
@@ -155,9 +174,14 @@ class KafkaStoryTable:
         log.info("rebuilding the story index", topic=self._topic, records=sum(target.values()))
         if self._reached(target):
             self._rebuilt.set()
-        await read_in_order(
-            self._fetch, self._features_of, self._observe_chunk, in_flight=self._in_flight
-        )
+        tracker = asyncio.create_task(self._track_ends(), name="enrichment-end-offsets")
+        try:
+            await read_in_order(
+                self._fetch, self._features_of, self._observe_chunk, in_flight=self._in_flight
+            )
+        finally:
+            tracker.cancel()
+            await asyncio.gather(tracker, return_exceptions=True)
 
     async def wait_rebuilt(self) -> None:
         self._waiting += 1
@@ -173,10 +197,44 @@ class KafkaStoryTable:
         that came to the topic before it (see `ReadTarget`): the index then holds every story
         before it. The first can be enriched while the table still reads up to the last.
         """
-        ends = await self._end_offsets()
+        ends = await self._ends_after(records)
         for record in records:
             await self._read_to(ReadTarget.of([record], ends))
             yield record
+
+    async def _ends_after(self, records: Sequence[IncomingRecord]) -> Mapping[int, int]:
+        """End offsets looked up after this table had fetched the records: by then every story
+        that came to the topic before them was in it. Under load such a lookup has already
+        come back (`_track_ends`), so a batch no longer waits for one round trip of its own."""
+        own: dict[int, int] = {}
+        for record in records:
+            own[record.partition] = max(own.get(record.partition, 0), record.offset + 1)
+        if not self._ends.cover(own):
+            self._waiting += 1
+            try:
+                async with self._progress:
+                    await self._progress.wait_for(lambda: self._ends.cover(own))
+            finally:
+                self._waiting -= 1
+        return self._ends.ends
+
+    async def _track_ends(self) -> None:
+        """Looks up the end offsets after each fetch of new records, one lookup at a time: a
+        lookup answers for every record fetched before it began."""
+        while True:
+            await self._fetched_since_lookup.wait()
+            self._fetched_since_lookup.clear()
+            covers = dict(self._fetched_to)
+            try:
+                ends = await self._end_offsets()
+            except KafkaError as exc:  # the broker away: the waiting batches wait on
+                log.warning("end offsets lookup failed; trying again", error=str(exc))
+                self._fetched_since_lookup.set()
+                await asyncio.sleep(0.5)
+                continue
+            self._ends = KnownEnds(covers, ends)
+            async with self._progress:
+                self._progress.notify_all()
 
     async def _read_to(self, target: ReadTarget) -> None:
         if target.met_by(self._read, self._newest):
@@ -194,6 +252,9 @@ class KafkaStoryTable:
         )
         for tp, messages in batches.items():
             self._fetched[tp] = messages[-1].timestamp
+            self._fetched_to[tp.partition] = messages[-1].offset + 1
+        if batches:
+            self._fetched_since_lookup.set()
         await self._keep_in_step()
         return list(heapq.merge(*batches.values(), key=lambda m: m.timestamp))
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench.enrichment import Newsroom
-from services.enrichment.adapters import ReadTarget, ahead_in_time, read_in_order
+from services.enrichment.adapters import KnownEnds, ReadTarget, ahead_in_time, read_in_order
 from services.enrichment.index import Features, Shingler, StoryIndex, features_of
 from services.enrichment.workers import FeatureWorkers, features_of_values
 from shared.events import EventMeta, EventType, encode
@@ -155,6 +155,17 @@ def test_a_batch_waits_for_what_came_before_it_not_for_the_burst_behind_it() -> 
     assert not ReadTarget.of([incoming(7, 4, 0)], ends).met_by(
         {0: 1000, 1: 1000, 7: 4}, {0: 1, 1: 1, 7: 0}
     )
+
+
+def test_end_offsets_answer_for_the_records_fetched_before_the_lookup_began() -> None:
+    # Looked up once the table had fetched partition 0 up to offset 10 and partition 1 to 4.
+    known = KnownEnds(covers={0: 10, 1: 4}, ends={0: 12, 1: 4, 2: 0})
+
+    assert known.cover({0: 10})  # records at offsets 0-9: fetched before the lookup
+    assert known.cover({0: 3, 1: 4})
+    assert not known.cover({0: 11})  # fetched after it: a later lookup answers for it
+    assert not known.cover({2: 1})  # nothing of partition 2 was fetched before it
+    assert KnownEnds({}, {}).cover({})
 
 
 def test_the_table_pauses_partitions_fetched_ahead_in_time_of_one_still_behind() -> None:
