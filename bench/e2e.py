@@ -633,14 +633,18 @@ async def sweep(
     urls: dict[str, list[str]],
     tag: str,
     hops: Hops,
+    probe: tuple[aiohttp.ClientSession, str] | None = None,
 ) -> list[Result]:
     """Paced runs at each offered rate of `--sweep`: the highest one delivered in full, in
-    step with the offer and with p99 <= 250 ms is the sustained rate (`report`)."""
+    step with the offer and with p99 <= 250 ms is the sustained rate (`report`). With `probe`,
+    every 100th new story is also timed until the delivery read API serves it."""
     results = []
     for rate in sorted(opts.sweep):
         stories = stream(int(rate * opts.sweep_seconds), f"{tag}{rate:.0f}{uuid.uuid4().hex[:4]}")
         results.append(
-            await run_load(name, stories, send, receiver, urls, rate, opts.concurrency, hops=hops)
+            await run_load(
+                name, stories, send, receiver, urls, rate, opts.concurrency, probe, hops=hops
+            )
         )
         if not sustained(results[-1]):
             break  # higher rates would only pile up a longer backlog
@@ -689,7 +693,8 @@ async def _ours(
             )
         )
         hops = (services.bootstrap, services.stages)
-        results += await sweep(name, opts, send, receiver, urls, f"s{tag}", hops)
+        probe = (session, services.delivery)
+        results += await sweep(name, opts, send, receiver, urls, f"s{tag}", hops, probe)
     return results
 
 
