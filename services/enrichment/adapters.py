@@ -105,19 +105,22 @@ class KafkaStoryTable:
         features: FeatureSource | None = None,
         in_flight: int = 3,
         here_while_waiting: bool = True,
+        here_up_to: int = 0,
         max_records: int = 2000,
         fetch_max_wait_ms: int = 20,
     ) -> None:
         """`features` computes the records' features elsewhere (worker processes), up to
-        `in_flight` chunks at once; without it `observe` computes them in this process. With
-        `here_while_waiting`, this process also computes a chunk's features itself while a caller
-        waits for the reader (see `_features_of`).
+        `in_flight` chunks at once; without it `observe` computes them in this process, as it
+        does for chunks of at most `here_up_to` records. With `here_while_waiting`, this process
+        also computes a chunk's features itself while a caller waits for the reader (see
+        `_features_of`).
         """
         self._topic = topic
         self._observe = observe
         self._features = features
         self._in_flight = in_flight if features is not None else 1
         self._here_while_waiting = here_while_waiting
+        self._here_up_to = here_up_to
         self._max_records = max_records
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
@@ -280,10 +283,12 @@ class KafkaStoryTable:
 
     async def _features_of(self, chunk: list[IngestedRecord]) -> list[Features | None]:
         """The chunk's features from the workers; None for each (`observe` computes them) when
-        there are no workers, or when the enricher waits for this reader and this process has
-        no chunk of its own yet: its core is idle then (the rebuild, or a burst to catch up).
+        there are no workers, when the chunk is small (the steady flow: a worker's round trip
+        would cost more than it saves), or when the enricher waits for this reader and this
+        process has no chunk of its own yet: its core is idle then (the rebuild, or a burst to
+        catch up).
         """
-        if self._features is None:
+        if self._features is None or len(chunk) <= self._here_up_to:
             self.computed_here += len(chunk)
             return [None] * len(chunk)
         if self._here_while_waiting and self._waiting and not self._here:

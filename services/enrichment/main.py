@@ -84,6 +84,7 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
                 # A chunk for each worker, and a couple more ready while the first are inserted.
                 in_flight=settings.enrichment_feature_workers + 2,
                 here_while_waiting=settings.enrichment_features_here_while_waiting,
+                here_up_to=settings.enrichment_features_here_up_to,
                 fetch_max_wait_ms=settings.enrichment_fetch_max_wait_ms,
             )
             await table.start()

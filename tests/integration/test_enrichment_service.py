@@ -249,6 +249,7 @@ async def test_features_computed_in_a_worker_process_enrich_exactly_like_in_proc
                     in_worker,
                     enrichment_feature_workers=1,
                     enrichment_features_here_while_waiting=False,
+                    enrichment_features_here_up_to=0,
                 )
             )
         )
