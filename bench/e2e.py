@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,7 @@ class Result:
     cpu_s: dict[str, float] = field(default_factory=dict)
     first_webhook: dict[int, float] = field(default_factory=dict)  # token -> when it came
     stages: list[Hop] = field(default_factory=list)
+    sweep: int = 0  # which of `--sweeps` the run belongs to (0: none)
 
     @property
     def rate(self) -> float:
@@ -585,6 +587,7 @@ class Options:
     logs: Path
     sweep: tuple[float, ...] = ()
     sweep_seconds: float = 10.0
+    sweeps: int = 1
 
 
 async def _baseline(
@@ -635,19 +638,26 @@ async def sweep(
     hops: Hops,
     probe: tuple[aiohttp.ClientSession, str] | None = None,
 ) -> list[Result]:
-    """Paced runs at each offered rate of `--sweep`: the highest one delivered in full, in
-    step with the offer and with p99 <= 250 ms is the sustained rate (`report`). With `probe`,
-    every 100th new story is also timed until the delivery read API serves it."""
+    """`--sweeps` times, paced runs at each offered rate of `--sweep`: the highest one delivered
+    in full, in step with the offer and with p99 <= 250 ms is that sweep's sustained rate
+    (`report` takes the median of the sweeps). With `probe`, every 100th new story is also
+    timed until the delivery read API serves it."""
     results = []
-    for rate in sorted(opts.sweep):
-        stories = stream(int(rate * opts.sweep_seconds), f"{tag}{rate:.0f}{uuid.uuid4().hex[:4]}")
-        results.append(
-            await run_load(
+    for number in range(1, opts.sweeps + 1):
+        if opts.sweeps > 1:
+            print(f"{name}: sweep {number} of {opts.sweeps}", flush=True)
+        for rate in sorted(opts.sweep):
+            tag_now = f"{tag}{number}-{rate:.0f}{uuid.uuid4().hex[:4]}"
+            stories = stream(int(rate * opts.sweep_seconds), tag_now)
+            result = await run_load(
                 name, stories, send, receiver, urls, rate, opts.concurrency, probe, hops=hops
             )
-        )
-        if not sustained(results[-1]):
-            break  # higher rates would only pile up a longer backlog
+            result.sweep = number
+            if opts.sweeps > 1:
+                result.mode += f" #{number}"
+            results.append(result)
+            if not sustained(result):
+                break  # higher rates would only pile up a longer backlog
     return results
 
 
@@ -801,6 +811,12 @@ def main() -> None:
         help="offered rates (stories/s, comma-separated) of paced runs to find the sustained rate",
     )
     parser.add_argument("--sweep-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--sweeps",
+        type=int,
+        default=1,
+        help="sweeps a scenario (the box drifts: the sustained rate is the sweeps' median)",
+    )
     parser.add_argument("--logs", type=Path, default=None)
     args = parser.parse_args()
     logs = args.logs or Path(tempfile.mkdtemp(prefix="newsflow-bench-"))
@@ -813,6 +829,7 @@ def main() -> None:
         logs,
         tuple(float(rate) for rate in args.sweep.split(",") if rate),
         args.sweep_seconds,
+        args.sweeps,
     )
     uvloop.install()
     print(f"logs in {logs}; {os.cpu_count()} cores", flush=True)
@@ -853,13 +870,20 @@ def report(results: list[Result]) -> None:
             print(result.cpu_line())
     held: dict[str, float] = {}
     for name in dict.fromkeys(r.name for r in results):
-        paced = [r for r in results if r.name == name and r.mode != "max"]
-        if len(paced) > 1:
-            held[name] = max((r.rate for r in paced if sustained(r)), default=0.0)
-            print(
-                f"{name}: sustained {held[name]:.0f} stories/s (the highest offered rate "
-                f"delivered in full, in step, with webhook p99 <= {SUSTAINED_P99_MS:.0f} ms)"
-            )
+        swept = [r for r in results if r.name == name and r.sweep]
+        if not swept:
+            continue
+        rounds = [
+            max((r.rate for r in swept if r.sweep == number and sustained(r)), default=0.0)
+            for number in sorted({r.sweep for r in swept})
+        ]
+        held[name] = statistics.median(rounds)
+        each = f" (sweeps: {', '.join(f'{rate:.0f}' for rate in rounds)}; median)"
+        print(
+            f"{name}: sustained {held[name]:.0f} stories/s{each if len(rounds) > 1 else ''} "
+            f"(the highest offered rate delivered in full, in step, with webhook p99 <= "
+            f"{SUSTAINED_P99_MS:.0f} ms)"
+        )
     raw = next((rate for name, rate in held.items() if name.startswith("baseline")), 0.0)
     for name, rate in held.items():
         if raw and not name.startswith("baseline"):
@@ -870,7 +894,7 @@ SUSTAINED_P99_MS = 250.0
 
 
 def sustained(result: Result) -> bool:
-    offered = float(result.mode.removesuffix("/s"))
+    offered = float(result.mode.split("/s")[0])
     return (
         result.webhooks >= result.expected_webhooks
         and result.rate >= 0.95 * offered
