@@ -4,6 +4,10 @@ three-hop aiokafka passthrough measured in the same run (`make bench`).
 Every story carries a `bench-<token>` keyword; the receiver (its own process) records the token and
 the time each webhook arrived, the load client the time each story was sent, so latency is
 ingest-request -> webhook-received across processes on one clock.
+
+Each measured run (the max-rate run with the short paced one, then every step of every sweep)
+gets a fresh broker, Redis and set of processes: Tansu's memory storage slows with every record
+batch a topic holds, so runs on one broker got slower one after the other, raw and ours alike.
 """
 
 from __future__ import annotations
@@ -136,7 +140,7 @@ class Infra:
 
 @contextmanager
 def infra(logs: Path, tag: str) -> Iterator[Infra]:
-    """A fresh broker and Redis per scenario: Tansu's memory storage never frees."""
+    """A fresh broker and Redis for each measured run: Tansu's memory storage never frees."""
     kafka = start_kafka(log_path=logs / f"{tag}-tansu.log")
     redis = start_redis(log_path=logs / f"{tag}-redis.log")
     running = Infra(kafka, redis)
@@ -590,68 +594,67 @@ class Options:
     sweeps: int = 1
 
 
-async def _baseline(
-    opts: Options, receiver: str, bootstrap: str, topics: list[str], pids: dict[str, int]
+# A measured run on a running stack: (send, subscriber urls, cache probe, hops, pids) -> results.
+Measured = Callable[
+    [Send, dict[str, list[str]], tuple[aiohttp.ClientSession, str] | None, Hops, dict[str, int]],
+    Awaitable[list[Result]],
+]
+# Runs `Measured` on a fresh stack (broker, Redis, the scenario's processes) named by a tag.
+OnFreshStack = Callable[[str, Measured], list[Result]]
+
+
+def measured_runs(
+    name: str, opts: Options, receiver: str, on_fresh_stack: OnFreshStack
 ) -> list[Result]:
-    urls = subscriber_urls(receiver)
-    producer = raw_producer(bootstrap)
-    await producer.start()
-    hops = (bootstrap, list(zip(("sent", "hop 1", "hop 2"), topics, strict=True)))
-    try:
-        send = producer_sender(producer, topics[0])
-        await run_load("warm-up", stream(200, "rw"), send, receiver, urls, None, 32)
-        results = [
+    """The max-rate run and the short paced one, then `--sweeps` sweeps of paced runs at each
+    offered rate of `--sweep`; each run on a fresh stack, since Tansu's memory storage slows
+    with every batch it holds (20,000 small batches in a topic tripled its CPU at 100/s, see
+    docs/benchmarks.md). In a sweep, the highest rate delivered in full, in step with the offer
+    and with p99 <= 250 ms is that sweep's sustained rate (`report` takes the sweeps' median).
+    The max run also accounts each process's CPU and, for ours, the cache is probed: every
+    100th new story is timed until the delivery read API serves it.
+    """
+
+    async def max_and_paced(
+        send: Send,
+        urls: dict[str, list[str]],
+        probe: tuple[aiohttp.ClientSession, str] | None,
+        hops: Hops,
+        pids: dict[str, int],
+    ) -> list[Result]:
+        tag = uuid.uuid4().hex[:4]
+        burst = stream(opts.stories, f"m{tag}")
+        paced = stream(int(opts.rate * opts.paced_seconds), f"p{tag}")
+        return [
             await run_load(
-                "baseline (raw 3 hops)",
-                stream(opts.stories, "r1"),
-                send,
-                receiver,
-                urls,
-                None,
-                opts.concurrency,
-                pids=pids,
-                hops=hops,
+                name, burst, send, receiver, urls, None, opts.concurrency, pids=pids, hops=hops
             ),
-            await run_load(
-                "baseline (raw 3 hops)",
-                stream(int(opts.rate * opts.paced_seconds), "r2"),
-                send,
-                receiver,
-                urls,
-                opts.rate,
-                opts.concurrency,
-            ),
+            await run_load(name, paced, send, receiver, urls, opts.rate, opts.concurrency, probe),
         ]
-        results += await sweep("baseline (raw 3 hops)", opts, send, receiver, urls, "rs", hops)
-    finally:
-        await producer.stop()
-    return results
 
-
-async def sweep(
-    name: str,
-    opts: Options,
-    send: Send,
-    receiver: str,
-    urls: dict[str, list[str]],
-    tag: str,
-    hops: Hops,
-    probe: tuple[aiohttp.ClientSession, str] | None = None,
-) -> list[Result]:
-    """`--sweeps` times, paced runs at each offered rate of `--sweep`: the highest one delivered
-    in full, in step with the offer and with p99 <= 250 ms is that sweep's sustained rate
-    (`report` takes the median of the sweeps). With `probe`, every 100th new story is also
-    timed until the delivery read API serves it."""
-    results = []
+    results = on_fresh_stack("max", max_and_paced)
     for number in range(1, opts.sweeps + 1):
         if opts.sweeps > 1:
             print(f"{name}: sweep {number} of {opts.sweeps}", flush=True)
         for rate in sorted(opts.sweep):
-            tag_now = f"{tag}{number}-{rate:.0f}{uuid.uuid4().hex[:4]}"
-            stories = stream(int(rate * opts.sweep_seconds), tag_now)
-            result = await run_load(
-                name, stories, send, receiver, urls, rate, opts.concurrency, probe, hops=hops
-            )
+
+            async def paced_at(
+                send: Send,
+                urls: dict[str, list[str]],
+                probe: tuple[aiohttp.ClientSession, str] | None,
+                hops: Hops,
+                pids: dict[str, int],
+                rate: float = rate,
+            ) -> list[Result]:
+                stories = stream(int(rate * opts.sweep_seconds), f"s{uuid.uuid4().hex[:6]}")
+                return [
+                    await run_load(
+                        name, stories, send, receiver, urls, rate, opts.concurrency, probe,
+                        hops=hops,
+                    )
+                ]  # fmt: skip
+
+            [result] = on_fresh_stack(f"s{number}-{rate:.0f}", paced_at)
             result.sweep = number
             if opts.sweeps > 1:
                 result.mode += f" #{number}"
@@ -661,13 +664,45 @@ async def sweep(
     return results
 
 
-async def _ours(
-    opts: Options,
-    name: str,
+def scenario_raw(opts: Options, receiver_process: ChildProcess) -> list[Result]:
+    receiver = receiver_process.address
+
+    def on_fresh_stack(phase: str, measured: Measured) -> list[Result]:
+        with infra(opts.logs, f"raw-{phase}") as running:
+            urls = subscriber_urls(receiver)
+            topics = start_baseline(running, opts.logs, urls)
+            time.sleep(6)  # the hops join their groups
+            bootstrap = running.kafka.address
+            hops = (bootstrap, list(zip(("sent", "hop 1", "hop 2"), topics, strict=True)))
+            pids = running.pids(receiver_process)
+            return asyncio.run(_raw_runs(bootstrap, topics[0], receiver, hops, pids, measured))
+
+    return measured_runs("baseline (raw 3 hops)", opts, receiver, on_fresh_stack)
+
+
+async def _raw_runs(
+    bootstrap: str,
+    topic: str,
     receiver: str,
-    services: Services,
-    on_max: Callable[[], None],
+    hops: Hops,
     pids: dict[str, int],
+    measured: Measured,
+) -> list[Result]:
+    urls = subscriber_urls(receiver)
+    producer = raw_producer(bootstrap)
+    await producer.start()
+    try:
+        send = producer_sender(producer, topic)
+        await run_load(
+            "warm-up", stream(200, f"rw{uuid.uuid4().hex[:4]}"), send, receiver, urls, None, 32
+        )
+        return await measured(send, urls, None, hops, pids)
+    finally:
+        await producer.stop()
+
+
+async def _ours_runs(
+    receiver: str, services: Services, pids: dict[str, int], measured: Measured
 ) -> list[Result]:
     urls = subscriber_urls(receiver)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -675,37 +710,8 @@ async def _ours(
         await run_load(
             "warm-up", stream(200, f"w{uuid.uuid4().hex[:4]}"), send, receiver, urls, None, 32
         )
-        on_max()
-        tag = uuid.uuid4().hex[:4]
-        results = [
-            await run_load(
-                name,
-                stream(opts.stories, f"m{tag}"),
-                send,
-                receiver,
-                urls,
-                None,
-                opts.concurrency,
-                pids=pids,
-                hops=(services.bootstrap, services.stages),
-            ),
-        ]
-        results.append(
-            await run_load(
-                name,
-                stream(int(opts.rate * opts.paced_seconds), f"p{tag}"),
-                send,
-                receiver,
-                urls,
-                opts.rate,
-                opts.concurrency,
-                probe=(session, services.delivery),
-            )
-        )
         hops = (services.bootstrap, services.stages)
-        probe = (session, services.delivery)
-        results += await sweep(name, opts, send, receiver, urls, f"s{tag}", hops, probe)
-    return results
+        return await measured(send, urls, (session, services.delivery), hops, pids)
 
 
 def profile(pids: dict[str, int], seconds: int, logs: Path) -> list[subprocess.Popen[bytes]]:
@@ -770,27 +776,28 @@ def scenario_ours(
     opts: Options, receiver_process: ChildProcess, enrichers: int, deliverers: int
 ) -> list[Result]:
     receiver = receiver_process.address
-    name = f"newsflow {enrichers}E/{deliverers}D"
     tag = f"ours{enrichers}{deliverers}"
-    with infra(opts.logs, tag) as running:
-        services = start_services(running, opts.logs, tag, enrichers, deliverers, {})
-        subscribe_all(services, subscriber_urls(receiver))
-        spies: list[subprocess.Popen[bytes]] = []
 
-        def on_max() -> None:
-            if opts.profile:
+    def on_fresh_stack(phase: str, measured: Measured) -> list[Result]:
+        with infra(opts.logs, f"{tag}-{phase}") as running:
+            services = start_services(
+                running, opts.logs, f"{tag}-{phase}", enrichers, deliverers, {}
+            )
+            subscribe_all(services, subscriber_urls(receiver))
+            spies: list[subprocess.Popen[bytes]] = []
+            if opts.profile and phase == "max":
                 spies.extend(profile(services.pids, 15, opts.logs))
-
-        pids = running.pids(receiver_process)
-        results = asyncio.run(_ours(opts, name, receiver, services, on_max, pids))
-        for spy in spies:
-            spy.wait(60)
-        if spies:
-            for pid_name in services.pids:
+            pids = running.pids(receiver_process)
+            results = asyncio.run(_ours_runs(receiver, services, pids, measured))
+            for spy in spies:
+                spy.wait(60)
+            for pid_name in services.pids if spies else ():
                 path = opts.logs / f"profile-{pid_name}.txt"
                 if path.exists():
                     print(summarise_profile(path), flush=True)
-        return results
+            return results
+
+    return measured_runs(f"newsflow {enrichers}E/{deliverers}D", opts, receiver, on_fresh_stack)
 
 
 def main() -> None:
@@ -838,12 +845,7 @@ def main() -> None:
     try:
         for scenario in args.scenarios.split(","):
             if scenario == "raw":
-                with infra(logs, "raw") as running:
-                    topics = start_baseline(running, logs, subscriber_urls(receiver.address))
-                    time.sleep(6)  # the hops join their groups
-                    kafka = running.kafka.address
-                    pids = running.pids(receiver)
-                    results += asyncio.run(_baseline(opts, receiver.address, kafka, topics, pids))
+                results += scenario_raw(opts, receiver)
             else:
                 enrichers, deliverers = (int(n) for n in scenario.split("x"))
                 results += scenario_ours(opts, receiver, enrichers, deliverers)
