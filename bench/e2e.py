@@ -615,46 +615,44 @@ def measured_runs(
     100th new story is timed until the delivery read API serves it.
     """
 
-    async def max_and_paced(
-        send: Send,
-        urls: dict[str, list[str]],
-        probe: tuple[aiohttp.ClientSession, str] | None,
-        hops: Hops,
-        pids: dict[str, int],
-    ) -> list[Result]:
-        tag = uuid.uuid4().hex[:4]
-        burst = stream(opts.stories, f"m{tag}")
-        paced = stream(int(opts.rate * opts.paced_seconds), f"p{tag}")
-        return [
-            await run_load(
-                name, burst, send, receiver, urls, None, opts.concurrency, pids=pids, hops=hops
-            ),
-            await run_load(name, paced, send, receiver, urls, opts.rate, opts.concurrency, probe),
-        ]
+    def runs(rate: float | None) -> Measured:
+        """The max-rate run and the short paced one (`rate` None), or one paced at `rate`."""
 
-    results = on_fresh_stack("max", max_and_paced)
-    for number in range(1, opts.sweeps + 1):
-        if opts.sweeps > 1:
-            print(f"{name}: sweep {number} of {opts.sweeps}", flush=True)
-        for rate in sorted(opts.sweep):
-
-            async def paced_at(
-                send: Send,
-                urls: dict[str, list[str]],
-                probe: tuple[aiohttp.ClientSession, str] | None,
-                hops: Hops,
-                pids: dict[str, int],
-                rate: float = rate,
-            ) -> list[Result]:
-                stories = stream(int(rate * opts.sweep_seconds), f"s{uuid.uuid4().hex[:6]}")
+        async def measured(
+            send: Send,
+            urls: dict[str, list[str]],
+            probe: tuple[aiohttp.ClientSession, str] | None,
+            hops: Hops,
+            pids: dict[str, int],
+        ) -> list[Result]:
+            tag = uuid.uuid4().hex[:6]
+            if rate is not None:
+                stories = stream(int(rate * opts.sweep_seconds), f"s{tag}")
                 return [
                     await run_load(
                         name, stories, send, receiver, urls, rate, opts.concurrency, probe,
                         hops=hops,
                     )
                 ]  # fmt: skip
+            burst = stream(opts.stories, f"m{tag}")
+            paced = stream(int(opts.rate * opts.paced_seconds), f"p{tag}")
+            return [
+                await run_load(
+                    name, burst, send, receiver, urls, None, opts.concurrency, pids=pids, hops=hops
+                ),
+                await run_load(
+                    name, paced, send, receiver, urls, opts.rate, opts.concurrency, probe
+                ),
+            ]
 
-            [result] = on_fresh_stack(f"s{number}-{rate:.0f}", paced_at)
+        return measured
+
+    results = on_fresh_stack("max", runs(None))
+    for number in range(1, opts.sweeps + 1):
+        if opts.sweeps > 1:
+            print(f"{name}: sweep {number} of {opts.sweeps}", flush=True)
+        for rate in sorted(opts.sweep):
+            [result] = on_fresh_stack(f"s{number}-{rate:.0f}", runs(rate))
             result.sweep = number
             if opts.sweeps > 1:
                 result.mode += f" #{number}"

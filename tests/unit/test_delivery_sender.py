@@ -89,9 +89,12 @@ async def test_jobs_queued_for_an_endpoint_wait_once_its_breaker_opens() -> None
 
 
 def make_sender(
-    settings: DeliverySettings, store: FakeSubscriptionStore, post: Any
+    settings: DeliverySettings,
+    store: FakeSubscriptionStore,
+    post: Any,
+    recorder: Recorder | None = None,
 ) -> tuple[Sender, Recorder]:
-    recorder = Recorder()
+    recorder = recorder or Recorder()
     state: Any = type("State", (), {})()
     state.settled = recorder.settled_
     state.attempted = recorder.attempted
@@ -206,11 +209,6 @@ async def test_a_correction_behind_its_original_waits_for_it_in_process(first_an
     store = FakeSubscriptionStore()
     subscription = Subscription.create(SubscriptionRequest(url="https://partner.example/hook"))
     await store.add(subscription)
-    recorder = PendingRecorder()
-    state: Any = type("State", (), {})()
-    state.settled = recorder.settled_
-    state.attempted = recorder.attempted
-    state.oldest_pending = recorder.oldest_pending
     posted: list[str] = []
     release = asyncio.Event()
 
@@ -219,11 +217,8 @@ async def test_a_correction_behind_its_original_waits_for_it_in_process(first_an
         await release.wait()
         return Answer(first_answer if len(posted) == 1 else 204, None, 1.0)
 
-    unused: Any = None
-    sender = Sender(
-        unused, Topics(""), store, state, recorder, post, recorder, recorder,  # type: ignore[arg-type]
-        DeliveryMetrics(), settings, unused,
-    )  # fmt: skip
+    recorder = PendingRecorder()
+    sender, _ = make_sender(settings, store, post, recorder)
     original, correction = story_and_correction(subscription)
     recorder.pending |= {(original.story_uri, 1), (correction.story_uri, 2)}
     settled: list[int] = []
