@@ -171,18 +171,16 @@ async def consume_forever(
     headers go to the DLQ. If anything raises (broker or Redis down), reading goes back to the
     oldest batch not committed and tries again: nothing is committed that was not done.
     """
-    # The batch before the one being handled, and its commit: it waits for the batch's acks,
-    # then commits, while the loop fetches and handles the next batch.
-    handed: _Handed | None = None
-    committing: asyncio.Task[bool] | None = None
+    # The batch before the one being handled, with its commit: a task that waits for the
+    # batch's acks, then commits, while the loop fetches and handles the next batch.
+    before: tuple[_Handed, asyncio.Task[bool]] | None = None
     try:
         while True:
             fetched: Fetched = await consumer.getmany(timeout_ms=500, max_records=500)
             if not fetched:
-                if handed is not None and committing is not None:
-                    if not await committing:
-                        await _rewind_to(consumer, _starts(handed.fetched), retry_delay_s)
-                    handed = committing = None
+                if before is not None and not await before[1]:
+                    await _rewind_to(consumer, _starts(before[0].fetched), retry_delay_s)
+                before = None
                 continue
             try:
                 records = await read_batch(fetched, dead_letters)
@@ -192,28 +190,29 @@ async def consume_forever(
             except Exception:
                 log.exception("batch failed; rewinding to retry it")
                 older: Fetched = {}
-                if handed is not None and committing is not None:
-                    older = handed.fetched
+                if before is not None:
+                    older = before[0].fetched
                     with contextlib.suppress(Exception):
-                        if await asyncio.shield(committing):
+                        if await asyncio.shield(before[1]):
                             older = {}  # committed after all
                 await _rewind_to(consumer, _starts(older, fetched), retry_delay_s)
-                handed = committing = None
+                before = None
                 continue
-            if handed is not None and committing is not None and not await committing:
+            if before is not None and not await before[1]:
                 log.error("a batch's output was not acknowledged; rewinding to retry it")
-                await _rewind_to(consumer, _starts(handed.fetched, fetched), retry_delay_s)
-                handed = committing = None
+                await _rewind_to(consumer, _starts(before[0].fetched, fetched), retry_delay_s)
+                before = None
                 continue
             handed = _Handed(fetched, records, durable)
-            committing = asyncio.create_task(_commit_once_durable(consumer, handed, metrics))
+            before = (handed, asyncio.create_task(_commit_once_durable(consumer, handed, metrics)))
     finally:
         # Stopping: commit what is already durable, so a restart does not handle it again.
-        if committing is not None:
-            if handed is not None and handed.done_well():
+        if before is not None:
+            handed, committing = before
+            if handed.done_well():
                 with contextlib.suppress(Exception):
                     await committing
-            else:
+            else:  # its acks are still out: not committed (the acks themselves go on)
                 committing.cancel()
                 await asyncio.gather(committing, return_exceptions=True)
 
@@ -224,7 +223,7 @@ async def _commit_once_durable(
     """Commits the batch once its output is acknowledged; False when it was not."""
     try:
         if handed.durable is not None:
-            await handed.durable
+            await asyncio.shield(handed.durable)  # cancelling the commit leaves the acks be
     except asyncio.CancelledError:
         raise
     except Exception:

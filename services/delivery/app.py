@@ -476,14 +476,23 @@ class _Record:
     cancelled: bool = False
 
 
+@dataclass(frozen=True)
+class _Queued:
+    """A job in an endpoint's queue: its record, the event set once it is settled, and those of
+    the earlier versions of its story to the same subscription queued before it."""
+
+    job: Job
+    record: _Record
+    settled: asyncio.Event
+    ahead: list[asyncio.Event]
+
+
 @dataclass
 class _Lane:
     """One endpoint: its jobs waiting for a slot, served in order by at most the per-endpoint
     limit of worker tasks (a waiting job is an entry here, not a task of its own)."""
 
-    queue: collections.deque[tuple[Job, _Record, asyncio.Event]] = field(
-        default_factory=collections.deque
-    )
+    queue: collections.deque[_Queued] = field(default_factory=collections.deque)
     workers: int = 0
 
 
@@ -524,7 +533,7 @@ class Sender:
         self._records = asyncio.Semaphore(settings.delivery_max_records_in_flight)
         self._lanes: dict[str, _Lane] = {}
         # Versions of each (subscription, story) in this process's lanes, each with the event
-        # set once it is settled: a correction right behind its original waits for it here.
+        # set once it is settled: a correction queued behind its story waits for it here.
         self._in_lanes: dict[tuple[str, str], list[tuple[int, asyncio.Event]]] = {}
         self._endpoint_of: dict[str, str] = {}  # subscription URL -> endpoint
         self._breaker = Breaker(
@@ -596,10 +605,11 @@ class Sender:
                 # A backlog for this endpoint: park the job on a retry tier.
                 self._spawn(self._settle(job, busy=True), record)
                 continue
-            settled_here = asyncio.Event()
-            key = (job.subscription_id, job.story_uri)
-            self._in_lanes.setdefault(key, []).append((job.version, settled_here))
-            lane.queue.append((job, record, settled_here))
+            versions = self._in_lanes.setdefault((job.subscription_id, job.story_uri), [])
+            ahead = [settled for version, settled in versions if version < job.version]
+            queued = _Queued(job, record, asyncio.Event(), ahead)
+            versions.append((job.version, queued.settled))
+            lane.queue.append(queued)
             if lane.workers < limit:
                 lane.workers += 1
                 task = asyncio.create_task(self._serve(endpoint, lane))
@@ -625,37 +635,30 @@ class Sender:
         shutdown (jobs still queued then are not settled: their offsets stay uncommitted)."""
         try:
             while lane.queue:
-                job, record, settled_here = lane.queue.popleft()
+                queued = lane.queue.popleft()
                 try:
-                    await self._settle(job)
+                    await self._settle(queued.job, ahead=queued.ahead)
                 except asyncio.CancelledError:
-                    record.cancelled = True
+                    queued.record.cancelled = True
                     raise
                 finally:
-                    self._left_lane(job, settled_here)
-                    self._job_settled(record)
+                    self._left_lane(queued)
+                    self._job_settled(queued.record)
         finally:
             lane.workers -= 1
             if not lane.workers and not lane.queue and self._lanes.get(endpoint) is lane:
                 del self._lanes[endpoint]
 
-    def _left_lane(self, job: Job, settled_here: asyncio.Event) -> None:
-        settled_here.set()
-        key = (job.subscription_id, job.story_uri)
-        versions = [entry for entry in self._in_lanes.get(key, []) if entry[1] is not settled_here]
+    def _left_lane(self, queued: _Queued) -> None:
+        queued.settled.set()
+        key = (queued.job.subscription_id, queued.job.story_uri)
+        versions = [
+            entry for entry in self._in_lanes.get(key, []) if entry[1] is not queued.settled
+        ]
         if versions:
             self._in_lanes[key] = versions
         else:
             self._in_lanes.pop(key, None)
-
-    async def _earlier_settled_here(self, job: Job) -> bool:
-        """Waits for earlier versions of the job's story to this subscription that are in this
-        process's lanes (they are ahead of it, so they are being sent); False if there are none."""
-        in_lanes = self._in_lanes.get((job.subscription_id, job.story_uri), [])
-        earlier = [settled_here for version, settled_here in in_lanes if version < job.version]
-        for settled_here in earlier:
-            await settled_here.wait()
-        return bool(earlier)
 
     def _resume_due(self) -> None:
         now = time.time()
@@ -688,7 +691,13 @@ class Sender:
                 return
             await self.dispatch(jobs, self._progress.started(tp, message.offset), wait > 0)
 
-    async def _settle(self, job: Job, hop: list[Job] | None = None, busy: bool = False) -> None:
+    async def _settle(
+        self,
+        job: Job,
+        hop: list[Job] | None = None,
+        busy: bool = False,
+        ahead: Sequence[asyncio.Event] = (),
+    ) -> None:
         """Until the job is settled (sent, or handed on to a slower tier when `hop` or `busy`):
         if Redis or the broker is down, try again. The offset stays uncommitted meanwhile, so a
         crash here means the job is sent again after restart."""
@@ -700,7 +709,7 @@ class Sender:
                 if busy:
                     await self._defer(job, 1.0, "endpoint_busy")
                     return
-                await self._handle(job)
+                await self._handle(job, ahead)
                 return
             except asyncio.CancelledError:
                 raise
@@ -725,7 +734,10 @@ class Sender:
         self._metrics.deferred.labels(reason).inc()
         await self._queue.put([replace(job, due=time.time() + wait_s)])
 
-    async def _handle(self, job: Job) -> None:
+    async def _handle(self, job: Job, ahead: Sequence[asyncio.Event] = ()) -> None:
+        """`ahead`: the events of earlier versions of the story to this subscription queued
+        before this job in this process (FIFO, so they are served first: waiting cannot
+        deadlock)."""
         subscription = await self._subscriptions.get(job.subscription_id)
         if subscription is None or not subscription.active:
             # Deleted, paused or disabled: not sent; `recover` re-sends what was missed.
@@ -733,7 +745,9 @@ class Sender:
             return
         # Version 1 has nothing before it; later versions wait for any older one still queued.
         oldest = None if job.version <= 1 else await self._state.oldest_pending(job)
-        if oldest is not None and oldest < job.version and await self._earlier_settled_here(job):
+        if oldest is not None and oldest < job.version and ahead:
+            for settled in ahead:
+                await settled.wait()
             oldest = await self._state.oldest_pending(job)  # sent by now, unless it failed
         if oldest is not None and oldest < job.version:
             # Still queued elsewhere (a retry tier, another instance): look again later.

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Protocol, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
 
 from services.enrichment.index import Features
 from shared.events import Article, EventMeta, InvalidEvent, decode_article
@@ -230,8 +229,8 @@ class KafkaStoryTable:
             covers = dict(self._fetched_to)
             try:
                 ends = await self._end_offsets()
-            except KafkaError as exc:  # the broker away: the waiting batches wait on
-                log.warning("end offsets lookup failed; trying again", error=str(exc))
+            except Exception as exc:  # the broker away: the waiting batches wait on
+                log.warning("end offsets lookup failed; trying again", error=repr(exc))
                 self._fetched_since_lookup.set()
                 await asyncio.sleep(0.5)
                 continue

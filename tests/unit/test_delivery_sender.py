@@ -237,3 +237,30 @@ async def test_a_correction_behind_its_original_waits_for_it_in_process(first_an
     else:  # the original waits on a retry tier: so does the correction, behind it
         assert posted == [original.message_id]
         assert [(j.version, j.attempt) for j in recorder.queued] == [(1, 2), (2, 1)]
+
+
+async def test_a_later_version_queued_before_its_story_is_put_back_not_left_waiting() -> None:
+    # E.g. a correction due from its retry tier just before the story's own retry: with one
+    # worker for the endpoint, waiting for the story queued behind it would never end.
+    settings = DeliverySettings(delivery_per_endpoint_in_flight=1)
+    store = FakeSubscriptionStore()
+    subscription = Subscription.create(SubscriptionRequest(url="https://partner.example/hook"))
+    await store.add(subscription)
+    posted: list[str] = []
+
+    async def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
+        posted.append(headers["webhook-id"])
+        return Answer(204, None, 1.0)
+
+    recorder = PendingRecorder()
+    sender, _ = make_sender(settings, store, post, recorder)
+    original, correction = story_and_correction(subscription)
+    recorder.pending |= {(original.story_uri, 1), (correction.story_uri, 2)}
+    settled: list[int] = []
+    for n, job in enumerate((correction, original)):
+        await sender.dispatch([job], lambda n=n: settled.append(n))  # type: ignore[misc]
+    await asyncio.wait_for(sender.drain(), 5)
+
+    assert sorted(settled) == [0, 1]
+    assert posted == [original.message_id]
+    assert [(j.version, j.due > 0) for j in recorder.queued] == [(2, True)]  # looks again later
