@@ -196,19 +196,24 @@ class PendingRecorder(Recorder):
         return min(earlier, default=None)
 
 
-def story_and_correction(subscription: Subscription) -> list[Job]:
-    return [
+async def story_and_correction() -> tuple[FakeSubscriptionStore, PendingRecorder, Job, Job]:
+    """One partner, and a story's jobs for it: the original and its correction, both pending."""
+    store = FakeSubscriptionStore()
+    subscription = Subscription.create(SubscriptionRequest(url="https://partner.example/hook"))
+    await store.add(subscription)
+    original, correction = (
         Job(subscription.id, "urn:story:dam", version, event, 1, 0.0, b"{}")
         for version, event in ((1, EventType.PUBLISHED), (2, EventType.UPDATED))
-    ]
+    )
+    recorder = PendingRecorder()
+    recorder.pending |= {(original.story_uri, 1), (correction.story_uri, 2)}
+    return store, recorder, original, correction
 
 
 @pytest.mark.parametrize("first_answer", [204, 503])
 async def test_a_correction_behind_its_original_waits_for_it_in_process(first_answer: int) -> None:
     settings = DeliverySettings(delivery_per_endpoint_in_flight=4)
-    store = FakeSubscriptionStore()
-    subscription = Subscription.create(SubscriptionRequest(url="https://partner.example/hook"))
-    await store.add(subscription)
+    store, recorder, original, correction = await story_and_correction()
     posted: list[str] = []
     release = asyncio.Event()
 
@@ -217,10 +222,7 @@ async def test_a_correction_behind_its_original_waits_for_it_in_process(first_an
         await release.wait()
         return Answer(first_answer if len(posted) == 1 else 204, None, 1.0)
 
-    recorder = PendingRecorder()
     sender, _ = make_sender(settings, store, post, recorder)
-    original, correction = story_and_correction(subscription)
-    recorder.pending |= {(original.story_uri, 1), (correction.story_uri, 2)}
     settled: list[int] = []
     for n, job in enumerate((original, correction)):
         await sender.dispatch([job], lambda n=n: settled.append(n))  # type: ignore[misc]
@@ -243,19 +245,14 @@ async def test_a_later_version_queued_before_its_story_is_put_back_not_left_wait
     # E.g. a correction due from its retry tier just before the story's own retry: with one
     # worker for the endpoint, waiting for the story queued behind it would never end.
     settings = DeliverySettings(delivery_per_endpoint_in_flight=1)
-    store = FakeSubscriptionStore()
-    subscription = Subscription.create(SubscriptionRequest(url="https://partner.example/hook"))
-    await store.add(subscription)
+    store, recorder, original, correction = await story_and_correction()
     posted: list[str] = []
 
     async def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
         posted.append(headers["webhook-id"])
         return Answer(204, None, 1.0)
 
-    recorder = PendingRecorder()
     sender, _ = make_sender(settings, store, post, recorder)
-    original, correction = story_and_correction(subscription)
-    recorder.pending |= {(original.story_uri, 1), (correction.story_uri, 2)}
     settled: list[int] = []
     for n, job in enumerate((correction, original)):
         await sender.dispatch([job], lambda n=n: settled.append(n))  # type: ignore[misc]
