@@ -188,14 +188,13 @@ async def consume_forever(
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("batch failed; rewinding to retry it")
                 older: Fetched = {}
                 if before is not None:
                     older = before[0].fetched
                     with contextlib.suppress(Exception):
                         if await asyncio.shield(before[1]):
                             older = {}  # committed after all
-                await _rewind_to(consumer, _starts(older, fetched), retry_delay_s)
+                await rewind(consumer, older, fetched, retry_delay_s=retry_delay_s)
                 before = None
                 continue
             if before is not None and not await before[1]:
@@ -275,15 +274,11 @@ async def read_batch(batches: Fetched, dead_letters: DeadLetters) -> list[Incomi
     return records
 
 
-async def rewind(
-    consumer: AIOKafkaConsumer,
-    batches: Fetched,
-    retry_delay_s: float,
-) -> None:
-    """A batch failed (broker or Redis away): seek back to its start and pause before reading
-    it again, so nothing is committed that was not done."""
+async def rewind(consumer: AIOKafkaConsumer, *batches: Fetched, retry_delay_s: float) -> None:
+    """A batch failed (broker or Redis away): seek back to the start of these batches and pause
+    before reading them again, so nothing is committed that was not done."""
     log.exception("batch failed; rewinding to retry it")
-    await _rewind_to(consumer, _starts(batches), retry_delay_s)
+    await _rewind_to(consumer, _starts(*batches), retry_delay_s)
 
 
 async def observe_lag(consumer: AIOKafkaConsumer, metrics: ConsumerMetrics) -> None:

@@ -43,6 +43,14 @@ class StoryFeed(Protocol):
     ) -> AsyncIterator[IncomingRecord]: ...
 
 
+def offsets_after(records: Sequence[IncomingRecord]) -> dict[int, int]:
+    """Per partition, the offset after the last of the records there."""
+    after: dict[int, int] = {}
+    for record in records:
+        after[record.partition] = max(after.get(record.partition, 0), record.offset + 1)
+    return after
+
+
 @dataclass(frozen=True)
 class ReadTarget:
     """How far the story table must have read before records are enriched.
@@ -60,11 +68,8 @@ class ReadTarget:
 
     @classmethod
     def of(cls, records: Sequence[IncomingRecord], ends: Mapping[int, int]) -> ReadTarget:
-        own: dict[int, int] = {}
-        for record in records:
-            own[record.partition] = max(own.get(record.partition, 0), record.offset + 1)
         newest = max((record.timestamp for record in records), default=-1)
-        return cls(ends, own, newest)
+        return cls(ends, offsets_after(records), newest)
 
     def met_by(self, read: Mapping[int, int], newest_read: Mapping[int, int]) -> bool:
         """`read`: partition -> the next offset to read; `newest_read`: partition -> the
@@ -208,9 +213,7 @@ class KafkaStoryTable:
         """End offsets looked up after this table had fetched the records: by then every story
         that came to the topic before them was in it. Under load such a lookup has already
         come back (`_track_ends`), so a batch no longer waits for one round trip of its own."""
-        own: dict[int, int] = {}
-        for record in records:
-            own[record.partition] = max(own.get(record.partition, 0), record.offset + 1)
+        own = offsets_after(records)
         if not self._ends.cover(own):
             self._waiting += 1
             try:
