@@ -53,6 +53,10 @@ class CachedStory:
     version: int = 0
 
 
+# Adds commands to a pipeline; returns how many replies they make.
+PipelineOps = Callable[[Any], int]
+
+
 class RedisStoryCache:
     """The latest-news cache. Key layout under `<prefix>cache:` (see docs/partners.md):
 
@@ -71,7 +75,8 @@ class RedisStoryCache:
     # version, withdrawn (0/1), section id, section name, score (first publication time), stored
     # bytes (fingerprint + JSON).
     # A version older than the cached one is ignored; a newer one (or the same again) leaves
-    # every list, then a live one joins its section's list and `all`, each trimmed to the cap.
+    # every list it was in, then a live one joins its section's list and `all`, each trimmed to
+    # the cap.
     _APPLY = """
     local prefix, cap, all = ARGV[1], tonumber(ARGV[2]), ARGV[3]
     local versions, sections = prefix .. 'version', prefix .. 'sections'
@@ -83,7 +88,9 @@ class RedisStoryCache:
         local cached = redis.call('HGET', versions, uri)
         if not cached or tonumber(cached) <= tonumber(version) then
             known[section] = true
-            for id in pairs(known) do redis.call('ZREM', prefix .. 'latest:' .. id, uri) end
+            if cached then  -- a story never cached is in no list yet
+                for id in pairs(known) do redis.call('ZREM', prefix .. 'latest:' .. id, uri) end
+            end
             redis.call('HSET', versions, uri, version)
             if withdrawn == '1' then
                 redis.call('DEL', prefix .. 'story:' .. uri)
@@ -105,7 +112,6 @@ class RedisStoryCache:
         self._redis = redis
         self._prefix = f"{key_prefix}cache:"
         self._per_section = per_section
-        self._apply = redis.register_script(self._APPLY)
         # Reads of concurrent requests share one pipeline per loop tick: one round trip.
         self._reads = _Coalescer(redis)
 
@@ -115,11 +121,20 @@ class RedisStoryCache:
     def _latest_key(self, section_id: str) -> str:
         return f"{self._prefix}latest:{section_id}"
 
-    async def apply(self, stories: Sequence[CachedStory]) -> None:
-        """One pipeline for the whole batch; a correction replaces its story in place, a
-        withdrawn story leaves every list. Versions older than the cached one are ignored."""
-        if not stories:
+    async def apply(self, stories: Sequence[CachedStory], along: PipelineOps | None = None) -> None:
+        """One round trip for the whole batch; a correction replaces its story in place, a
+        withdrawn story leaves every list. Versions older than the cached one are ignored.
+        `along` adds more writes to the same round trip (e.g. `RedisDeliveryState.queued_ops`).
+        """
+        if not stories and along is None:
             return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            self._apply_ops(stories, pipe)
+            if along is not None:
+                along(pipe)
+            await pipe.execute()
+
+    def _apply_ops(self, stories: Sequence[CachedStory], pipe: Any) -> None:
         latest: dict[str, CachedStory] = {}
         for story in stories:
             seen = latest.get(story.uri)
@@ -127,7 +142,8 @@ class RedisStoryCache:
                 latest[story.uri] = story
         chosen = list(latest.values())
         # One script call per slice: the Python side packs one command, not ~20 per story,
-        # and no call holds Redis for long.
+        # and no call holds Redis for long. (EVAL, not EVALSHA: a pipeline would check for the
+        # script on every flush; Redis keeps the compiled script by its digest either way.)
         for start in range(0, len(chosen), self.APPLIED_AT_ONCE):
             args: list[str | bytes | int] = [self._prefix, self._per_section, self.ALL]
             for story in chosen[start : start + self.APPLIED_AT_ONCE]:
@@ -143,7 +159,7 @@ class RedisStoryCache:
                     repr(float(story.versioncreated)),
                     stored,
                 ]
-            await self._apply(args=args)
+            pipe.eval(self._APPLY, 0, *args)
 
     async def versions(self, uris: Sequence[str]) -> dict[str, int]:
         """The cached version of each uri (withdrawn ones too); absent when never seen."""
@@ -365,9 +381,6 @@ async def scan_topic(
         await consumer.stop()
 
 
-PipelineOps = Callable[[Any], int]
-
-
 class _Coalescer:
     """Runs the Redis commands of many concurrent callers in one pipeline per loop tick, each
     caller getting its own replies: one round trip for hundreds of jobs."""
@@ -484,20 +497,31 @@ class RedisDeliveryState:
     async def queued(self, jobs: Sequence[Job]) -> None:
         """Marks jobs as queued: per story version, one set of subscription ids; versions that
         are not withdrawals also count as sent to those subscriptions."""
-        if not jobs:
-            return
+        if jobs:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                self.queued_ops(jobs)(pipe)
+                await pipe.execute()
+
+    def queued_ops(self, jobs: Sequence[Job]) -> PipelineOps:
+        """`queued`'s writes, for a pipeline of the caller's (one round trip with others)."""
         versions: dict[tuple[str, int], list[Job]] = {}
         for job in jobs:
             versions.setdefault((job.story_uri, job.version), []).append(job)
-        async with self._redis.pipeline(transaction=False) as pipe:
+
+        def ops(pipe: Any) -> int:
+            commands = 0
             for (uri, version), group in versions.items():
                 key = self._pending(uri, version)
                 pipe.sadd(key, *(j.subscription_id for j in group))
                 pipe.expire(key, self.PENDING_TTL_S)
+                commands += 2
                 if group[0].event_type is not EventType.WITHDRAWN:
                     pipe.sadd(f"{self._prefix}got:{uri}", *(j.subscription_id for j in group))
                     pipe.expire(f"{self._prefix}got:{uri}", 30 * 86_400)
-            await pipe.execute()
+                    commands += 2
+            return commands
+
+        return ops
 
     async def oldest_pending(self, job: Job) -> int | None:
         """The lowest earlier version of this story still queued for this subscription."""

@@ -166,12 +166,11 @@ class Fanout:
         if not items:
             return []
         # Stories that were ever released (a withdrawal of one never released, e.g. still
-        # under embargo, goes only to who got it: nobody, so nothing leaks).
-        released = set(await self._cache.versions([i.story.uri for i in items]))
+        # under embargo, goes only to who got it: nobody, so nothing leaks). Looked up before
+        # this batch is cached, and only for withdrawals: nothing else needs it.
+        withdrawals = [i.story.uri for i in items if i.event_type is EventType.WITHDRAWN]
+        released = set(await self._cache.versions(withdrawals))
         released |= {i.story.uri for i in items if i.event_type is not EventType.WITHDRAWN}
-        async with self._cache_lock:
-            await self._cache.apply([_cached(o) for o in items])
-        self._metrics.cached.inc(len(items))
         subscriptions = [s for s in await self._subscriptions.all() if s.active]
         now = time.time()
         groups: list[list[Job]] = []
@@ -188,7 +187,11 @@ class Fanout:
                     item.story_json)
                 for sub_id in sorted(targets)
             ])  # fmt: skip
-        await self._state.queued([job for group in groups for job in group])
+        # The versions cached and their jobs marked queued (the order guard): one round trip.
+        queued = self._state.queued_ops([job for group in groups for job in group])
+        async with self._cache_lock:
+            await self._cache.apply([_cached(o) for o in items], along=queued)
+        self._metrics.cached.inc(len(items))
         return groups
 
     async def not_overtaken(self, items: Sequence[Outgoing]) -> list[Outgoing]:
