@@ -500,6 +500,8 @@ class StoryIndex:
         mine = {self._entity_ids.get(key, -1) for key in features.entity_keys}
         own_entities = len(features.entity_keys)
         boost = self.settings.entity_boost
+        entities = self._entities
+        uris = cast(list[str], self._uris)  # candidates are live: their uris are set
         # Best first: the higher score, then the earlier story (first time, then uri).
         ranked: list[tuple[float, float, str, int]] = []  # -score, first time, uri, slot
         for slot, first, score, decay in zip(
@@ -507,29 +509,39 @@ class StoryIndex:
         ):
             if slot in duplicates:
                 continue
-            if own_entities and (theirs := self._entities[slot]):
-                shared = sum(1 for e in theirs if e in mine) / min(own_entities, len(theirs))
+            if own_entities and (theirs := entities[slot]):
+                # (A story's entity ids are distinct: the intersection counts those in common.)
+                shared = len(mine.intersection(theirs)) / min(own_entities, len(theirs))
                 score *= 1.0 + boost * shared
             score *= decay
             if score >= min_score:
-                ranked.append((-min(score, 1.0), first, cast(str, self._uris[slot]), slot))
+                # `min(score, 1.0)` without the call (the same value, NaN included)
+                ranked.append((-(1.0 if score > 1.0 else score), first, uris[slot], slot))
         ranked.sort()
 
         # Two copies of one wire story are one link, to the first copy, at the better score.
         # (Each chosen story's copies among all the ranked ones are found in one compiled pass.)
         signatures = self._signatures[np.array([r[3] for r in ranked], dtype=np.int64)]
         chosen: list[tuple[float, int]] = []  # score, position in `ranked`
-        copies: list[list[bool]] = []  # per chosen story: which ranked stories are copies of it
+        copies: list[list[int]] = []  # per chosen story: the positions of its copies in `ranked`
+        # Per position in `ranked`: the first chosen story (index in `chosen`) it is a copy of.
+        copy_of_chosen: list[int | None] = [None] * len(ranked)
         for i, (negative, first, of_story, _) in enumerate(ranked):
-            copy_of = next((n for n, of_it in enumerate(copies) if of_it[i]), None)
+            copy_of = copy_of_chosen[i]
             if copy_of is not None:
                 kept_score, kept = chosen[copy_of]
                 if (first, of_story) < ranked[kept][1:3]:
                     chosen[copy_of] = (kept_score, i)
                     copies[copy_of] = self._copies(signatures, i)
+                    # Its copies are now those of the new position: who holds what, afresh.
+                    copy_of_chosen = _first_holders(copies, len(ranked))
             elif len(chosen) < limit:
                 chosen.append((-negative, i))
                 copies.append(self._copies(signatures, i))
+                # The newest chosen story comes last: it takes only the copies no other holds.
+                for position in copies[-1]:
+                    if copy_of_chosen[position] is None:
+                        copy_of_chosen[position] = len(chosen) - 1
         related = []
         for score, position in chosen:
             slot = ranked[position][3]
@@ -617,13 +629,14 @@ class StoryIndex:
                 found.add(slot)
         return found
 
-    def _copies(self, signatures: Signature, i: int) -> list[bool]:
-        """Which of these stories are copies of the `i`th (`_jaccard` of their signatures at
-        least the duplicate similarity, computed the same way for all of them at once).
+    def _copies(self, signatures: Signature, i: int) -> list[int]:
+        """The positions of the stories among these that are copies of the `i`th (`_jaccard` of
+        their signatures at least the duplicate similarity, computed the same way for all of
+        them at once).
         """
         out = np.zeros(len(signatures), dtype=bool)
         kernels.copies_of(signatures, i, self.settings.duplicate_similarity, out)
-        return cast(list[bool], out.tolist())
+        return out.nonzero()[0].tolist()
 
     def _earlier(self, features: Features) -> _Earlier:
         """Which stories count as earlier than this one (see `_Earlier`). Removed stories keep
@@ -862,6 +875,15 @@ def with_changes(features: Features, **changes: object) -> Features:
     copy = object.__new__(Features)
     copy.__dict__.update(features.__dict__, **changes)
     return copy
+
+
+def _first_holders(copies: list[list[int]], size: int) -> list[int | None]:
+    """Per position: the lowest index of the lists in `copies` that hold it (None: none does)."""
+    holders: list[int | None] = [None] * size
+    for n in range(len(copies) - 1, -1, -1):  # the lower ones last, so they win
+        for position in copies[n]:
+            holders[position] = n
+    return holders
 
 
 def _jaccard(a: Signature, b: Signature) -> float:
