@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.asyncapi import document as asyncapi_document
+from shared.events import Topics
 from shared.metrics import instrument_http
 
 PROBLEM_JSON = "application/problem+json"
@@ -124,9 +125,11 @@ def add_health_routes(
     registry: CollectorRegistry,
     is_ready: Callable[[], Awaitable[bool]],
     service: str | None = None,
+    topics: Topics | None = None,
 ) -> None:
     """`/healthz` (the process answers), `/readyz` (it can do its work), `/metrics` (Prometheus),
-    `/asyncapi.json`; and a latency histogram of every HTTP route."""
+    `/asyncapi.json` (with this deployment's topic names); and a latency histogram of every
+    HTTP route."""
     instrument_http(app, registry, service or app.title.removeprefix("newsflow ").strip() or "app")
 
     @app.get("/healthz", include_in_schema=False)
@@ -142,7 +145,7 @@ def add_health_routes(
     @app.get("/asyncapi.json", include_in_schema=False)
     async def asyncapi() -> dict[str, Any]:
         """The AsyncAPI 3.0 description of every topic (the Kafka side of the contract)."""
-        return asyncapi_document()
+        return asyncapi_document(topics)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -1114,7 +1114,7 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         running = bool(tasks) and not any(t.done() for t in tasks)
         return deps is not None and running and await deps.ready()
 
-    add_health_routes(app, metrics.registry, is_ready)
+    add_health_routes(app, metrics.registry, is_ready, topics=settings.topics)
     pulse = Pulse()
     add_ops_routes(app, settings.admin_token, lambda r: DepsStatus(deps_of(r)), pulse)
 

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.enrichment.adapters import StoryFeed
 from services.enrichment.domain import StoryEnricher
-from shared.events import EventMeta, InvalidEvent, decode_article, encode_story
+from shared.events import EventMeta, InvalidEvent, Topics, decode_article, encode_story
 from shared.http import add_health_routes, install_problem_handlers
 from shared.kafka import DeadLetters, IncomingRecord
 from shared.logging import get_logger
@@ -142,7 +142,8 @@ class Pipeline:
 PipelineFactory = Callable[[EnrichmentMetrics], AbstractAsyncContextManager[Pipeline]]
 
 
-def create_app(open_pipeline: PipelineFactory) -> FastAPI:
+def create_app(open_pipeline: PipelineFactory, topics: Topics | None = None) -> FastAPI:
+    """`topics`: the deployment's topic names, for `/asyncapi.json`."""
     metrics = EnrichmentMetrics()
     state: dict[str, Pipeline] = {}
     tasks: list[asyncio.Task[None]] = []
@@ -169,5 +170,5 @@ def create_app(open_pipeline: PipelineFactory) -> FastAPI:
         """
         return state["pipeline"].status()
 
-    add_health_routes(app, metrics.registry, is_ready)
+    add_health_routes(app, metrics.registry, is_ready, topics=topics)
     return app

@@ -171,5 +171,5 @@ async def _first(work: Any, reader: asyncio.Task[None]) -> None:
 def main() -> None:
     settings = EnrichmentSettings()
     configure_logging(settings.log_level, settings.log_format)
-    app = with_tracing(create_app(pipeline_factory(settings)), settings)
+    app = with_tracing(create_app(pipeline_factory(settings), settings.topics), settings)
     serve(app, settings.enrichment_host, settings.enrichment_port)

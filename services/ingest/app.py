@@ -297,7 +297,7 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
         runtime: IngestRuntime | None = getattr(app.state, "runtime", None)
         return runtime is not None and await runtime.ready()
 
-    add_health_routes(app, metrics.registry, is_ready)
+    add_health_routes(app, metrics.registry, is_ready, topics=settings.topics)
 
     async def spend(runtime: IngestRuntime, key: ApiKey, cost: int) -> None:
         try:
