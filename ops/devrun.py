@@ -111,11 +111,10 @@ def run(state_dir: Path) -> None:
         partner = stack.add(
             spawn(
                 "sample partner",
-                [sys.executable, "-m", "ops.sample_partner", "--port", str(PARTNER_PORT),
-                 "--secret", partner_secret],
+                [sys.executable, "-m", "ops.sample_partner", "--port", str(PARTNER_PORT)],
                 f"http://127.0.0.1:{PARTNER_PORT}",
                 log_dir / "sample-partner.log",
-                env,
+                {**env, "PARTNER_SECRET": partner_secret},
             )
         )  # fmt: skip
         wait_for_port("127.0.0.1", PARTNER_PORT, 15, partner)

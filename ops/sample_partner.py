@@ -1,12 +1,15 @@
 """A sample partner endpoint: verifies each webhook with the `standardwebhooks` package and logs it.
 
-`python -m ops.sample_partner --port 8004 --secret whsec_...`; GET /received lists what arrived.
+`PARTNER_SECRET=whsec_... python -m ops.sample_partner --port 8004`; GET /received lists
+what arrived. (The secret comes from the environment, not the command line, which any local user
+can read with `ps`.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from aiohttp import web
@@ -67,10 +70,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8004)
-    parser.add_argument("--secret", required=True)
     args = parser.parse_args()
+    secret = os.environ.get("PARTNER_SECRET", "")
+    if not secret:
+        parser.error("set PARTNER_SECRET to the subscription's signing secret (whsec_...)")
     configure_logging()
-    web.run_app(make_app(args.secret), host=args.host, port=args.port, print=None)
+    web.run_app(make_app(secret), host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":

@@ -442,6 +442,9 @@ def test_compose_demo_profile_has_a_verifying_partner_and_a_seed_job() -> None:
     assert partner["profiles"] == seed["profiles"] == ["demo"]
     assert partner["build"]["target"] == "demo"
     assert "ops.sample_partner" in partner["command"]
+    # The signing secret goes in the environment: a command line is readable with `ps`.
+    assert not any("SECRET" in part for part in partner["command"])
+    assert "DEMO_PARTNER_SECRET" in partner["environment"]["PARTNER_SECRET"]
     assert seed["command"] == ["newsflow", "demo", "seed"]
     assert seed["environment"]["DEMO_PARTNER_URL"] == "http://partner:8004/webhooks"
     assert {"kafka", "redis"}.isdisjoint(partner.get("profiles", []))
