@@ -35,6 +35,15 @@ def run(
     run_stack(state_dir)
 
 
+@app.command("secrets-key")
+def secrets_key() -> None:
+    """Print a new key for NEWSFLOW_DELIVERY_SECRETS_KEY (it seals subscriptions' signing
+    secrets on their topic; give every delivery instance the same one)."""
+    from services.delivery.adapters import SecretSealer
+
+    print(SecretSealer.new_key())
+
+
 @topics_app.command("create")
 def topics_create() -> None:
     """Create every newsflow topic that is missing (6 partitions; the story topic compacted)."""

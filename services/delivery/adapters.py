@@ -15,6 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
+from cryptography.fernet import Fernet, InvalidToken
 from redis.asyncio import Redis
 
 from services.delivery.domain import (
@@ -257,10 +258,76 @@ def _tagged(stored: bytes) -> Tagged:
     return Tagged(stored, fingerprint(stored))  # written before fingerprints were stored
 
 
+class SealedSecretError(ValueError):
+    """A subscription's secrets are sealed with a key this instance does not have."""
+
+
+class SecretSealer:
+    """Seals signing secrets for the subscriptions topic (Fernet: AES-128-CBC and HMAC-SHA256),
+    so a reader of the topic without the key cannot sign webhooks as us."""
+
+    PREFIX = "sealed:v1:"
+
+    def __init__(self, key: str) -> None:
+        try:
+            self._fernet = Fernet(key.encode())
+        except ValueError as exc:
+            raise ValueError(
+                "NEWSFLOW_DELIVERY_SECRETS_KEY is not a Fernet key (32 url-safe base64 bytes; "
+                "`newsflow secrets-key` makes one)"
+            ) from exc
+
+    @staticmethod
+    def new_key() -> str:
+        return Fernet.generate_key().decode()
+
+    def seal(self, secret: str) -> str:
+        return self.PREFIX + self._fernet.encrypt(secret.encode()).decode()
+
+    def unseal(self, stored: str) -> str:
+        """The secret of a sealed value; a value stored in plain text (before a key was set)
+        is returned as it is. Raises `ValueError` when this key cannot open it."""
+        if not stored.startswith(self.PREFIX):
+            return stored
+        try:
+            return self._fernet.decrypt(stored.removeprefix(self.PREFIX).encode()).decode()
+        except InvalidToken as exc:
+            raise SealedSecretError("sealed with another NEWSFLOW_DELIVERY_SECRETS_KEY") from exc
+
+
+_SECRET_FIELDS = ("secret", "previous_secret")
+
+
+def subscription_record(subscription: Subscription, sealer: SecretSealer | None) -> bytes:
+    """The subscription as stored on the topic: its signing secrets sealed when there is a key."""
+    fields = subscription.model_dump(mode="json")
+    if sealer is not None:
+        for name in _SECRET_FIELDS:
+            if fields.get(name):
+                fields[name] = sealer.seal(fields[name])
+    return json.dumps(fields, separators=(",", ":")).encode()
+
+
+def subscription_from_record(value: bytes, sealer: SecretSealer | None) -> Subscription:
+    """Raises `ValueError` for a record that is not a subscription or whose secrets this
+    instance cannot unseal (no key, or another key)."""
+    fields = json.loads(value)
+    if not isinstance(fields, dict):
+        raise ValueError("not a JSON object")
+    for name in _SECRET_FIELDS:
+        stored = fields.get(name)
+        if isinstance(stored, str) and stored.startswith(SecretSealer.PREFIX):
+            if sealer is None:
+                raise SealedSecretError("sealed, and NEWSFLOW_DELIVERY_SECRETS_KEY is unset")
+            fields[name] = sealer.unseal(stored)
+    return Subscription.model_validate(fields)
+
+
 class KafkaSubscriptionStore:
     """Subscriptions live on the compacted `subscriptions.v1` topic (key = id, tombstone =
     deleted). Every instance tails it into memory: all see the same set, a restart replays it,
-    and flushing Redis loses none of them. A write is acknowledged once the broker has it."""
+    and flushing Redis loses none of them. A write is acknowledged once the broker has it.
+    With a `sealer`, the signing secrets on the topic are sealed (`SecretSealer`)."""
 
     EVENT_TYPE = "newsflow.subscription.changed"
 
@@ -271,12 +338,14 @@ class KafkaSubscriptionStore:
         topic: str,
         source: str,
         dead_letters: DeadLetters | None = None,
+        sealer: SecretSealer | None = None,
     ):
         self._producer = producer
         self._bootstrap = bootstrap
         self._topic = topic
         self._source = source
         self._dead_letters = dead_letters
+        self._sealer = sealer
         self._items: dict[str, Subscription] = {}
         self._caught_up = asyncio.Event()
 
@@ -284,7 +353,7 @@ class KafkaSubscriptionStore:
         meta = EventMeta.new(self.EVENT_TYPE, self._source)
         await self._producer.send_and_wait(
             self._topic,
-            subscription.model_dump_json().encode(),
+            subscription_record(subscription, self._sealer),
             key=subscription.id.encode(),
             headers=meta.to_headers(),
         )
@@ -333,7 +402,16 @@ class KafkaSubscriptionStore:
             self._items.pop(key, None)
             return
         try:
-            self._items[key] = Subscription.model_validate_json(message.value)
+            self._items[key] = subscription_from_record(message.value, self._sealer)
+        except SealedSecretError as exc:
+            # A newsflow record this instance cannot open: a setting to fix, not a bad record.
+            self._items.pop(key, None)
+            log.error(
+                "subscription skipped: its signing secrets cannot be unsealed; it gets no "
+                "webhooks from this instance until NEWSFLOW_DELIVERY_SECRETS_KEY matches",
+                subscription_id=key,
+                error=str(exc),
+            )
         except ValueError as exc:
             # Not written by newsflow. While replaying at start-up it was met before (and parked
             # by whoever ran then), so it is only logged; met live, it is parked.

@@ -19,6 +19,7 @@ from services.delivery.adapters import (
     KafkaSubscriptionStore,
     RedisDeliveryState,
     RedisStoryCache,
+    SecretSealer,
     resolve,
 )
 from services.delivery.app import (
@@ -37,10 +38,12 @@ from services.delivery.app import (
 from services.delivery.settings import DeliverySettings
 from services.delivery.webhook_client import LeanWebhookSender
 from shared.kafka import DeadLetters, make_consumer, make_producer, stop_producer
-from shared.logging import configure_logging
+from shared.logging import configure_logging, get_logger
 from shared.serve import freeze_startup_heap, serve
 from shared.ssrf import Resolver
 from shared.tracing import with_tracing
+
+log = get_logger(__name__)
 
 
 def _consumer(settings: DeliverySettings, topic: str, group_id: str) -> AIOKafkaConsumer:
@@ -49,6 +52,19 @@ def _consumer(settings: DeliverySettings, topic: str, group_id: str) -> AIOKafka
     return make_consumer(
         settings, topic, group_id, fetch_max_wait_ms=settings.delivery_fetch_max_wait_ms
     )
+
+
+def secret_sealer(settings: DeliverySettings) -> SecretSealer | None:
+    """What seals the subscriptions' signing secrets on their topic; None (with a warning)
+    without a key. A key that is not a Fernet key stops the start with a clear error."""
+    if settings.delivery_secrets_key:
+        return SecretSealer(settings.delivery_secrets_key)
+    log.warning(
+        "subscription signing secrets are stored in plain text on the subscriptions topic; "
+        "set NEWSFLOW_DELIVERY_SECRETS_KEY (`newsflow secrets-key` makes one)",
+        topic=settings.topics.subscriptions,
+    )
+    return None
 
 
 def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -> DepsFactory:
@@ -69,6 +85,7 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
                 topics.subscriptions,
                 source,
                 dead_letters,
+                secret_sealer(settings),
             )
             # Groups carry the topic prefix too, so environments sharing a cluster stay apart.
             group = settings.topic_prefix + settings.delivery_group_id

@@ -18,6 +18,11 @@ class DeliverySettings(NewsflowSettings):
     delivery_group_id: str = "newsflow-delivery"
     # Bearer token of the admin API and the /ops status page.
     admin_token: str = ""
+    # Key that seals the subscriptions' signing secrets on the subscriptions topic, which every
+    # reader of the cluster could otherwise read (a Fernet key: `newsflow secrets-key` makes
+    # one). Every delivery instance needs the same one. Unset: stored in plain text, with a
+    # warning at start.
+    delivery_secrets_key: str = ""
     # Loopback/private webhook targets are refused unless this is on (local demos and tests).
     delivery_allow_private_targets: bool = False
     # Timeout of one webhook attempt.

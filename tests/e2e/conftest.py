@@ -14,6 +14,7 @@ import pytest
 
 from ops.devrun import wait_ready
 from ops.embedded import ChildProcess, free_port, spawn
+from services.delivery.adapters import SecretSealer
 from shared.events import Topics
 from shared.kafka import ensure_topics
 from tests.receiver import WebhookReceiver
@@ -48,6 +49,8 @@ def stack(
         "NEWSFLOW_REDIS_KEY_PREFIX": prefix,
         "NEWSFLOW_INGEST_API_KEYS": "e2e-ingest-key",
         "NEWSFLOW_ADMIN_TOKEN": "e2e-admin-token",
+        # Webhooks in these tests are signed with secrets sealed on the subscriptions topic.
+        "NEWSFLOW_DELIVERY_SECRETS_KEY": SecretSealer.new_key(),
         "NEWSFLOW_DELIVERY_ALLOW_PRIVATE_TARGETS": "true",
         "NEWSFLOW_DELIVERY_RETRY_DELAYS_S": "[0, 0.2, 0.5]",
         "NEWSFLOW_LOG_FORMAT": "json",

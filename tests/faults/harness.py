@@ -33,6 +33,8 @@ from shared.kafka import ensure_topics
 
 API_KEY = "faults-ingest-key-6f1c"
 ADMIN_TOKEN = "faults-admin-token-93ad"
+# Seals the subscriptions' signing secrets on their topic (made with `newsflow secrets-key`).
+SECRETS_KEY = "Kg6uLroPyifynHyVTKENrfoopDjJJmyUOiqDmt8_tNM="
 SERVICES = ("ingest", "enrichment", "delivery")
 # `make soak` runs the suite with ten times the stories.
 SCALE = int(os.environ.get("NEWSFLOW_FAULTS_SCALE", "1"))
@@ -102,6 +104,7 @@ class Stack:
             "NEWSFLOW_REDIS_KEY_PREFIX": self.prefix,
             "NEWSFLOW_INGEST_API_KEYS": API_KEY,
             "NEWSFLOW_ADMIN_TOKEN": ADMIN_TOKEN,
+            "NEWSFLOW_DELIVERY_SECRETS_KEY": SECRETS_KEY,
             "NEWSFLOW_INGEST_RATE_LIMIT": "100000000",
             "NEWSFLOW_DELIVERY_ALLOW_PRIVATE_TARGETS": "true",
             "NEWSFLOW_LOG_FORMAT": "json",

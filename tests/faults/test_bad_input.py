@@ -23,7 +23,15 @@ from schemathesis import GenerationMode
 from ops.devrun import http_json
 from services.ingest.domain import sanitise_html
 from shared.events import EventMeta, InvalidEvent, decode_article, decode_story
-from tests.faults.harness import ADMIN_TOKEN, API_KEY, Infra, Stack, read_topic, stories
+from tests.faults.harness import (
+    ADMIN_TOKEN,
+    API_KEY,
+    SECRETS_KEY,
+    Infra,
+    Stack,
+    read_topic,
+    stories,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -204,7 +212,7 @@ def test_no_secret_reaches_a_log_line(hostile_stack: Stack) -> None:
     )
     assert status == 201, created
     http_json("DELETE", f"{delivery}/v1/subscriptions/{created['id']}", token=ADMIN_TOKEN)
-    secrets = [API_KEY, ADMIN_TOKEN, SECRET, created["secret"]]
+    secrets = [API_KEY, ADMIN_TOKEN, SECRETS_KEY, SECRET, created["secret"]]
     for token in ("wrong-key-for-logs", API_KEY):
         http_json("POST", f"{hostile_stack.url('ingest')}/v1/articles", {"uri": 1}, token=token)
     logs = hostile_stack.log_text()

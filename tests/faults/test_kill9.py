@@ -14,6 +14,7 @@ from tests.faults.harness import (
     ADMIN_TOKEN,
     API_KEY,
     SCALE,
+    SECRETS_KEY,
     Infra,
     Partner,
     Sent,
@@ -95,7 +96,7 @@ def test_kill_minus_nine_each_service_mid_stream(infra: Infra, partner: Partner)
         assert cache_mismatches(stack, latest_versions(enriched)) == []
 
         logs = stack.log_text()
-        secrets = [API_KEY, ADMIN_TOKEN, *(s["secret"] for s in subscriptions)]
+        secrets = [API_KEY, ADMIN_TOKEN, SECRETS_KEY, *(s["secret"] for s in subscriptions)]
         print(f"scanned {len(logs.splitlines())} log lines for {len(secrets)} secrets")
         assert [s[:6] for s in secrets if s in logs or s.removeprefix("whsec_") in logs] == []
     finally:

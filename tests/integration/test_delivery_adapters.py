@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -15,8 +16,16 @@ from services.delivery.adapters import (
     KafkaSubscriptionStore,
     RedisDeliveryState,
     RedisStoryCache,
+    SecretSealer,
+    scan_topic,
 )
-from services.delivery.domain import Job, Subscription, SubscriptionRequest, fingerprint
+from services.delivery.domain import (
+    Job,
+    Subscription,
+    SubscriptionRequest,
+    fingerprint,
+    new_secret,
+)
 from services.delivery.webhook_client import LeanWebhookSender
 from shared.events import EventType, Topics
 from tests.receiver import WebhookReceiver
@@ -192,3 +201,58 @@ async def test_sender_connects_only_to_the_vetted_address(receiver: WebhookRecei
     assert also.status is None and "non-public" in (also.error or "")
     assert len(receiver.received) == 1
     assert asked == ["partner.test", "evil.test", "partner.test"]
+
+
+async def caught_up(store: KafkaSubscriptionStore, tails: list[asyncio.Task[None]]) -> None:
+    tails.append(asyncio.create_task(store.tail()))
+    await asyncio.wait_for(store.wait_caught_up(), 20)
+
+
+async def test_signing_secrets_are_sealed_on_the_topic_and_open_only_with_the_key(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    key, other_key = SecretSealer.new_key(), SecretSealer.new_key()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+
+    def store(sealer: SecretSealer | None) -> KafkaSubscriptionStore:
+        args = (producer, kafka_bootstrap, topics.subscriptions, "urn:t", None, sealer)
+        return KafkaSubscriptionStore(*args)
+
+    tails: list[asyncio.Task[None]] = []
+    try:
+        writer = store(SecretSealer(key))
+        await caught_up(writer, tails)
+        sealed = Subscription.create(SubscriptionRequest(url="https://p.example/a"))
+        sealed = sealed.rotated(new_secret(), timedelta(hours=1), datetime.now(UTC))
+        await writer.add(sealed)
+        # Written before a key was set: still read, in plain text.
+        older = Subscription.create(SubscriptionRequest(url="https://p.example/b"))
+        await store(None).add(older)
+
+        records = scan_topic(kafka_bootstrap, topics.subscriptions)
+        stored = {key: value or b"" async for _, key, value, _ in records}
+        assert set(stored) == {sealed.id.encode(), older.id.encode()}
+        on_topic = stored[sealed.id.encode()]
+        assert sealed.secret.encode() not in on_topic
+        assert sealed.previous_secret and sealed.previous_secret.encode() not in on_topic
+        assert b'"secret":"sealed:v1:' in on_topic
+
+        same_key = store(SecretSealer(key))
+        await caught_up(same_key, tails)
+        assert await same_key.get(sealed.id) == sealed
+        assert await same_key.get(older.id) == older
+        for wrong in (store(None), store(SecretSealer(other_key))):
+            await caught_up(wrong, tails)
+            assert await wrong.get(sealed.id) is None  # logged: cannot be unsealed
+            assert await wrong.get(older.id) == older
+    finally:
+        for tail in tails:
+            tail.cancel()
+        await asyncio.gather(*tails, return_exceptions=True)
+        await producer.stop()
+
+
+def test_a_key_that_is_not_a_fernet_key_is_refused_with_its_setting_named() -> None:
+    with pytest.raises(ValueError, match="NEWSFLOW_DELIVERY_SECRETS_KEY"):
+        SecretSealer("not-a-key")
