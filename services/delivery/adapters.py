@@ -284,13 +284,10 @@ class SecretSealer:
     def seal(self, secret: str) -> str:
         return self.PREFIX + self._fernet.encrypt(secret.encode()).decode()
 
-    def unseal(self, stored: str) -> str:
-        """The secret of a sealed value; a value stored in plain text (before a key was set)
-        is returned as it is. Raises `ValueError` when this key cannot open it."""
-        if not stored.startswith(self.PREFIX):
-            return stored
+    def unseal(self, sealed: str) -> str:
+        """The secret in a `seal`ed value; `SealedSecretError` when this key cannot open it."""
         try:
-            return self._fernet.decrypt(stored.removeprefix(self.PREFIX).encode()).decode()
+            return self._fernet.decrypt(sealed.removeprefix(self.PREFIX).encode()).decode()
         except InvalidToken as exc:
             raise SealedSecretError("sealed with another NEWSFLOW_DELIVERY_SECRETS_KEY") from exc
 
@@ -309,8 +306,9 @@ def subscription_record(subscription: Subscription, sealer: SecretSealer | None)
 
 
 def subscription_from_record(value: bytes, sealer: SecretSealer | None) -> Subscription:
-    """Raises `ValueError` for a record that is not a subscription or whose secrets this
-    instance cannot unseal (no key, or another key)."""
+    """The subscription of a topic record; secrets stored in plain text (before a key was set)
+    are taken as they are. Raises `ValueError` for a record that is not a subscription, and
+    `SealedSecretError` when this instance cannot unseal its secrets (no key, or another)."""
     fields = json.loads(value)
     if not isinstance(fields, dict):
         raise ValueError("not a JSON object")
