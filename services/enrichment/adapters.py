@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, TypeVar
@@ -24,8 +24,6 @@ from shared.logging import get_logger
 
 log = get_logger(__name__)
 YIELD_EVERY_S = 0.005
-# Articles the table decoded, kept for the enricher (it handles the same records a moment later).
-DECODED_KEPT = 2048
 
 Record = TypeVar("Record")
 Found = TypeVar("Found")
@@ -42,7 +40,7 @@ class StoryFeed(Protocol):
 
     def each_once_read(
         self, records: Sequence[IncomingRecord]
-    ) -> AsyncIterator[tuple[IncomingRecord, Article | None]]: ...
+    ) -> AsyncIterator[IncomingRecord]: ...
 
 
 def offsets_after(records: Sequence[IncomingRecord]) -> dict[int, int]:
@@ -152,8 +150,6 @@ class KafkaStoryTable:
         # partition -> the Kafka timestamp of the last record fetched (ahead of the observed)
         self._fetched: dict[TopicPartition, int] = {}
         self._newest: dict[int, int] = {}  # partition -> Kafka timestamp of the last observed
-        # (partition, offset) -> the article read there, until the enricher takes it.
-        self._decoded: OrderedDict[tuple[int, int], Article] = OrderedDict()
         self._progress = asyncio.Condition()
         self._rebuilt = asyncio.Event()
         self._rebuild_target: dict[int, int] = {}
@@ -203,18 +199,15 @@ class KafkaStoryTable:
 
     async def each_once_read(
         self, records: Sequence[IncomingRecord]
-    ) -> AsyncIterator[tuple[IncomingRecord, Article | None]]:
+    ) -> AsyncIterator[IncomingRecord]:
         """The records (in time order), each once this instance has read it and every story
         that came to the topic before it (see `ReadTarget`): the index then holds every story
         before it. The first can be enriched while the table still reads up to the last.
-
-        Each comes with the article this table decoded from it, so it is decoded once; None
-        when the table could not decode it or no longer holds it (decode it then).
         """
         ends = await self._ends_after(records)
         for record in records:
             await self._read_to(ReadTarget.of([record], ends))
-            yield record, self._decoded.pop((record.partition, record.offset), None)
+            yield record
 
     async def _ends_after(self, records: Sequence[IncomingRecord]) -> Mapping[int, int]:
         """End offsets looked up after this table had fetched the records: by then every story
@@ -333,9 +326,6 @@ class KafkaStoryTable:
         except InvalidEvent:
             self.skipped += 1  # the consumer group parks it on the DLQ
             return
-        self._decoded[(message.partition, message.offset)] = article
-        if len(self._decoded) > DECODED_KEPT:  # records of another instance's partitions
-            self._decoded.popitem(last=False)
         self._observe(article, features)
 
     def _reached(self, target: dict[int, int]) -> bool:

@@ -87,10 +87,10 @@ class Enricher:
         handed_on = time.perf_counter()
         # Every story before a record must be in the index first: that is what makes two
         # instances link the same stories as one.
-        async for record, decoded in self._feed.each_once_read(records):
+        async for record in self._feed.each_once_read(records):
             with record_context(record.meta):
                 try:
-                    article = decoded if decoded is not None else decode_article(record.value)
+                    article = decode_article(record.value)
                 except InvalidEvent as exc:
                     await self._dead_letters.park(record, str(exc))
                     continue
