@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from cryptography.fernet import Fernet, InvalidToken
+from pydantic_core import from_json
 from redis.asyncio import Redis
 
 from services.delivery.domain import (
@@ -309,7 +310,7 @@ def subscription_from_record(value: bytes, sealer: SecretSealer | None) -> Subsc
     """The subscription of a topic record; secrets stored in plain text (before a key was set)
     are taken as they are. Raises `ValueError` for a record that is not a subscription, and
     `SealedSecretError` when this instance cannot unseal its secrets (no key, or another)."""
-    fields = json.loads(value)
+    fields = from_json(value)  # ValueError for any garbage, too deep nesting included
     if not isinstance(fields, dict):
         raise ValueError("not a JSON object")
     for name in _SECRET_FIELDS:
@@ -345,23 +346,28 @@ class KafkaSubscriptionStore:
         self._dead_letters = dead_letters
         self._sealer = sealer
         self._items: dict[str, Subscription] = {}
+        # id -> offset of this instance's latest write: the tail, behind, must not bring back
+        # an older record of it (a subscription resumed here would read as disabled again).
+        self._written: dict[str, int] = {}
         self._caught_up = asyncio.Event()
 
     async def add(self, subscription: Subscription) -> None:
         meta = EventMeta.new(self.EVENT_TYPE, self._source)
-        await self._producer.send_and_wait(
+        stored = await self._producer.send_and_wait(
             self._topic,
             subscription_record(subscription, self._sealer),
             key=subscription.id.encode(),
             headers=meta.to_headers(),
         )
         self._items[subscription.id] = subscription
+        self._written[subscription.id] = stored.offset
 
     async def remove(self, subscription_id: str) -> bool:
         if subscription_id not in self._items:
             return False
-        await self._producer.send_and_wait(self._topic, None, key=subscription_id.encode())
+        stored = await self._producer.send_and_wait(self._topic, None, key=subscription_id.encode())
         self._items.pop(subscription_id, None)
+        self._written[subscription_id] = stored.offset
         return True
 
     async def get(self, subscription_id: str) -> Subscription | None:
@@ -396,6 +402,8 @@ class KafkaSubscriptionStore:
 
     async def _apply(self, message: Any) -> None:
         key = text(message.key)
+        if message.offset < self._written.get(key, -1):
+            return  # older than what this instance wrote since: the tail will reach that
         if message.value is None:
             self._items.pop(key, None)
             return

@@ -28,6 +28,7 @@ from services.delivery.domain import (
 )
 from services.delivery.webhook_client import LeanWebhookSender
 from shared.events import EventType, Topics
+from tests.integration.kafka_reading import read_records
 from tests.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.integration
@@ -256,3 +257,24 @@ async def test_signing_secrets_are_sealed_on_the_topic_and_open_only_with_the_ke
 def test_a_key_that_is_not_a_fernet_key_is_refused_with_its_setting_named() -> None:
     with pytest.raises(ValueError, match="NEWSFLOW_DELIVERY_SECRETS_KEY"):
         SecretSealer("not-a-key")
+
+
+async def test_the_tail_never_brings_back_an_older_record_of_a_subscription_written_here(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    """The tail runs behind the writes: replaying the disabled record after the resumed one
+    was written here must not make the subscription read as disabled again."""
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    store = KafkaSubscriptionStore(producer, kafka_bootstrap, topics.subscriptions, "urn:t")
+    try:
+        active = Subscription.create(SubscriptionRequest(url="https://p.example/a"))
+        disabled = active.model_copy(update={"disabled_at": datetime.now(UTC)})
+        await store.add(disabled)
+        await store.add(active)  # resumed
+        disabled_record, _ = await read_records(kafka_bootstrap, topics.subscriptions, 2)
+        # The tail meets the disabled record now, after the resumed one was written here.
+        await store._apply(disabled_record)
+        assert await store.get(active.id) == active
+    finally:
+        await producer.stop()
