@@ -546,6 +546,8 @@ class Sender:
         self._paused_until: dict[TopicPartition, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._marked_failing: set[str] = set()
+        # Subscriptions being disabled here: attempts failing together disable one once.
+        self._disabling: set[str] = set()
         self._outcomes = {
             outcome: metrics.webhooks.labels(outcome)
             for outcome in ("delivered", "failed", "gave_up")
@@ -865,14 +867,18 @@ class Sender:
 
     async def _disable(self, subscription_id: str, reason: str, kind: str) -> None:
         current = await self._subscriptions.get(subscription_id)
-        if current is None or current.disabled_at is not None:
+        if current is None or current.disabled_at is not None or subscription_id in self._disabling:
             return
-        disabled = current.model_copy(
-            update={"disabled_at": datetime.now(UTC), "disabled_reason": reason}
-        )
-        await self._subscriptions.add(disabled)
-        self._marked_failing.discard(subscription_id)
-        await self._events.record(kind, disabled, reason)
+        self._disabling.add(subscription_id)
+        try:
+            disabled = current.model_copy(
+                update={"disabled_at": datetime.now(UTC), "disabled_reason": reason}
+            )
+            await self._subscriptions.add(disabled)
+            self._marked_failing.discard(subscription_id)
+            await self._events.record(kind, disabled, reason)
+        finally:
+            self._disabling.discard(subscription_id)
         log.warning("subscription disabled", subscription_id=subscription_id, reason=reason)
 
 

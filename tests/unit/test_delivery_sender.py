@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -261,3 +262,47 @@ async def test_a_later_version_queued_before_its_story_is_put_back_not_left_wait
     assert sorted(settled) == [0, 1]
     assert posted == [original.message_id]
     assert [(j.version, j.due > 0) for j in recorder.queued] == [(2, True)]  # looks again later
+
+
+class SlowStore(FakeSubscriptionStore):
+    """Its writes take a round trip, as the topic's do."""
+
+    async def add(self, subscription: Subscription) -> None:
+        await asyncio.sleep(0.01)
+        await super().add(subscription)
+
+
+class EventRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    async def record(self, *args: Any) -> None:
+        if args and args[0] in ("disabled", "gone"):
+            self.events.append(args[0])
+
+
+async def test_attempts_failing_together_disable_their_subscription_once() -> None:
+    settings = DeliverySettings(
+        delivery_per_endpoint_in_flight=8, delivery_breaker_failures=100,
+        delivery_auto_disable_after_s=1,
+    )  # fmt: skip
+    store = SlowStore()
+    failing = Subscription.create(SubscriptionRequest(url="https://partner.example/hook"))
+    failing = failing.model_copy(update={"failing_since": datetime.now(UTC) - timedelta(hours=1)})
+    await store.add(failing)
+
+    async def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
+        await asyncio.sleep(0)
+        return Answer(500, "HTTP 500", 1.0)
+
+    sender, recorder = make_sender(settings, store, post, EventRecorder())
+    jobs = [
+        Job(failing.id, f"urn:story:{i}", 1, EventType.PUBLISHED, 1, 0.0, b"{}") for i in range(8)
+    ]
+    await sender.dispatch(jobs, lambda: None)
+    await sender.drain()
+
+    stored = await store.get(failing.id)
+    assert stored is not None and stored.status == "disabled"
+    assert isinstance(recorder, EventRecorder) and recorder.events == ["disabled"]
