@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic_core import from_json
 from redis.asyncio import Redis
 
@@ -265,17 +265,22 @@ class SealedSecretError(ValueError):
 
 class SecretSealer:
     """Seals signing secrets for the subscriptions topic (Fernet: AES-128-CBC and HMAC-SHA256),
-    so a reader of the topic without the key cannot sign webhooks as us."""
+    so a reader of the topic without the key cannot sign webhooks as us.
+
+    `keys` is one key, or several separated by commas to rotate: the first seals, any opens
+    (a subscription sealed with an older key is sealed with the first when it next changes)."""
 
     PREFIX = "sealed:v1:"
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, keys: str) -> None:
         try:
-            self._fernet = Fernet(key.encode())
+            self._fernet = MultiFernet(
+                [Fernet(key.strip().encode()) for key in keys.split(",") if key.strip()]
+            )
         except ValueError as exc:
             raise ValueError(
-                "NEWSFLOW_DELIVERY_SECRETS_KEY is not a Fernet key (32 url-safe base64 bytes; "
-                "`newsflow secrets-key` makes one)"
+                "NEWSFLOW_DELIVERY_SECRETS_KEY is not a Fernet key, or a comma-separated list of "
+                "them (32 url-safe base64 bytes each; `newsflow secrets-key` makes one)"
             ) from exc
 
     @staticmethod

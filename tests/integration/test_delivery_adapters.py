@@ -254,11 +254,6 @@ async def test_signing_secrets_are_sealed_on_the_topic_and_open_only_with_the_ke
         await producer.stop()
 
 
-def test_a_key_that_is_not_a_fernet_key_is_refused_with_its_setting_named() -> None:
-    with pytest.raises(ValueError, match="NEWSFLOW_DELIVERY_SECRETS_KEY"):
-        SecretSealer("not-a-key")
-
-
 async def test_the_tail_never_brings_back_an_older_record_of_a_subscription_written_here(
     kafka_bootstrap: str, topics: Topics
 ) -> None:
