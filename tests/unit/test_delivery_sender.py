@@ -48,11 +48,6 @@ async def test_jobs_queued_for_an_endpoint_wait_once_its_breaker_opens() -> None
     store = FakeSubscriptionStore()
     subscription = Subscription.create(SubscriptionRequest(url="https://partner.example/hook"))
     await store.add(subscription)
-    recorder = Recorder()
-    state: Any = type("State", (), {})()
-    state.settled = recorder.settled_
-    state.attempted = recorder.attempted
-    state.oldest_pending = recorder.oldest_pending
     posted: list[str] = []
     release = asyncio.Event()
 
@@ -61,11 +56,7 @@ async def test_jobs_queued_for_an_endpoint_wait_once_its_breaker_opens() -> None
         await release.wait()
         return Answer(503, "HTTP 503", 1.0)
 
-    unused: Any = None
-    sender = Sender(
-        unused, Topics(""), store, state, recorder, post, recorder, recorder,  # type: ignore[arg-type]
-        DeliveryMetrics(), settings, unused,
-    )  # fmt: skip
+    sender, recorder = make_sender(settings, store, post)
     jobs = [
         Job(subscription.id, f"urn:story:{i}", 1, EventType.PUBLISHED, 1, 0.0, b"{}")
         for i in range(3)
