@@ -8,7 +8,6 @@ Ctrl-C or SIGTERM stops every process it started, by pid.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import secrets
@@ -33,6 +32,7 @@ from ops.embedded import (
     start_redis,
     wait_for_port,
 )
+from services.delivery.adapters import SecretSealer
 from services.delivery.domain import new_secret
 from shared.events import Topics
 from shared.kafka import ensure_topics
@@ -172,9 +172,7 @@ def start_dependencies(stack: Stack, log_dir: Path, state_dir: Path) -> dict[str
     env.setdefault("NEWSFLOW_INGEST_API_KEYS", "dev-" + secrets.token_urlsafe(18))
     env.setdefault("NEWSFLOW_ADMIN_TOKEN", "admin-" + secrets.token_urlsafe(18))
     # The broker keeps nothing across runs, so a key per run seals this run's subscriptions.
-    env.setdefault(
-        "NEWSFLOW_DELIVERY_SECRETS_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode()
-    )
+    env.setdefault("NEWSFLOW_DELIVERY_SECRETS_KEY", SecretSealer.new_key())
     # Local demo: the sample partner listens on loopback.
     env.setdefault("NEWSFLOW_DELIVERY_ALLOW_PRIVATE_TARGETS", "true")
     env.setdefault("NEWSFLOW_LOG_FORMAT", "json")
