@@ -7,7 +7,7 @@ import contextlib
 import heapq
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -54,12 +54,12 @@ def make_producer(settings: NewsflowSettings) -> AIOKafkaProducer:
 
 
 def make_consumer(
-    settings: NewsflowSettings, topic: str, group_id: str, **options: Any
+    settings: NewsflowSettings, topic: str | None, group_id: str, **options: Any
 ) -> AIOKafkaConsumer:
     """A group member that commits by hand, only once its work is durable (`options` override
-    the defaults, e.g. `fetch_max_wait_ms`)."""
+    the defaults, e.g. `fetch_max_wait_ms`). `topic` None: subscribe it after `start`."""
     return AIOKafkaConsumer(
-        topic,
+        *([] if topic is None else [topic]),
         **{
             "bootstrap_servers": settings.kafka_bootstrap_servers,
             "group_id": group_id,
@@ -133,6 +133,25 @@ class DeadLetters:
         )
 
 
+class GroupMember(Protocol):
+    """What `consume_forever` needs of a consumer group member: an `AIOKafkaConsumer`, or one
+    that takes its records from elsewhere (enrichment's `TableFedMember`)."""
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+
+    def highwater(self, partition: TopicPartition) -> int | None: ...
+
+    async def position(self, partition: TopicPartition) -> int: ...
+
+
 # Handles one batch; returns once it is handed on, with what completes once the batch's output
 # is durable (the producer's acks), or None when it already is.
 BatchHandler = Callable[[list[IncomingRecord]], Awaitable[asyncio.Future[Any] | None]]
@@ -156,7 +175,7 @@ class _Handed:
 
 
 async def consume_forever(
-    consumer: AIOKafkaConsumer,
+    consumer: GroupMember,
     handle: BatchHandler,
     dead_letters: DeadLetters,
     *,
@@ -217,7 +236,7 @@ async def consume_forever(
 
 
 async def _commit_once_durable(
-    consumer: AIOKafkaConsumer, handed: _Handed, metrics: ConsumerMetrics | None
+    consumer: GroupMember, handed: _Handed, metrics: ConsumerMetrics | None
 ) -> bool:
     """Commits the batch once its output is acknowledged; False when it was not."""
     try:
@@ -251,7 +270,7 @@ def _starts(*fetches: Fetched) -> dict[TopicPartition, int]:
 
 
 async def _rewind_to(
-    consumer: AIOKafkaConsumer, starts: dict[TopicPartition, int], retry_delay_s: float
+    consumer: GroupMember, starts: dict[TopicPartition, int], retry_delay_s: float
 ) -> None:
     assigned = consumer.assignment()
     for tp, offset in starts.items():
@@ -274,14 +293,14 @@ async def read_batch(batches: Fetched, dead_letters: DeadLetters) -> list[Incomi
     return records
 
 
-async def rewind(consumer: AIOKafkaConsumer, *batches: Fetched, retry_delay_s: float) -> None:
+async def rewind(consumer: GroupMember, *batches: Fetched, retry_delay_s: float) -> None:
     """A batch failed (broker or Redis away): seek back to the start of these batches and pause
     before reading them again, so nothing is committed that was not done."""
     log.exception("batch failed; rewinding to retry it")
     await _rewind_to(consumer, _starts(*batches), retry_delay_s)
 
 
-async def observe_lag(consumer: AIOKafkaConsumer, metrics: ConsumerMetrics) -> None:
+async def observe_lag(consumer: GroupMember, metrics: ConsumerMetrics) -> None:
     """Lag per assigned partition: the broker's high watermark minus our position."""
     for tp in consumer.assignment():
         highwater = consumer.highwater(tp)

@@ -1,4 +1,5 @@
-"""enrichment's adapters: the global story table every instance reads the whole ingested topic into.
+"""enrichment's adapters: the global story table every instance reads the whole ingested topic into,
+and the instance's member of the consumer group, which takes its records from that table.
 
 Each instance consumes every partition of `articles.ingested.v1` with its own group-less consumer
 and feeds each version to its `StoryEnricher`, so every instance's index holds every story,
@@ -8,14 +9,17 @@ whichever partitions the consumer group gave it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
+import itertools
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from services.enrichment.index import Features
 from shared.events import Article, EventMeta, InvalidEvent, decode_article
@@ -112,12 +116,14 @@ class KafkaStoryTable:
         here_up_to: int = 0,
         max_records: int = 2000,
         fetch_max_wait_ms: int = 20,
+        recent_per_partition: int = 0,
     ) -> None:
         """`features` computes the records' features elsewhere (worker processes), up to
         `in_flight` chunks at once; without it `observe` computes them in this process, as it
         does for chunks of at most `here_up_to` records. With `here_while_waiting`, this process
         also computes a chunk's features itself while a caller waits for the reader (see
-        `_features_of`).
+        `_features_of`). The table keeps its latest `recent_per_partition` records of each
+        partition once observed, for the group member (`TableFedMember`).
         """
         self._topic = topic
         self._observe = observe
@@ -156,6 +162,11 @@ class KafkaStoryTable:
         self._waiting = 0  # callers waiting for this reader to read further
         self._here: set[int] = set()  # chunks (by id) whose features this process computes
         self.skipped = 0
+        # The latest records observed, per partition: every one from `_kept_from` on.
+        self._recent_per_partition = recent_per_partition
+        self._recent: dict[int, deque[IngestedRecord]] = {}
+        self._kept_from: dict[int, int] = {}
+        self._kept_more = asyncio.Event()
         # Records whose features this process computed, and those the workers computed.
         self.computed_here = 0
         self.computed_by_workers = 0
@@ -307,6 +318,7 @@ class KafkaStoryTable:
         handed_on = time.perf_counter()
         for message, found in zip(chunk, features, strict=True):
             self._apply(message, found)
+            self._keep(message)
             if time.perf_counter() - handed_on > YIELD_EVERY_S:
                 await asyncio.sleep(0)  # computing features here takes a while: let others run
                 handed_on = time.perf_counter()
@@ -327,6 +339,46 @@ class KafkaStoryTable:
             self.skipped += 1  # the consumer group parks it on the DLQ
             return
         self._observe(article, features)
+
+    def _keep(self, message: IngestedRecord) -> None:
+        """Keeps an observed record (a poison one too: the group member parks it)."""
+        if not self._recent_per_partition:
+            return
+        kept = self._recent.setdefault(message.partition, deque())
+        if len(kept) >= self._recent_per_partition:
+            self._kept_from[message.partition] = kept.popleft().offset + 1
+        kept.append(message)
+        self._kept_more.set()
+
+    def keeps_from(self, partition: int) -> int:
+        """The table holds every record of the partition from this offset on that it has
+        observed, and will hold each one it observes next (until newer ones push it out)."""
+        if not self._recent_per_partition:
+            return self._read.get(partition, 0)
+        return self._kept_from.get(partition, 0)
+
+    def kept_from_offset(self, partition: int, offset: int, limit: int) -> list[IngestedRecord]:
+        """Up to `limit` observed records of the partition, from `offset` on, in order."""
+        kept = self._recent.get(partition)
+        if not kept or kept[-1].offset < offset:
+            return []
+        start = len(kept)
+        while start > 0 and kept[start - 1].offset >= offset:
+            start -= 1
+        return list(itertools.islice(kept, start, start + limit))
+
+    def expect_more(self) -> None:
+        """Before looking at what is kept: `more` then waits for a record kept after this."""
+        self._kept_more.clear()
+
+    async def more(self, timeout_s: float) -> None:
+        """Returns once a record is kept after `expect_more`, or after `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._kept_more.wait(), timeout_s)
+
+    def highwater(self, partition: int) -> int | None:
+        high: int | None = self._consumer.highwater(TopicPartition(self._topic, partition))
+        return high
 
     def _reached(self, target: dict[int, int]) -> bool:
         return all(self._read.get(p, 0) >= offset for p, offset in target.items())
@@ -396,3 +448,144 @@ async def read_in_order(
     finally:
         for _, extraction in extracting:
             extraction.cancel()
+
+
+# While some partitions are fetched by the member itself, the longest it waits for them at a time
+# before it looks at the table again.
+FETCH_SLICE_MS = 10
+
+
+class TableFedMember(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """This instance's member of the enrichment group, taking its records from the story table.
+
+    The group still gives each instance its partitions and keeps the committed offsets; but the
+    table reads every partition anyway and keeps its latest records (`recent_per_partition`),
+    so the member does not fetch them a second time: that saves a fetch cycle on every story's
+    path and the CPU of reading each record twice, here and in the broker. A partition whose next
+    record the table no longer keeps (a group far behind, or a new one, which starts from the
+    beginning) is fetched by the member itself, as a plain consumer would, until it is back
+    within what the table keeps. `consume_forever` drives it like an `AIOKafkaConsumer`.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, table: KafkaStoryTable, topic: str) -> None:
+        """`consumer`: a group member not yet subscribed (`start` subscribes it to `topic`)."""
+        self._consumer = consumer
+        self._table = table
+        self._topic = topic
+        self._positions: dict[TopicPartition, int] = {}  # the next offset to hand out
+        self._fetching: set[TopicPartition] = set()  # fetched by the member itself
+        self._reassigned = False
+        # Records handed out from the table, and fetched by the member itself.
+        self.from_table = 0
+        self.fetched = 0
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._consumer.subscribe([self._topic], listener=self)
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._positions = {}
+        self._fetching = set()
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        # Nothing is fetched until the member knows where each partition stands.
+        self._consumer.pause(*assigned)
+        self._reassigned = True
+
+    def assignment(self) -> set[TopicPartition]:
+        assigned: set[TopicPartition] = self._consumer.assignment()
+        return assigned
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        await self._consumer.commit(offsets)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._positions[partition] = offset
+        self._place(partition, moved=True)
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return self._table.highwater(partition.partition)
+
+    async def position(self, partition: TopicPartition) -> int:
+        return self._positions[partition]
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[IngestedRecord]]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        limit = max_records or 10_000
+        while True:
+            if self._reassigned:
+                await self._take_assignment()
+            self._table.expect_more()
+            found = self._from_table(limit)
+            if self._fetching:
+                wait_ms = 0 if found else min(FETCH_SLICE_MS, max(timeout_ms, 0))
+                fetched = await self._consumer.getmany(
+                    *self._fetching, timeout_ms=wait_ms, max_records=limit
+                )
+                for partition, messages in fetched.items():
+                    if partition in self._fetching and messages:
+                        found[partition] = messages
+                        self.fetched += len(messages)
+                        self._positions[partition] = messages[-1].offset + 1
+                        self._place(partition)
+            else:
+                # A poll all the same: aiokafka takes a consumer that goes
+                # `max_poll_interval_ms` without one out of the group. Every partition is
+                # paused, so none of its records come back (and none would be handed out).
+                await self._consumer.getmany(timeout_ms=0)
+            remaining = deadline - loop.time()
+            if found or remaining <= 0:
+                return found
+            if not self._fetching:
+                await self._table.more(remaining)
+
+    async def _take_assignment(self) -> None:
+        """From the committed offsets (or the beginning, for a new group) of the partitions the
+        group gave this member."""
+        self._reassigned = False
+        positions: dict[TopicPartition, int] = {}
+        try:
+            for partition in self._consumer.assignment():
+                positions[partition] = await self._consumer.position(partition)
+        except IllegalStateError:  # given away again meanwhile: the next assignment follows
+            self._reassigned = True
+            return
+        self._positions = positions
+        self._fetching = set()
+        for partition in positions:
+            self._place(partition, moved=True)
+
+    def _from_table(self, limit: int) -> dict[TopicPartition, list[IngestedRecord]]:
+        found: dict[TopicPartition, list[IngestedRecord]] = {}
+        for partition, offset in self._positions.items():
+            if partition in self._fetching or limit <= 0:
+                continue
+            if offset < self._table.keeps_from(partition.partition):
+                self._place(partition)  # fell behind what the table keeps: fetch it here
+                continue
+            kept = self._table.kept_from_offset(partition.partition, offset, limit)
+            if kept:
+                found[partition] = kept
+                self.from_table += len(kept)
+                self._positions[partition] = kept[-1].offset + 1
+                limit -= len(kept)
+        return found
+
+    def _place(self, partition: TopicPartition, moved: bool = False) -> None:
+        """Takes the partition from the table when the table keeps its next record, or fetches
+        it (from its position) while it does not. `moved`: its position was set anew."""
+        position = self._positions[partition]
+        if position >= self._table.keeps_from(partition.partition):
+            if partition in self._fetching or moved:
+                self._fetching.discard(partition)
+                self._consumer.pause(partition)
+        elif partition not in self._fetching or moved:
+            self._fetching.add(partition)
+            self._consumer.seek(partition, position)
+            self._consumer.resume(partition)

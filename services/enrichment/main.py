@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.enrichment import kernels
-from services.enrichment.adapters import KafkaStoryTable
+from services.enrichment.adapters import KafkaStoryTable, TableFedMember
 from services.enrichment.app import (
     Enricher,
     EnrichmentMetrics,
@@ -86,17 +86,21 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
                 here_while_waiting=settings.enrichment_features_here_while_waiting,
                 here_up_to=settings.enrichment_features_here_up_to,
                 fetch_max_wait_ms=settings.enrichment_fetch_max_wait_ms,
+                recent_per_partition=settings.enrichment_recent_per_partition,
             )
             await table.start()
             stack.push_async_callback(table.stop)
             # The group carries the topic prefix, so environments sharing a cluster stay apart.
             group = settings.topic_prefix + settings.enrichment_group_id
+            fed = settings.enrichment_recent_per_partition > 0
             consumer = make_consumer(
                 settings,
-                topics.ingested,
+                None if fed else topics.ingested,
                 group,
                 fetch_max_wait_ms=settings.enrichment_fetch_max_wait_ms,
             )
+            # The member takes what the table keeps (or, with nothing kept, fetches it all).
+            member = TableFedMember(consumer, table, topics.ingested) if fed else consumer
             dead_letters = DeadLetters(producer, topics.dlq, metrics.consumer)
             handler = Enricher(
                 producer,
@@ -117,15 +121,15 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
                     metrics.indexed.set(len(enricher.index))
                     freeze_startup_heap()
                     log.info("joining the consumer group", indexed=len(enricher.index))
-                    await consumer.start()
+                    await member.start()
                     joined.set()
                     try:
                         work = consume_forever(
-                            consumer, handler.handle, dead_letters, metrics=metrics.consumer
+                            member, handler.handle, dead_letters, metrics=metrics.consumer
                         )
                         await _first(work, reader)
                     finally:
-                        await consumer.stop()
+                        await member.stop()
                 finally:
                     reader.cancel()
                     await asyncio.gather(reader, return_exceptions=True)
@@ -144,6 +148,12 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
                         "workers": table.computed_by_workers,
                     },
                     "taxonomy_version": enricher.rules.taxonomy.version,
+                    # Where this instance's group member took its records from (None: not
+                    # counted; with nothing kept, the member fetches them all).
+                    "member": {
+                        "from_table": member.from_table if fed else 0,
+                        "fetched": member.fetched if fed else None,
+                    },
                 }
 
             yield Pipeline(consume(), ready, status)

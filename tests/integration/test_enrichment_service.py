@@ -215,6 +215,31 @@ async def test_a_restarted_instance_rebuilds_its_index_before_it_takes_work(
     assert len(stories) == len(before) + 1  # nothing was enriched twice after the restart
 
 
+async def test_a_group_further_behind_than_the_table_keeps_is_enriched_once_each(
+    kafka_bootstrap: str, prefix: str
+) -> None:
+    """A new group starts from the beginning: its member fetches what the table no longer
+    keeps itself, then takes the rest, and what comes next, from the table."""
+    topics = await new_topics(kafka_bootstrap, prefix)
+    articles = corpus_articles(45)
+    await produce(kafka_bootstrap, topics.ingested, articles[:40])
+    settings = settings_for(kafka_bootstrap, topics, enrichment_recent_per_partition=3)
+    async with instance(settings) as client:
+        await wait_ready(client)
+        await produce(kafka_bootstrap, topics.ingested, articles[40:])
+        await read_records(kafka_bootstrap, topics.enriched, len(articles), within_s=60)
+        # One more than there are articles: it waits the whole time for a story enriched twice.
+        records = await read_records(
+            kafka_bootstrap, topics.enriched, len(articles) + 1, within_s=3
+        )
+        member = (await client.get("/v1/index")).json()["member"]
+
+    uris = sorted(json.loads(r.value or b"{}")["uri"] for r in records)
+    assert uris == sorted(a.uri for a in articles)  # each once
+    assert member["fetched"] > 0 and member["from_table"] > 0
+    assert member["fetched"] + member["from_table"] == len(articles)
+
+
 async def test_features_computed_in_a_worker_process_enrich_exactly_like_in_process(
     kafka_bootstrap: str, prefix: str
 ) -> None:
