@@ -324,7 +324,9 @@ async def _commit_once_durable(
     if metrics:
         for record in handed.records:
             metrics.consumed.labels(record.topic).inc()
-        await observe_lag(consumer, metrics)
+        # Only a metric: a lookup failing (in a rebalance, say) does not undo the commit.
+        with contextlib.suppress(Exception):
+            await observe_lag(consumer, metrics)
     return True
 
 

@@ -510,7 +510,11 @@ class TableFedMember(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
         return self._table.highwater(partition.partition)
 
     async def position(self, partition: TopicPartition) -> int:
-        return self._positions[partition]
+        if partition in self._positions:
+            return self._positions[partition]
+        # Just assigned, not yet taken on: where the group left it.
+        position: int = await self._consumer.position(partition)
+        return position
 
     async def getmany(
         self, timeout_ms: int = 0, max_records: int | None = None
