@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -47,11 +48,36 @@ class ChildProcess:
             self.process.wait(5)
 
 
+# Ports handed out by `free_port` in this process, so two callers never get the same one.
+_handed_out: set[int] = set()
+# Where `free_port` looks: below the kernel's range for outgoing connections (Linux: 32768-60999).
+FREE_PORTS_FROM = 20_000
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port nothing listens on, from below the range the kernel picks outgoing connections'
+    ports from. A port from `bind(0)` is in that range, and a client connecting meanwhile (a
+    Kafka or Redis client of a process starting next to it) could take it before the service
+    listens on it: a bench run once lost its enrichment process to "address already in use"."""
+    below = min(_outgoing_ports_from(), 32_768)
+    if below - FREE_PORTS_FROM >= 1_000:
+        for _ in range(500):
+            port = random.randrange(FREE_PORTS_FROM, below)
+            if port not in _handed_out and port_is_free(port):
+                _handed_out.add(port)
+                return port
+    with socket.socket() as sock:  # an unusual port range: what the kernel gives
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
+
+
+def _outgoing_ports_from() -> int:
+    try:
+        low = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]
+        return int(low)
+    except (OSError, ValueError, IndexError):
+        return 49_152  # the IANA dynamic range, macOS's default
 
 
 def port_is_free(port: int) -> bool:
