@@ -204,16 +204,10 @@ async def consume_forever(
     pending: deque[tuple[_Handed, asyncio.Task[bool]]] = deque()
     try:
         while True:
-            if not await _drop_committed(pending, keep_at_most=in_flight - 1):
-                log.error("a batch's output was not acknowledged; rewinding to retry it")
-                await _rewind_to(consumer, _starts(*_fetches(pending)), retry_delay_s)
-                await _abandon(pending)
-                continue
+            await _settle(consumer, pending, in_flight - 1, retry_delay_s)
             fetched: Fetched = await consumer.getmany(timeout_ms=500, max_records=500)
             if not fetched:
-                if not await _drop_committed(pending, keep_at_most=0):
-                    await _rewind_to(consumer, _starts(*_fetches(pending)), retry_delay_s)
-                    await _abandon(pending)
+                await _settle(consumer, pending, 0, retry_delay_s)
                 continue
             try:
                 records = await read_batch(fetched, dead_letters)
@@ -269,6 +263,20 @@ async def _commit_in_turn(
     except Exception:
         log.exception("batch not committed")
         return False
+
+
+async def _settle(
+    consumer: GroupMember,
+    pending: deque[tuple[_Handed, asyncio.Task[bool]]],
+    keep_at_most: int,
+    retry_delay_s: float,
+) -> None:
+    """Drops the committed batches (see `_drop_committed`); when one was not committed, reading
+    goes back to it, and the batches after it are read again too."""
+    if not await _drop_committed(pending, keep_at_most):
+        log.error("a batch's output was not acknowledged; rewinding to retry it")
+        await _rewind_to(consumer, _starts(*_fetches(pending)), retry_delay_s)
+        await _abandon(pending)
 
 
 async def _drop_committed(
