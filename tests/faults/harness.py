@@ -273,6 +273,7 @@ class Sent:
     accepted: dict[tuple[str, int], str] = field(default_factory=dict)  # -> CloudEvents type
     answers: dict[str, int] = field(default_factory=dict)
     accepted_at: dict[tuple[str, int], float] = field(default_factory=dict)
+    created_at: list[float] = field(default_factory=list)  # when each 202 came back
 
     def count(self, status: str) -> int:
         return self.answers.get(status, 0)
@@ -330,6 +331,8 @@ async def post_stories(
                 key = (payload["uri"], payload["version"])
                 sent.accepted[key] = body["type"]
                 sent.accepted_at[key] = time.time()
+                if status == 202:
+                    sent.created_at.append(time.time())
                 return
             if status < 500:
                 raise AssertionError(f"{status} {body} for {payload['uri']}")
