@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -175,13 +174,6 @@ class _Handed:
         )
 
 
-# Most batches handed on and not yet committed (`consume_forever`): the loop waits for the
-# oldest one's commit before it handles another. Two: one handled while the one before waits
-# for its acks and commit. Four made the enrichment hop no quicker at 600-700 stories/s (the
-# batches only got smaller, each with its own commit round trip; docs/benchmarks.md).
-IN_FLIGHT_BATCHES = 2
-
-
 async def consume_forever(
     consumer: GroupMember,
     handle: BatchHandler,
@@ -189,25 +181,26 @@ async def consume_forever(
     *,
     retry_delay_s: float = 1.0,
     metrics: ConsumerMetrics | None = None,
-    in_flight: int = IN_FLIGHT_BATCHES,
 ) -> None:
     """Poll in batches, hand each batch to `handle`, commit it only once its output is durable.
 
-    The next batches are fetched and handled while the ones before wait for their acks and
-    their commits (a task each, every one waiting for the one before it), so those round trips
-    are off the records' path; batches are still committed in order, each only once durable,
-    and at most `in_flight` are handed on and not yet committed. Records without valid
-    CloudEvents headers go to the DLQ. If anything raises (broker or Redis down, a commit
-    refused in a rebalance), reading goes back to the oldest batch not committed and tries
-    again: nothing is committed that was not done.
+    The next batch is fetched and handled while the one before waits for its acks and its
+    commit (a task of its own), so those round trips are off the records' path; batches are
+    still committed in order, each only once durable. Records without valid CloudEvents
+    headers go to the DLQ. If anything raises (broker or Redis down, a commit refused in a
+    rebalance), reading goes back to the oldest batch not committed and tries again: nothing is
+    committed that was not done.
     """
-    pending: deque[tuple[_Handed, asyncio.Task[bool]]] = deque()
+    # The batch before the one being handled, with its commit: a task that waits for the
+    # batch's acks, then commits, while the loop fetches and handles the next batch.
+    before: tuple[_Handed, asyncio.Task[bool]] | None = None
     try:
         while True:
-            await _settle(consumer, pending, in_flight - 1, retry_delay_s)
             fetched: Fetched = await consumer.getmany(timeout_ms=500, max_records=500)
             if not fetched:
-                await _settle(consumer, pending, 0, retry_delay_s)
+                if before is not None and not await before[1]:
+                    await _rewind_to(consumer, _starts(before[0].fetched), retry_delay_s)
+                before = None
                 continue
             try:
                 records = await read_batch(fetched, dead_letters)
@@ -215,47 +208,39 @@ async def consume_forever(
             except asyncio.CancelledError:
                 raise
             except Exception:
-                older: list[Fetched] = []
-                for handed, committing in pending:
+                older: Fetched = {}
+                if before is not None:
+                    older = before[0].fetched
                     with contextlib.suppress(Exception):
-                        if await asyncio.shield(committing):
-                            continue  # committed after all
-                    older.append(handed.fetched)
-                pending.clear()
-                await rewind(consumer, *older, fetched, retry_delay_s=retry_delay_s)
+                        if await asyncio.shield(before[1]):
+                            older = {}  # committed after all
+                await rewind(consumer, older, fetched, retry_delay_s=retry_delay_s)
+                before = None
+                continue
+            if before is not None and not await before[1]:
+                log.error("a batch's output was not acknowledged; rewinding to retry it")
+                await _rewind_to(consumer, _starts(before[0].fetched, fetched), retry_delay_s)
+                before = None
                 continue
             handed = _Handed(fetched, records, durable)
-            before = pending[-1][1] if pending else None
-            commit = _commit_in_turn(consumer, handed, before, metrics)
-            pending.append((handed, asyncio.create_task(commit)))
+            before = (handed, asyncio.create_task(_commit_or_refused(consumer, handed, metrics)))
     finally:
         # Stopping: commit what is already durable, so a restart does not handle it again.
-        while pending:
-            handed, committing = pending.popleft()
-            if not handed.done_well():  # its acks are still out: neither it nor later ones
-                pending.appendleft((handed, committing))
-                await _abandon(pending)
-                break
-            with contextlib.suppress(Exception):
-                await committing
+        if before is not None:
+            handed, committing = before
+            if handed.done_well():
+                with contextlib.suppress(Exception):
+                    await committing
+            else:  # its acks are still out: not committed (the acks themselves go on)
+                committing.cancel()
+                await asyncio.gather(committing, return_exceptions=True)
 
 
-async def _commit_in_turn(
-    consumer: GroupMember,
-    handed: _Handed,
-    before: asyncio.Task[bool] | None,
-    metrics: ConsumerMetrics | None,
+async def _commit_or_refused(
+    consumer: GroupMember, handed: _Handed, metrics: ConsumerMetrics | None
 ) -> bool:
-    """Commits the batch once the one before it is committed and its own output acknowledged;
-    False when either was not (or the commit was refused)."""
-    if before is not None:
-        try:
-            if not await asyncio.shield(before):  # cancelling this one leaves the one before be
-                return False
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            return False
+    """`_commit_once_durable`, with a commit the group refuses (`CommitFailedError` in a
+    rebalance) as False too: the batch is read again rather than the loop ended."""
     try:
         return await _commit_once_durable(consumer, handed, metrics)
     except asyncio.CancelledError:
@@ -263,52 +248,6 @@ async def _commit_in_turn(
     except Exception:
         log.exception("batch not committed")
         return False
-
-
-async def _settle(
-    consumer: GroupMember,
-    pending: deque[tuple[_Handed, asyncio.Task[bool]]],
-    keep_at_most: int,
-    retry_delay_s: float,
-) -> None:
-    """Drops the committed batches (see `_drop_committed`); when one was not committed, reading
-    goes back to it, and the batches after it are read again too."""
-    if not await _drop_committed(pending, keep_at_most):
-        log.error("a batch's output was not acknowledged; rewinding to retry it")
-        await _rewind_to(consumer, _starts(*_fetches(pending)), retry_delay_s)
-        await _abandon(pending)
-
-
-async def _drop_committed(
-    pending: deque[tuple[_Handed, asyncio.Task[bool]]], keep_at_most: int
-) -> bool:
-    """Drops the committed batches from the front, waiting for the oldest while more than
-    `keep_at_most` are pending; False when a batch was not committed (it stays, first)."""
-    while pending:
-        committing = pending[0][1]
-        if not committing.done():
-            if len(pending) <= keep_at_most:
-                return True
-            await asyncio.wait({committing})
-        if committing.cancelled() or committing.exception() is not None:
-            return False
-        if not committing.result():
-            return False
-        pending.popleft()
-    return True
-
-
-def _fetches(pending: deque[tuple[_Handed, asyncio.Task[bool]]]) -> list[Fetched]:
-    return [handed.fetched for handed, _ in pending]
-
-
-async def _abandon(pending: deque[tuple[_Handed, asyncio.Task[bool]]]) -> None:
-    """Stops waiting to commit these batches (their acks go on by themselves)."""
-    tasks = [committing for _, committing in pending]
-    pending.clear()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _commit_once_durable(
