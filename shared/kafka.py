@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from shared.events import EventMeta, Headers, InvalidEvent, TopicSpec, error_headers
 from shared.logging import get_logger
@@ -51,6 +52,103 @@ def make_producer(settings: NewsflowSettings) -> AIOKafkaProducer:
         else settings.kafka_compression,
         request_timeout_ms=15_000,
     )
+
+
+class BatchedRecords:
+    """Records written to `topic` a batch per partition at a time, for records nobody waits on
+    one by one (delivery's attempt log: ~25 a story). `append` only queues a record: the
+    client's `send` costs ~8 µs a record, a record appended to a batch ~2 µs.
+
+    One set of batches is with the broker at a time, and acknowledged before the next is
+    handed on, so each partition keeps its order; records appended meanwhile wait for the next
+    set, which is how batches grow with the load. A set that fails is sent again after
+    `retry_s` (duplicates are possible, as at-least-once allows). `append` waits while
+    `max_queued` records wait (a broker away holds up the writers, not memory); `close` waits
+    for everything queued, up to `within_s`, and says how many records it gave up.
+    """
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        *,
+        max_queued: int = 10_000,
+        retry_s: float = 1.0,
+    ) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._max_queued = max_queued
+        self._retry_s = retry_s
+        self._queued: list[tuple[int, bytes, bytes, Headers]] = []
+        self._shipping: asyncio.Task[None] | None = None
+        self._taken = asyncio.Event()  # set whenever the shipper takes what is queued
+        self._in_flight = 0
+
+    async def append(self, partition: int, key: bytes, value: bytes, headers: Headers) -> None:
+        while len(self._queued) >= self._max_queued:
+            self._taken.clear()
+            await self._taken.wait()
+        self._queued.append((partition, key, value, headers))
+        if self._shipping is None:
+            self._shipping = asyncio.create_task(self._ship(), name=f"write {self._topic}")
+
+    @property
+    def waiting(self) -> int:
+        """Records not yet acknowledged by the broker."""
+        return len(self._queued) + self._in_flight
+
+    async def flush(self) -> None:
+        """Waits until every record appended so far is acknowledged."""
+        while self._shipping is not None:
+            await asyncio.shield(self._shipping)
+
+    async def close(self, within_s: float = PRODUCER_STOP_WITHIN_S) -> None:
+        try:
+            await asyncio.wait_for(self.flush(), within_s)
+        except TimeoutError:
+            log.error("records not written before the stop", topic=self._topic, lost=self.waiting)
+            if self._shipping is not None:
+                self._shipping.cancel()
+
+    async def _ship(self) -> None:
+        try:
+            while self._queued:
+                records, self._queued = self._queued, []
+                self._in_flight = len(records)
+                self._taken.set()
+                while True:
+                    try:
+                        await self._send(records)
+                        break
+                    except Exception as exc:  # the broker away, or anything else: again
+                        log.warning(
+                            "records not stored; sending them again",
+                            topic=self._topic,
+                            records=len(records),
+                            error=repr(exc),
+                        )
+                        await asyncio.sleep(self._retry_s)
+                self._in_flight = 0
+        finally:
+            self._shipping = None
+
+    async def _send(self, records: list[tuple[int, bytes, bytes, Headers]]) -> None:
+        producer = self._producer
+        batches: dict[int, BatchBuilder] = {}
+        acks: list[asyncio.Future[Any]] = []
+        for partition, key, value, headers in records:
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = producer.create_batch()
+            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                # Full: it goes now, and the record starts the partition's next batch (an
+                # empty batch takes any record).
+                acks.append(await producer.send_batch(batch, self._topic, partition=partition))
+                batch = batches[partition] = producer.create_batch()
+                batch.append(timestamp=None, key=key, value=value, headers=headers)
+        for partition, batch in batches.items():
+            acks.append(await producer.send_batch(batch, self._topic, partition=partition))
+        await asyncio.gather(*acks)
 
 
 def make_consumer(

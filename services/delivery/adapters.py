@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -36,8 +35,9 @@ from shared.events import (
     Headers,
     Topics,
     current_traceparent,
+    new_event_id,
 )
-from shared.kafka import DeadLetters
+from shared.kafka import BatchedRecords, DeadLetters
 from shared.logging import get_logger
 from shared.redis import raw, text
 
@@ -744,19 +744,9 @@ class KafkaJobQueue:
         await asyncio.gather(*futures)
 
 
-_UUID4_MASK = ~(0xF000 << 64) & ~(0xC000 << 48)
-_UUID4_BITS = (0x4000 << 64) | (0x8000 << 48)
-
-
-def _event_id() -> str:
-    """A random (version 4) UUID, as `str(uuid.uuid4())` gives, from the PRNG (an event id
-    needs to be unique, not secret): no read of the OS entropy source per attempt."""
-    h = f"{(random.getrandbits(128) & _UUID4_MASK) | _UUID4_BITS:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 class KafkaAttemptLog:
-    """Every attempt goes to `deliveries.attempts.v1`, keyed by subscription id."""
+    """Every attempt goes to `deliveries.attempts.v1`, keyed by subscription id, written a
+    batch per partition at a time (`BatchedRecords`): nothing waits on one attempt's record."""
 
     EVENT_TYPE = "newsflow.delivery.attempted"
 
@@ -764,6 +754,7 @@ class KafkaAttemptLog:
         self._producer = producer
         self._topic = topic
         self._source = source
+        self._records = BatchedRecords(producer, topic)
         self._partition_of: dict[bytes, int] = {}
         self._partitioner = DefaultPartitioner()
         self._fixed_headers: Headers = [
@@ -773,14 +764,13 @@ class KafkaAttemptLog:
         ]
 
     async def record(self, subscription_id: str, attempt: bytes) -> None:
-        """`attempt` is `encode(DeliveryAttempt)`; not awaited until the broker has it."""
+        """`attempt` is `encode(DeliveryAttempt)`; queued, not awaited until the broker has
+        it (`flush`, `close`)."""
         key = subscription_id.encode()
         partition = self._partition_of.get(key)
         if partition is None:
             partition = await self._partition(key)
-        await self._producer.send(
-            self._topic, attempt, key=key, headers=self._headers(), partition=partition
-        )
+        await self._records.append(partition, key, attempt, self._headers())
 
     def _headers(self) -> Headers:
         """The CloudEvents headers of `EventMeta.new(...).to_headers()`, built without the
@@ -790,7 +780,7 @@ class KafkaAttemptLog:
         at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         return [
             *self._fixed_headers[:1],
-            ("ce_id", _event_id().encode()),
+            ("ce_id", new_event_id().encode()),
             *self._fixed_headers[1:],
             ("ce_time", at.encode()),
             ("content-type", CONTENT_TYPE.encode()),
@@ -806,7 +796,11 @@ class KafkaAttemptLog:
 
     async def flush(self) -> None:
         """Waits until every attempt recorded so far is acknowledged by the broker."""
-        await self._producer.flush()
+        await self._records.flush()
+
+    async def close(self) -> None:
+        """Before the producer stops: what is queued goes out (or the log says it did not)."""
+        await self._records.close()
 
 
 class KafkaSubscriptionEvents:

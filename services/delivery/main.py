@@ -106,6 +106,7 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
             queue = KafkaJobQueue(producer, topics)
             events = KafkaSubscriptionEvents(producer, topics.subscription_events, source)
             attempt_log = KafkaAttemptLog(producer, topics.attempts, source)
+            stack.push_async_callback(attempt_log.close)  # before the producer stops
             cache_lock = asyncio.Lock()
             fanout = Fanout(cache, cache_lock, subscriptions, state, queue, metrics)
             job_sender = Sender(

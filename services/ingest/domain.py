@@ -315,7 +315,8 @@ class Intake:
         self._twin_wait_s = publish_timeout_s + 1
         self._claim_poll_s = claim_poll_s
         # Claim tokens: unique across replicas (random prefix) without a syscall per article.
-        self._tokens = (f"{secrets.token_hex(8)}-{n}" for n in itertools.count())
+        replica = secrets.token_hex(8)  # once: inside the generator it ran for every article
+        self._tokens = (f"{replica}-{n}" for n in itertools.count())
 
     async def accept(self, article: Article) -> Receipt:
         article = prepare(article)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,6 +75,16 @@ def test_headers_round_trip_with_extensions() -> None:
     meta = EventMeta.new(EventType.WITHDRAWN, "urn:x", traceparent="00-abc-def-01")
     back = EventMeta.from_headers(meta.to_headers())
     assert back == meta
+
+
+def test_event_ids_are_version_4_uuids_and_unique() -> None:
+    ids = [EventMeta.new(EventType.PUBLISHED, "urn:x").id for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    for event_id in ids[:1000]:
+        parsed = uuid.UUID(event_id)
+        assert str(parsed) == event_id
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
 
 
 def test_missing_ce_headers_are_invalid() -> None:
