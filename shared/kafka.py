@@ -56,7 +56,7 @@ def make_producer(settings: NewsflowSettings) -> AIOKafkaProducer:
 
 class BatchedRecords:
     """Records written to `topic` a batch per partition at a time, for records nobody waits on
-    one by one (delivery's attempt log: ~25 a story). `append` only queues a record: the
+    one by one (delivery's attempt log: one per webhook). `append` only queues a record: the
     client's `send` costs ~8 µs a record, a record appended to a batch ~2 µs.
 
     One set of batches is with the broker at a time, and acknowledged before the next is
