@@ -642,8 +642,9 @@ def measured_runs(
     with every batch it holds (20,000 small batches in a topic tripled its CPU at 100/s, see
     docs/benchmarks.md). In a sweep, the highest rate delivered in full, in step with the offer
     and with p99 <= 250 ms is that sweep's sustained rate (`report` takes the sweeps' median).
-    The max run also accounts each process's CPU and, for ours, the cache is probed: every
-    100th new story is timed until the delivery read API serves it.
+    The max run and each sweep step account each process's CPU (a paced story costs more than
+    one of the burst: smaller batches) and, for ours, the cache is probed: every 100th new
+    story is timed until the delivery read API serves it.
     """
 
     def runs(rate: float | None) -> Measured:
@@ -662,7 +663,7 @@ def measured_runs(
                 return [
                     await run_load(
                         name, stories, send, receiver, urls, rate, opts.concurrency, probe,
-                        hops=hops,
+                        pids=pids, hops=hops,
                     )
                 ]  # fmt: skip
             burst = stream(opts.stories, f"m{tag}")
