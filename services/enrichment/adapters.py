@@ -101,6 +101,10 @@ class KnownEnds:
         return all(self.covers.get(partition, 0) >= offset for partition, offset in own.items())
 
 
+# How often the end-offsets tracker looks for fresh high watermarks (a fetch cycle is ~1-5 ms).
+HIGHWATER_POLL_S = 0.002
+
+
 class KafkaStoryTable:
     """A group-less reader of every partition of the ingested topic, from the beginning."""
 
@@ -153,6 +157,12 @@ class KafkaStoryTable:
         # (see `_track_ends`), and whether records were fetched since that lookup began.
         self._ends = KnownEnds({}, {})
         self._fetched_since_lookup = asyncio.Event()
+        # How the end offsets were known: from the fetch responses' high watermarks, or looked
+        # up (`_track_ends`).
+        self.ends_from_fetches = 0
+        self.ends_looked_up = 0
+        # How long `_track_ends` waits for fetch responses to bring high watermarks, then looks.
+        self._highwater_wait_s = max(0.05, 4 * fetch_max_wait_ms / 1000)
         # partition -> the Kafka timestamp of the last record fetched (ahead of the observed)
         self._fetched: dict[TopicPartition, int] = {}
         self._newest: dict[int, int] = {}  # partition -> Kafka timestamp of the last observed
@@ -235,19 +245,30 @@ class KafkaStoryTable:
         return self._ends.ends
 
     async def _track_ends(self) -> None:
-        """Looks up the end offsets after each fetch of new records, one lookup at a time: a
-        lookup answers for every record fetched before it began."""
+        """Learns the end offsets after each fetch of new records, one at a time: they answer
+        for every record fetched before.
+
+        From the high watermarks of the consumer's next fetch responses, when every partition's
+        comes back (they cost nothing: every fetch response carries them); else (a partition
+        paused, or none came in time) by looking them up. A lookup is a round trip, and the
+        embedded broker's costs CPU in proportion to the batches it holds: 2.5 ms at 6,000.
+        """
         while True:
             await self._fetched_since_lookup.wait()
             self._fetched_since_lookup.clear()
             covers = dict(self._fetched_to)
-            try:
-                ends = await self._end_offsets()
-            except Exception as exc:  # the broker away: the waiting batches wait on
-                log.warning("end offsets lookup failed; trying again", error=repr(exc))
-                self._fetched_since_lookup.set()
-                await asyncio.sleep(0.5)
-                continue
+            ends = await self._highwaters_after(int(time.time() * 1000))
+            if ends is not None:
+                self.ends_from_fetches += 1
+            else:
+                try:
+                    ends = await self._end_offsets()
+                except Exception as exc:  # the broker away: the waiting batches wait on
+                    log.warning("end offsets lookup failed; trying again", error=repr(exc))
+                    self._fetched_since_lookup.set()
+                    await asyncio.sleep(0.5)
+                    continue
+                self.ends_looked_up += 1
             self._ends = KnownEnds(covers, ends)
             async with self._progress:
                 self._progress.notify_all()
@@ -382,6 +403,33 @@ class KafkaStoryTable:
 
     def _reached(self, target: dict[int, int]) -> bool:
         return all(self._read.get(p, 0) >= offset for p, offset in target.items())
+
+    async def _highwaters_after(self, since_ms: int) -> dict[int, int] | None:
+        """Every partition's high watermark from a fetch response processed after `since_ms`
+        (the consumer's wall clock, as aiokafka stamps them), waiting for such responses up to
+        `_highwater_wait_s`; None if some partition's does not come (it is paused, or its
+        records wait unread in the consumer).
+
+        The consumer has one fetch in flight at a time, so such a response was asked for after
+        every record fetched before `since_ms` had come: the broker's end offsets then are
+        past each of them, and past every story that came before them.
+        """
+        deadline = time.monotonic() + self._highwater_wait_s
+        consumer = self._consumer
+        while not consumer.paused():
+            ends: dict[int, int] = {}
+            for tp in self._partitions:
+                polled = consumer.last_poll_timestamp(tp)
+                high = consumer.highwater(tp)
+                if polled is None or high is None or polled <= since_ms:
+                    break
+                ends[tp.partition] = high
+            else:
+                return ends
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(HIGHWATER_POLL_S)
+        return None
 
     async def _end_offsets(self) -> dict[int, int]:
         ends = await self._consumer.end_offsets(self._partitions)

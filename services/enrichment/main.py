@@ -147,6 +147,12 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
                         "here": table.computed_here,
                         "workers": table.computed_by_workers,
                     },
+                    # How the table learnt the end offsets each story waits for: from its
+                    # fetch responses' high watermarks, or by looking them up.
+                    "end_offsets": {
+                        "from_fetches": table.ends_from_fetches,
+                        "looked_up": table.ends_looked_up,
+                    },
                     "taxonomy_version": enricher.rules.taxonomy.version,
                     # Where this instance's group member took its records from (None: not
                     # counted; with nothing kept, the member fetches them all).

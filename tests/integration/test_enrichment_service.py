@@ -147,6 +147,9 @@ async def test_two_instances_in_one_group_link_exactly_like_one_and_park_poison(
         assert links(one) == links(two)
         assert sum(1 for related, _ in links(one).values() if related) >= 10
         assert any(duplicate for _, duplicate in links(one).values())
+        # The end offsets each story waits for came from the fetch responses, not only lookups.
+        ends = (await alone.get("/v1/index")).json()["end_offsets"]
+        assert ends["from_fetches"] > 0, ends
 
         # Poison: undecodable and schema-invalid records are parked with the error; work goes on.
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)

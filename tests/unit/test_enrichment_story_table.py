@@ -6,14 +6,23 @@ would have computed itself.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
+from aiokafka import TopicPartition
 
 from bench.enrichment import Newsroom
-from services.enrichment.adapters import KnownEnds, ReadTarget, ahead_in_time, read_in_order
+from services.enrichment.adapters import (
+    KafkaStoryTable,
+    KnownEnds,
+    ReadTarget,
+    ahead_in_time,
+    read_in_order,
+)
 from services.enrichment.index import Features, Shingler, StoryIndex, features_of
 from services.enrichment.workers import FeatureWorkers, features_of_values
 from shared.events import EventMeta, EventType, encode
@@ -166,6 +175,67 @@ def test_end_offsets_answer_for_the_records_fetched_before_the_lookup_began() ->
     assert not known.cover({0: 11})  # fetched after it: a later lookup answers for it
     assert not known.cover({2: 1})  # nothing of partition 2 was fetched before it
     assert KnownEnds({}, {}).cover({})
+
+
+class _PolledConsumer:
+    """What the table reads of its consumer's last fetch responses, per partition."""
+
+    def __init__(self) -> None:
+        self.polled: dict[TopicPartition, int] = {}
+        self.high: dict[TopicPartition, int] = {}
+        self.paused_now: set[TopicPartition] = set()
+
+    def respond(self, highwaters: dict[int, int]) -> None:
+        now_ms = int(time.time() * 1000)
+        for partition, high in highwaters.items():
+            tp = TopicPartition("in", partition)
+            self.polled[tp], self.high[tp] = now_ms, high
+
+    def paused(self) -> set[TopicPartition]:
+        return self.paused_now
+
+    def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
+        return self.polled.get(tp)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.high.get(tp)
+
+
+async def _table_on(consumer: Any) -> KafkaStoryTable:
+    table = KafkaStoryTable("127.0.0.1:1", "in", lambda article, features: None)
+    await table.stop()  # its own consumer, never started: the fake answers instead
+    table._consumer = consumer
+    table._partitions = [TopicPartition("in", p) for p in (0, 1)]
+    table._highwater_wait_s = 0.2
+    return table
+
+
+async def test_end_offsets_come_from_the_fetch_responses_after_the_records_were_fetched() -> None:
+    consumer = _PolledConsumer()
+    table = await _table_on(consumer)
+    consumer.respond({0: 5, 1: 3})  # a response from before: it does not answer
+    await asyncio.sleep(0.002)
+    since = int(time.time() * 1000)
+    waiting = asyncio.create_task(table._highwaters_after(since))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    await asyncio.sleep(0.002)
+    consumer.respond({0: 9, 1: 4})  # the next responses: every partition's high watermark
+    assert await asyncio.wait_for(waiting, 1) == {0: 9, 1: 4}
+
+
+async def test_end_offsets_are_looked_up_when_a_partition_is_paused_or_has_no_new_answer() -> None:
+    consumer = _PolledConsumer()
+    table = await _table_on(consumer)
+    since = int(time.time() * 1000)
+    await asyncio.sleep(0.002)
+    consumer.respond({0: 9})  # partition 1 answers no more (its records wait unread)
+    started = time.monotonic()
+    assert await table._highwaters_after(since) is None
+    assert time.monotonic() - started >= 0.2  # it waited for an answer, then gave up
+    consumer.respond({0: 9, 1: 4})
+    consumer.paused_now = {TopicPartition("in", 1)}
+    assert await table._highwaters_after(since) is None  # paused: no waiting at all
 
 
 def test_the_table_pauses_partitions_fetched_ahead_in_time_of_one_still_behind() -> None:
