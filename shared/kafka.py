@@ -151,6 +151,38 @@ class BatchedRecords:
         await asyncio.gather(*acks)
 
 
+class FetchSpacing:
+    """At least `interval_s` between two fetches of a consumer's partitions: `before_fetch`
+    waits out the rest of the interval and lets the partitions be fetched again, `after_fetch`
+    pauses them, so the client fetches nothing in between and the next fetch brings whatever
+    came meanwhile, in one response. An interval of 0 changes nothing."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last = 0.0
+        self._paused: list[TopicPartition] = []
+
+    async def before_fetch(self, consumer: AIOKafkaConsumer) -> None:
+        if not self.interval_s:
+            return
+        wait = self._last + self.interval_s - asyncio.get_running_loop().time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        assigned = consumer.assignment()  # a rebalance meanwhile may have taken some away
+        consumer.resume(*(tp for tp in self._paused if tp in assigned))
+        self._paused = []
+
+    def after_fetch(self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]) -> None:
+        """`partitions`: those to keep from being fetched until `before_fetch` (the caller's
+        own pauses are its business: it resumes only these)."""
+        if not self.interval_s:
+            return
+        self._last = asyncio.get_running_loop().time()
+        already = consumer.paused()
+        self._paused = [tp for tp in partitions if tp not in already]
+        consumer.pause(*self._paused)
+
+
 def make_consumer(
     settings: NewsflowSettings, topic: str | None, group_id: str, **options: Any
 ) -> AIOKafkaConsumer:

@@ -35,6 +35,14 @@ class NewsflowSettings(BaseSettings):
         "half this wait, even when records arrive meanwhile: it bounds each hop's latency. "
         "Shorter waits cost broker and client CPU when idle (more polls a second).",
     )
+    kafka_fetch_interval_ms: int = Field(
+        0,
+        ge=0,
+        description="Least time between two fetches of the story streams (enrichment's story "
+        "table, delivery's story consumer); nothing is fetched in between, so each fetch "
+        "brings what came meanwhile. 0: fetch again at once. On the embedded broker every "
+        "fetch that returns records costs CPU in proportion to the batches a topic holds.",
+    )
     kafka_compression: Literal["zstd", "lz4", "gzip", "none"] = Field(
         "zstd",
         description="Record compression. zstd costs about as much CPU as none and shrinks "

@@ -70,7 +70,14 @@ from shared.events import (
     encode,
 )
 from shared.http import BearerTokens, Problem, add_health_routes, install_problem_handlers
-from shared.kafka import DeadLetters, IncomingRecord, observe_lag, read_batch, rewind
+from shared.kafka import (
+    DeadLetters,
+    FetchSpacing,
+    IncomingRecord,
+    observe_lag,
+    read_batch,
+    rewind,
+)
 from shared.logging import get_logger
 from shared.metrics import ConsumerMetrics
 from shared.serve import background
@@ -220,19 +227,23 @@ class StoryConsumer:
         dead_letters: DeadLetters,
         metrics: DeliveryMetrics,
         commit_interval_s: float,
+        fetch_interval_s: float = 0.0,
     ) -> None:
         self._fanout = fanout
         self._sender = sender
         self._dead_letters = dead_letters
         self._metrics = metrics
         self._commit_interval_s = commit_interval_s
+        self._spacing = FetchSpacing(fetch_interval_s)
 
     async def run(self, consumer: AIOKafkaConsumer) -> None:
         progress = _Progress(consumer)
         last_commit = time.monotonic()
         try:
             while True:
+                await self._spacing.before_fetch(consumer)
                 batches = await consumer.getmany(timeout_ms=100, max_records=500)
+                self._spacing.after_fetch(consumer, list(consumer.assignment()))
                 if batches:
                     await self._take(consumer, progress, batches)
                 if time.monotonic() - last_commit >= self._commit_interval_s:

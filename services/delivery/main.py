@@ -131,6 +131,7 @@ def deps_factory(settings: DeliverySettings, resolve_host: Resolver = resolve) -
                     story_consumer = StoryConsumer(
                         fanout, job_sender, dead_letters, metrics,
                         settings.delivery_commit_interval_s,
+                        settings.kafka_fetch_interval_ms / 1000,
                     )  # fmt: skip
                     await story_consumer.run(stories)
                 finally:

@@ -23,7 +23,7 @@ from aiokafka.errors import IllegalStateError
 
 from services.enrichment.index import Features
 from shared.events import Article, EventMeta, InvalidEvent, decode_article
-from shared.kafka import IncomingRecord
+from shared.kafka import FetchSpacing, IncomingRecord
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -102,7 +102,7 @@ class KnownEnds:
 
 
 # How often the end-offsets tracker looks for fresh high watermarks (a fetch cycle is ~1-5 ms).
-HIGHWATER_POLL_S = 0.002
+HIGHWATER_POLL_S = 0.001
 
 
 class KafkaStoryTable:
@@ -121,6 +121,7 @@ class KafkaStoryTable:
         max_records: int = 2000,
         fetch_max_wait_ms: int = 20,
         recent_per_partition: int = 0,
+        fetch_interval_ms: int = 0,
     ) -> None:
         """`features` computes the records' features elsewhere (worker processes), up to
         `in_flight` chunks at once; without it `observe` computes them in this process, as it
@@ -151,6 +152,8 @@ class KafkaStoryTable:
             fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self._partitions: list[TopicPartition] = []
+        self._spacing = FetchSpacing(fetch_interval_ms / 1000)
+        self._ahead: set[TopicPartition] = set()  # paused to keep the partitions in step
         self._read: dict[int, int] = {}  # partition -> next offset to observe
         self._fetched_to: dict[int, int] = {}  # partition -> offset after the last fetched
         # The partitions' end offsets, looked up after the table had fetched up to `covers`
@@ -161,8 +164,11 @@ class KafkaStoryTable:
         # up (`_track_ends`).
         self.ends_from_fetches = 0
         self.ends_looked_up = 0
-        # How long `_track_ends` waits for fetch responses to bring high watermarks, then looks.
-        self._highwater_wait_s = max(0.05, 4 * fetch_max_wait_ms / 1000)
+        # How long `_track_ends` waits for fetch responses to bring high watermarks before it
+        # looks the end offsets up. Under load the next response comes within a few ms (records
+        # are there); when it is quiet the broker holds a fetch for a while, and a lookup is
+        # quicker then (and cheap: a quiet broker has the CPU).
+        self._highwater_wait_s = max(0.003, fetch_max_wait_ms / 4000) + fetch_interval_ms / 1000
         # partition -> the Kafka timestamp of the last record fetched (ahead of the observed)
         self._fetched: dict[TopicPartition, int] = {}
         self._newest: dict[int, int] = {}  # partition -> Kafka timestamp of the last observed
@@ -249,9 +255,10 @@ class KafkaStoryTable:
         for every record fetched before.
 
         From the high watermarks of the consumer's next fetch responses, when every partition's
-        comes back (they cost nothing: every fetch response carries them); else (a partition
-        paused, or none came in time) by looking them up. A lookup is a round trip, and the
-        embedded broker's costs CPU in proportion to the batches it holds: 2.5 ms at 6,000.
+        comes back soon (they cost nothing: every fetch response carries them); else (a
+        partition paused, or no answer within a few ms) by looking them up. A lookup is a
+        round trip, and the embedded broker's costs CPU in proportion to the batches it holds:
+        2.5 ms at 6,000.
         """
         while True:
             await self._fetched_since_lookup.wait()
@@ -284,6 +291,10 @@ class KafkaStoryTable:
             self._waiting -= 1
 
     async def _fetch(self, wait: bool) -> list[IngestedRecord]:
+        if self._spacing.interval_s:
+            if not wait:
+                return []  # nothing is fetched between two spaced fetches
+            await self._spacing.before_fetch(self._consumer)
         batches: dict[TopicPartition, list[IngestedRecord]] = await self._consumer.getmany(
             timeout_ms=200 if wait else 0, max_records=self._max_records
         )
@@ -293,6 +304,7 @@ class KafkaStoryTable:
         if batches:
             self._fetched_since_lookup.set()
         await self._keep_in_step()
+        self._spacing.after_fetch(self._consumer, self._partitions)
         return list(heapq.merge(*batches.values(), key=lambda m: m.timestamp))
 
     async def _keep_in_step(self) -> None:
@@ -312,6 +324,7 @@ class KafkaStoryTable:
                 for tp in self._partitions
             }
         )
+        self._ahead = ahead
         self._consumer.pause(*ahead)
         self._consumer.resume(*(tp for tp in self._partitions if tp not in ahead))
 
@@ -407,8 +420,8 @@ class KafkaStoryTable:
     async def _highwaters_after(self, since_ms: int) -> dict[int, int] | None:
         """Every partition's high watermark from a fetch response processed after `since_ms`
         (the consumer's wall clock, as aiokafka stamps them), waiting for such responses up to
-        `_highwater_wait_s`; None if some partition's does not come (it is paused, or its
-        records wait unread in the consumer).
+        `_highwater_wait_s`; None if some partition's does not come (it is paused to keep the
+        partitions in step, or its records wait unread in the consumer).
 
         The consumer has one fetch in flight at a time, so such a response was asked for after
         every record fetched before `since_ms` had come: the broker's end offsets then are
@@ -416,7 +429,7 @@ class KafkaStoryTable:
         """
         deadline = time.monotonic() + self._highwater_wait_s
         consumer = self._consumer
-        while not consumer.paused():
+        while not self._ahead:
             ends: dict[int, int] = {}
             for tp in self._partitions:
                 polled = consumer.last_poll_timestamp(tp)

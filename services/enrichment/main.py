@@ -87,6 +87,7 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
                 here_up_to=settings.enrichment_features_here_up_to,
                 fetch_max_wait_ms=settings.enrichment_fetch_max_wait_ms,
                 recent_per_partition=settings.enrichment_recent_per_partition,
+                fetch_interval_ms=settings.kafka_fetch_interval_ms,
             )
             await table.start()
             stack.push_async_callback(table.stop)
