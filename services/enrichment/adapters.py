@@ -169,6 +169,11 @@ class KafkaStoryTable:
         # are there); when it is quiet the broker holds a fetch for a while, and a lookup is
         # quicker then (and cheap: a quiet broker has the CPU).
         self._highwater_wait_s = max(0.003, fetch_max_wait_ms / 4000) + fetch_interval_ms / 1000
+        # Records fetched within this of the ones before: busy, the next response comes soon.
+        # Otherwise the lookup goes at once (waiting, it would queue behind a held fetch).
+        self._busy_within_s = (2 * fetch_max_wait_ms + fetch_interval_ms) / 1000
+        self._busy = False
+        self._records_fetched_at = 0.0
         # partition -> the Kafka timestamp of the last record fetched (ahead of the observed)
         self._fetched: dict[TopicPartition, int] = {}
         self._newest: dict[int, int] = {}  # partition -> Kafka timestamp of the last observed
@@ -255,8 +260,9 @@ class KafkaStoryTable:
         for every record fetched before.
 
         From the high watermarks of the consumer's next fetch responses, when every partition's
-        comes back soon (they cost nothing: every fetch response carries them); else (a
-        partition paused, or no answer within a few ms) by looking them up. A lookup is a
+        comes back soon (they cost nothing: every fetch response carries them) while records
+        keep coming; else (quiet, a partition paused, or no answer within a few ms) by looking
+        them up. A lookup is a
         round trip, and the embedded broker's costs CPU in proportion to the batches it holds:
         2.5 ms at 6,000.
         """
@@ -264,7 +270,7 @@ class KafkaStoryTable:
             await self._fetched_since_lookup.wait()
             self._fetched_since_lookup.clear()
             covers = dict(self._fetched_to)
-            ends = await self._highwaters_after(int(time.time() * 1000))
+            ends = await self._highwaters_after(int(time.time() * 1000)) if self._busy else None
             if ends is not None:
                 self.ends_from_fetches += 1
             else:
@@ -302,6 +308,9 @@ class KafkaStoryTable:
             self._fetched[tp] = messages[-1].timestamp
             self._fetched_to[tp.partition] = messages[-1].offset + 1
         if batches:
+            now = time.monotonic()
+            self._busy = now - self._records_fetched_at < self._busy_within_s
+            self._records_fetched_at = now
             self._fetched_since_lookup.set()
         await self._keep_in_step()
         self._spacing.after_fetch(self._consumer, self._partitions)
