@@ -152,35 +152,47 @@ class BatchedRecords:
 
 
 class FetchSpacing:
-    """At least `interval_s` between two fetches of a consumer's partitions: `before_fetch`
-    waits out the rest of the interval and lets the partitions be fetched again, `after_fetch`
-    pauses them, so the client fetches nothing in between and the next fetch brings whatever
-    came meanwhile, in one response. An interval of 0 changes nothing."""
+    """At least `interval_s` between two fetches of a consumer's partitions while records keep
+    coming: `after_fetch` pauses them, `before_fetch` waits out the rest of the interval and
+    lets them be fetched again, so the client fetches nothing in between and the next fetch
+    brings whatever came meanwhile, in one response. "Keep coming": this fetch and the one
+    before it both brought records, within two intervals; a quiet stream is fetched at once.
+    An interval of 0 changes nothing."""
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self._last = 0.0
+        self._records_at = -1e9  # when a fetch last brought records (the loop's clock)
         self._paused: list[TopicPartition] = []
+        self.resting = False  # paused until `before_fetch`: nothing can arrive meanwhile
 
     async def before_fetch(self, consumer: AIOKafkaConsumer) -> None:
-        if not self.interval_s:
+        if not self.resting:
             return
-        wait = self._last + self.interval_s - asyncio.get_running_loop().time()
+        wait = self._records_at + self.interval_s - asyncio.get_running_loop().time()
         if wait > 0:
             await asyncio.sleep(wait)
         assigned = consumer.assignment()  # a rebalance meanwhile may have taken some away
         consumer.resume(*(tp for tp in self._paused if tp in assigned))
         self._paused = []
+        self.resting = False
 
-    def after_fetch(self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]) -> None:
-        """`partitions`: those to keep from being fetched until `before_fetch` (the caller's
-        own pauses are its business: it resumes only these)."""
-        if not self.interval_s:
+    def after_fetch(
+        self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition], records: int
+    ) -> None:
+        """`records`: how many the fetch brought; `partitions`: those to keep from being
+        fetched until `before_fetch` (the caller's own pauses are its business: it resumes only
+        these)."""
+        if not self.interval_s or not records:
             return
-        self._last = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        steady = now - self._records_at < 2 * self.interval_s
+        self._records_at = now
+        if not steady:
+            return
         already = consumer.paused()
         self._paused = [tp for tp in partitions if tp not in already]
         consumer.pause(*self._paused)
+        self.resting = True
 
 
 def make_consumer(

@@ -243,7 +243,9 @@ class StoryConsumer:
             while True:
                 await self._spacing.before_fetch(consumer)
                 batches = await consumer.getmany(timeout_ms=100, max_records=500)
-                self._spacing.after_fetch(consumer, list(consumer.assignment()))
+                self._spacing.after_fetch(
+                    consumer, list(consumer.assignment()), sum(map(len, batches.values()))
+                )
                 if batches:
                     await self._take(consumer, progress, batches)
                 if time.monotonic() - last_commit >= self._commit_interval_s:

@@ -297,7 +297,7 @@ class KafkaStoryTable:
             self._waiting -= 1
 
     async def _fetch(self, wait: bool) -> list[IngestedRecord]:
-        if self._spacing.interval_s:
+        if self._spacing.resting:
             if not wait:
                 return []  # nothing is fetched between two spaced fetches
             await self._spacing.before_fetch(self._consumer)
@@ -313,8 +313,9 @@ class KafkaStoryTable:
             self._records_fetched_at = now
             self._fetched_since_lookup.set()
         await self._keep_in_step()
-        self._spacing.after_fetch(self._consumer, self._partitions)
-        return list(heapq.merge(*batches.values(), key=lambda m: m.timestamp))
+        fetched = list(heapq.merge(*batches.values(), key=lambda m: m.timestamp))
+        self._spacing.after_fetch(self._consumer, self._partitions, len(fetched))
+        return fetched
 
     async def _keep_in_step(self) -> None:
         """Fetch the partitions side by side in time (see `ahead_in_time`): the broker hands

@@ -1,10 +1,9 @@
-"""`FetchSpacing`: nothing fetched between two spaced fetches, and the caller's own pauses and a
-rebalance left alone."""
+"""`FetchSpacing`: while records keep coming, nothing is fetched between two spaced fetches; a
+quiet stream is fetched at once; the caller's own pauses and a rebalance are left alone."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -35,39 +34,60 @@ class _Consumer:
         self.held.difference_update(partitions)
 
 
-def _as_consumer(fake: _Consumer) -> AIOKafkaConsumer:
-    return cast(AIOKafkaConsumer, fake)
-
-
-async def test_partitions_rest_between_fetches_for_the_interval() -> None:
-    fake = _Consumer({P0, P1, P2})
-    fake.held = {P2}  # the caller's own pause
-    spacing = FetchSpacing(0.05)
-    consumer = _as_consumer(fake)
-    await spacing.before_fetch(consumer)  # the first fetch: no wait
-    spacing.after_fetch(consumer, [P0, P1, P2])
-    assert fake.held == {P0, P1, P2}
+async def _fetched(
+    spacing: FetchSpacing, fake: _Consumer, records: int, partitions: list[TopicPartition]
+) -> float:
+    """One fetch through the spacing; returns how long `before_fetch` waited."""
+    consumer: AIOKafkaConsumer = fake
     loop = asyncio.get_running_loop()
     started = loop.time()
     await spacing.before_fetch(consumer)
-    assert loop.time() - started >= 0.045
-    assert fake.held == {P2}  # its own pause stays
+    waited = loop.time() - started
+    assert not fake.held - {P2}, "a fetch while the partitions rest"
+    spacing.after_fetch(consumer, partitions, records)
+    return waited
+
+
+async def test_a_steady_stream_is_fetched_once_an_interval_and_the_callers_pause_stays() -> None:
+    fake = _Consumer({P0, P1, P2})
+    fake.held = {P2}  # the caller's own pause
+    spacing = FetchSpacing(0.05)
+    assert await _fetched(spacing, fake, 3, [P0, P1, P2]) < 0.01  # the first: at once, no rest
+    assert not spacing.resting
+    assert await _fetched(spacing, fake, 2, [P0, P1, P2]) < 0.01  # records again: rest now
+    assert spacing.resting and fake.held == {P0, P1, P2}
+    assert await _fetched(spacing, fake, 4, [P0, P1, P2]) >= 0.045  # waited out the interval
+    assert fake.held == {P0, P1, P2}  # resting again; P2 stays the caller's
+    await spacing.before_fetch(fake)
+    assert fake.held == {P2}
+
+
+async def test_a_quiet_stream_is_fetched_at_once() -> None:
+    fake = _Consumer({P0})
+    spacing = FetchSpacing(0.01)
+    await _fetched(spacing, fake, 1, [P0])
+    await asyncio.sleep(0.03)  # longer than two intervals: not a steady stream
+    await _fetched(spacing, fake, 1, [P0])
+    assert not spacing.resting and not fake.held
+    await _fetched(spacing, fake, 0, [P0])  # an empty fetch never rests
+    assert not spacing.resting
 
 
 async def test_a_partition_taken_away_meanwhile_is_not_resumed() -> None:
     fake = _Consumer({P0, P1})
     spacing = FetchSpacing(0.001)
-    consumer = _as_consumer(fake)
-    spacing.after_fetch(consumer, [P0, P1])
+    await _fetched(spacing, fake, 1, [P0, P1])
+    await _fetched(spacing, fake, 1, [P0, P1])
+    assert spacing.resting
     fake.assigned = {P1}  # a rebalance
     fake.held &= fake.assigned
-    await spacing.before_fetch(consumer)
+    await spacing.before_fetch(fake)
     assert fake.held == set()
 
 
 async def test_no_interval_changes_nothing() -> None:
-    fake: Any = _Consumer({P0})
+    fake = _Consumer({P0})
     spacing = FetchSpacing(0)
-    await spacing.before_fetch(fake)
-    spacing.after_fetch(fake, [P0])
-    assert fake.held == set()
+    for _ in range(3):
+        assert await _fetched(spacing, fake, 5, [P0]) < 0.01
+    assert fake.held == set() and not spacing.resting
