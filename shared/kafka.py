@@ -155,26 +155,27 @@ class FetchSpacing:
     """At least `interval_s` between two fetches of a consumer's partitions while records keep
     coming: `after_fetch` pauses them, `before_fetch` waits out the rest of the interval and
     lets them be fetched again, so the client fetches nothing in between and the next fetch
-    brings whatever came meanwhile, in one response. "Keep coming": this fetch and the one
-    before it both brought records, within two intervals; a quiet stream is fetched at once.
-    An interval of 0 changes nothing."""
+    brings whatever came meanwhile, in one response. "Keep coming": the fetch brought records
+    within the interval of its start; a quiet stream (records further apart than the interval)
+    is fetched at once. An interval of 0 changes nothing."""
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self._records_at = -1e9  # when a fetch last brought records (the loop's clock)
+        self._started = -1e9  # when the last fetch began (the loop's clock)
         self._paused: list[TopicPartition] = []
         self.resting = False  # paused until `before_fetch`: nothing can arrive meanwhile
 
     async def before_fetch(self, consumer: AIOKafkaConsumer) -> None:
-        if not self.resting:
-            return
-        wait = self._records_at + self.interval_s - asyncio.get_running_loop().time()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        assigned = consumer.assignment()  # a rebalance meanwhile may have taken some away
-        consumer.resume(*(tp for tp in self._paused if tp in assigned))
-        self._paused = []
-        self.resting = False
+        loop = asyncio.get_running_loop()
+        if self.resting:
+            wait = self._started + self.interval_s - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            assigned = consumer.assignment()  # a rebalance meanwhile may have taken some away
+            consumer.resume(*(tp for tp in self._paused if tp in assigned))
+            self._paused = []
+            self.resting = False
+        self._started = loop.time()
 
     def after_fetch(
         self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition], records: int
@@ -184,11 +185,8 @@ class FetchSpacing:
         these)."""
         if not self.interval_s or not records:
             return
-        now = asyncio.get_running_loop().time()
-        steady = now - self._records_at < 2 * self.interval_s
-        self._records_at = now
-        if not steady:
-            return
+        if asyncio.get_running_loop().time() - self._started >= self.interval_s:
+            return  # records further apart than the interval: no rest
         already = consumer.paused()
         self._paused = [tp for tp in partitions if tp not in already]
         consumer.pause(*self._paused)

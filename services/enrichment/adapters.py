@@ -297,9 +297,9 @@ class KafkaStoryTable:
             self._waiting -= 1
 
     async def _fetch(self, wait: bool) -> list[IngestedRecord]:
-        if self._spacing.resting:
-            if not wait:
-                return []  # nothing is fetched between two spaced fetches
+        if not wait and self._spacing.resting:
+            return []  # nothing is fetched between two spaced fetches
+        if wait:
             await self._spacing.before_fetch(self._consumer)
         batches: dict[TopicPartition, list[IngestedRecord]] = await self._consumer.getmany(
             timeout_ms=200 if wait else 0, max_records=self._max_records

@@ -35,15 +35,21 @@ class _Consumer:
 
 
 async def _fetched(
-    spacing: FetchSpacing, fake: _Consumer, records: int, partitions: list[TopicPartition]
+    spacing: FetchSpacing,
+    fake: _Consumer,
+    records: int,
+    partitions: list[TopicPartition],
+    takes_s: float = 0.0,
 ) -> float:
-    """One fetch through the spacing; returns how long `before_fetch` waited."""
+    """One fetch through the spacing, whose records come `takes_s` after it began; returns how
+    long `before_fetch` waited."""
     consumer: AIOKafkaConsumer = fake
     loop = asyncio.get_running_loop()
     started = loop.time()
     await spacing.before_fetch(consumer)
     waited = loop.time() - started
     assert not fake.held - {P2}, "a fetch while the partitions rest"
+    await asyncio.sleep(takes_s)
     spacing.after_fetch(consumer, partitions, records)
     return waited
 
@@ -52,10 +58,8 @@ async def test_a_steady_stream_is_fetched_once_an_interval_and_the_callers_pause
     fake = _Consumer({P0, P1, P2})
     fake.held = {P2}  # the caller's own pause
     spacing = FetchSpacing(0.05)
-    assert await _fetched(spacing, fake, 3, [P0, P1, P2]) < 0.01  # the first: at once, no rest
-    assert not spacing.resting
-    assert await _fetched(spacing, fake, 2, [P0, P1, P2]) < 0.01  # records again: rest now
-    assert spacing.resting and fake.held == {P0, P1, P2}
+    assert await _fetched(spacing, fake, 3, [P0, P1, P2]) < 0.01  # the first: at once
+    assert spacing.resting and fake.held == {P0, P1, P2}  # records came at once: rest
     assert await _fetched(spacing, fake, 4, [P0, P1, P2]) >= 0.045  # waited out the interval
     assert fake.held == {P0, P1, P2}  # resting again; P2 stays the caller's
     await spacing.before_fetch(fake)
@@ -65,10 +69,10 @@ async def test_a_steady_stream_is_fetched_once_an_interval_and_the_callers_pause
 async def test_a_quiet_stream_is_fetched_at_once() -> None:
     fake = _Consumer({P0})
     spacing = FetchSpacing(0.01)
-    await _fetched(spacing, fake, 1, [P0])
-    await asyncio.sleep(0.03)  # longer than two intervals: not a steady stream
-    await _fetched(spacing, fake, 1, [P0])
+    # Its records come further apart than the interval: no rest.
+    assert await _fetched(spacing, fake, 1, [P0], takes_s=0.03) < 0.005
     assert not spacing.resting and not fake.held
+    assert await _fetched(spacing, fake, 1, [P0], takes_s=0.03) < 0.005
     await _fetched(spacing, fake, 0, [P0])  # an empty fetch never rests
     assert not spacing.resting
 
@@ -76,7 +80,6 @@ async def test_a_quiet_stream_is_fetched_at_once() -> None:
 async def test_a_partition_taken_away_meanwhile_is_not_resumed() -> None:
     fake = _Consumer({P0, P1})
     spacing = FetchSpacing(0.001)
-    await _fetched(spacing, fake, 1, [P0, P1])
     await _fetched(spacing, fake, 1, [P0, P1])
     assert spacing.resting
     fake.assigned = {P1}  # a rebalance
