@@ -167,11 +167,12 @@ class KafkaStoryTable:
         # How long `_track_ends` waits for fetch responses to bring high watermarks before it
         # looks the end offsets up. Under load the next response comes within a few ms (records
         # are there); when it is quiet the broker holds a fetch for a while, and a lookup is
-        # quicker then (and cheap: a quiet broker has the CPU).
-        self._highwater_wait_s = max(0.003, fetch_max_wait_ms / 4000) + fetch_interval_ms / 1000
+        # quicker then (and cheap: a quiet broker has the CPU). Plus the fetch interval while
+        # the partitions rest between spaced fetches.
+        self._highwater_wait_s = max(0.003, fetch_max_wait_ms / 4000)
         # Records fetched within this of the ones before: busy, the next response comes soon.
         # Otherwise the lookup goes at once (waiting, it would queue behind a held fetch).
-        self._busy_within_s = (2 * fetch_max_wait_ms + fetch_interval_ms) / 1000
+        self._busy_within_s = 2 * fetch_max_wait_ms / 1000
         self._busy = False
         self._records_fetched_at = 0.0
         # partition -> the Kafka timestamp of the last record fetched (ahead of the observed)
@@ -437,7 +438,8 @@ class KafkaStoryTable:
         every record fetched before `since_ms` had come: the broker's end offsets then are
         past each of them, and past every story that came before them.
         """
-        deadline = time.monotonic() + self._highwater_wait_s
+        resting = self._spacing.interval_s if self._spacing.resting else 0.0
+        deadline = time.monotonic() + self._highwater_wait_s + resting
         consumer = self._consumer
         while not self._ahead:
             ends: dict[int, int] = {}
