@@ -36,12 +36,14 @@ class NewsflowSettings(BaseSettings):
         "Shorter waits cost broker and client CPU when idle (more polls a second).",
     )
     kafka_fetch_interval_ms: int = Field(
-        0,
+        15,
         ge=0,
         description="Least time between two fetches of the story streams (enrichment's story "
-        "table, delivery's story consumer); nothing is fetched in between, so each fetch "
-        "brings what came meanwhile. 0: fetch again at once. On the embedded broker every "
-        "fetch that returns records costs CPU in proportion to the batches a topic holds.",
+        "table, delivery's story consumer) while records keep coming (a fetch brought records "
+        "within this of its start); the partitions rest in between, so each fetch brings what "
+        "came meanwhile. A quiet stream is fetched at once. 0: never rest. On the embedded "
+        "broker every fetch that returns records costs CPU in proportion to the batches a "
+        "topic holds.",
     )
     kafka_compression: Literal["zstd", "lz4", "gzip", "none"] = Field(
         "zstd",
