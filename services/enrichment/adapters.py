@@ -263,9 +263,8 @@ class KafkaStoryTable:
         From the high watermarks of the consumer's next fetch responses, when every partition's
         comes back soon (they cost nothing: every fetch response carries them) while records
         keep coming; else (quiet, a partition paused, or no answer within a few ms) by looking
-        them up. A lookup is a
-        round trip, and the embedded broker's costs CPU in proportion to the batches it holds:
-        2.5 ms at 6,000.
+        them up. A lookup is a round trip, and the embedded broker's costs CPU in proportion to
+        the batches it holds: 2.5 ms at 6,000.
         """
         while True:
             await self._fetched_since_lookup.wait()
@@ -436,7 +435,9 @@ class KafkaStoryTable:
 
         The consumer has one fetch in flight at a time, so such a response was asked for after
         every record fetched before `since_ms` had come: the broker's end offsets then are
-        past each of them, and past every story that came before them.
+        past each of them, and past every story that came before them. (A wall clock stepped
+        back could let an older response pass; the worst then is a story that misses a link to
+        one that came just before it.)
         """
         resting = self._spacing.interval_s if self._spacing.resting else 0.0
         deadline = time.monotonic() + self._highwater_wait_s + resting
