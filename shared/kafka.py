@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -178,7 +178,7 @@ class FetchSpacing:
         self._started = loop.time()
 
     def after_fetch(
-        self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition], records: int
+        self, consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition], records: int
     ) -> None:
         """`records`: how many the fetch brought; `partitions`: those to keep from being
         fetched until `before_fetch` (the caller's own pauses are its business: it resumes only

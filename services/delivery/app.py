@@ -244,7 +244,7 @@ class StoryConsumer:
                 await self._spacing.before_fetch(consumer)
                 batches = await consumer.getmany(timeout_ms=100, max_records=500)
                 self._spacing.after_fetch(
-                    consumer, list(consumer.assignment()), sum(map(len, batches.values()))
+                    consumer, consumer.assignment(), sum(map(len, batches.values()))
                 )
                 if batches:
                     await self._take(consumer, progress, batches)

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 from services.delivery.adapters import KafkaAttemptLog
@@ -15,22 +18,28 @@ from tests.integration.kafka_reading import read_records
 pytestmark = pytest.mark.integration
 
 
-async def test_every_record_arrives_in_order_per_partition(
-    kafka_bootstrap: str, topics: Topics
-) -> None:
-    producer = make_producer(NewsflowSettings(kafka_bootstrap_servers=kafka_bootstrap))
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    """The services' producer, with 4 KiB batches: a set of records fills several."""
+    settings = NewsflowSettings(kafka_bootstrap_servers=kafka_bootstrap, kafka_max_batch_bytes=4096)
+    producer = make_producer(settings)
     await producer.start()
-    try:
-        # Small batches: a full batch goes at once and the next record starts another.
-        records = BatchedRecords(producer, topics.attempts, max_queued=50)
-        for n in range(600):
-            headers = [("ce_id", f"id-{n}".encode())]
-            await records.append(n % 3, f"sub-{n % 7}".encode(), b"x" * n, headers)
-        await records.flush()
-        assert records.waiting == 0
-        await records.close()
-    finally:
-        await producer.stop()
+    yield producer
+    await producer.stop()
+
+
+async def test_every_record_arrives_in_order_per_partition(
+    kafka_bootstrap: str, topics: Topics, producer: AIOKafkaProducer
+) -> None:
+    # A full batch goes at once and the record starts the partition's next one; at most 50
+    # records wait while a set is with the broker.
+    records = BatchedRecords(producer, topics.attempts, max_queued=50)
+    for n in range(600):
+        headers = [("ce_id", f"id-{n}".encode())]
+        await records.append(n % 3, f"sub-{n % 7}".encode(), b"x" * n, headers)
+    await records.flush()
+    assert records.waiting == 0
+    await records.close()
 
     found = await read_records(kafka_bootstrap, topics.attempts, 600)
     assert len(found) == 600
@@ -45,19 +54,14 @@ async def test_every_record_arrives_in_order_per_partition(
 
 
 async def test_the_attempt_log_is_keyed_and_partitioned_like_a_keyed_send(
-    kafka_bootstrap: str, topics: Topics
+    kafka_bootstrap: str, topics: Topics, producer: AIOKafkaProducer
 ) -> None:
-    producer = make_producer(NewsflowSettings(kafka_bootstrap_servers=kafka_bootstrap))
-    await producer.start()
-    try:
-        log = KafkaAttemptLog(producer, topics.attempts, "test:delivery")
-        for n in range(40):
-            await log.record(f"sub_{n % 4}", b'{"n": %d}' % n)
-        await log.flush()
-        await log.close()
-        partitions = len(await producer.partitions_for(topics.attempts))
-    finally:
-        await producer.stop()
+    log = KafkaAttemptLog(producer, topics.attempts, "test:delivery")
+    for n in range(40):
+        await log.record(f"sub_{n % 4}", b'{"n": %d}' % n)
+    await log.flush()
+    await log.close()
+    partitions = len(await producer.partitions_for(topics.attempts))
 
     found = await read_records(kafka_bootstrap, topics.attempts, 40)
     assert len(found) == 40
