@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.enrichment.adapters import StoryFeed
 from services.enrichment.domain import StoryEnricher
-from shared.events import EventMeta, InvalidEvent, Topics, decode_article, encode_story
+from shared.events import EventMeta, InvalidEvent, Topics, encode_story
 from shared.http import add_health_routes, install_problem_handlers
 from shared.kafka import DeadLetters, IncomingRecord
 from shared.logging import get_logger
@@ -90,7 +90,7 @@ class Enricher:
         async for record in self._feed.each_once_read(records):
             with record_context(record.meta):
                 try:
-                    article = decode_article(record.value)
+                    article = self._feed.article_of(record)
                 except InvalidEvent as exc:
                     await self._dead_letters.park(record, str(exc))
                     continue

@@ -11,7 +11,8 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
 from services.enrichment.adapters import KafkaStoryTable, TableFedMember
-from shared.events import Article, EventMeta, EventType, encode
+from shared.events import Article, EventMeta, EventType, InvalidEvent, encode
+from shared.kafka import IncomingRecord
 from tests.factories import article_payload
 
 pytestmark = pytest.mark.unit
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.unit
 TOPIC = "articles.ingested.v1"
 P0 = TopicPartition(TOPIC, 0)
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+META = EventMeta.new(EventType.PUBLISHED, "urn:test")
 
 
 def record(offset: int) -> ConsumerRecord[bytes, bytes]:
@@ -175,3 +177,22 @@ async def test_with_nothing_kept_the_member_fetches_everything() -> None:
     member = member_of(table, consumer)
     assert await take(member) == list(range(20))
     assert member.from_table == 0
+
+
+async def test_the_enricher_takes_the_article_the_table_decoded_else_decodes_the_record() -> None:
+    table = await table_keeping(5, range(3))  # observed (decoded) 0..2; 3 never read
+    incoming = [
+        IncomingRecord(TOPIC, 0, r.offset, r.key, r.value, list(r.headers), META, r.timestamp)
+        for r in (record(offset) for offset in range(4))
+    ]
+    assert set(table._decoded) == {(0, 0), (0, 1), (0, 2)}
+
+    first = [table.article_of(r) for r in incoming]
+    again = [table.article_of(r) for r in incoming]  # a batch read again after a rebalance
+
+    assert [a.uri for a in first] == [a.uri for a in again] == [f"urn:test:{o}" for o in range(4)]
+    assert first == again
+    assert table._decoded == {}  # each decoded article is handed out once, then let go
+    poison = IncomingRecord(TOPIC, 0, 9, None, b"{}", [], META, 0)
+    with pytest.raises(InvalidEvent):
+        table.article_of(poison)
