@@ -747,11 +747,13 @@ async def _ours_runs(
         return await measured(send, urls, (session, services.delivery), hops, pids)
 
 
-def profile(pids: dict[str, int], seconds: int, logs: Path) -> list[subprocess.Popen[bytes]]:
+def profile(
+    pids: dict[str, int], seconds: float, logs: Path, phase: str
+) -> list[subprocess.Popen[bytes]]:
     """py-spy on every service for `seconds`, in the background (raw collapsed stacks)."""
     spies = []
     for name, pid in pids.items():
-        out = logs / f"profile-{name}.txt"
+        out = logs / f"profile-{phase}-{name}.txt"
         spies.append(
             subprocess.Popen(
                 [
@@ -760,7 +762,7 @@ def profile(pids: dict[str, int], seconds: int, logs: Path) -> list[subprocess.P
                     "--pid",
                     str(pid),
                     "--duration",
-                    str(seconds),
+                    str(round(seconds)),
                     "--rate",
                     "200",
                     "--format",
@@ -818,14 +820,16 @@ def scenario_ours(
             )
             subscribe_all(services, subscriber_urls(receiver))
             spies: list[subprocess.Popen[bytes]] = []
-            if opts.profile and phase == "max":
-                spies.extend(profile(services.pids, 15, opts.logs))
+            if opts.profile:
+                # The burst's first 15 s, or a sweep step from its warm-up to its end.
+                seconds = 15 if phase == "max" else opts.sweep_seconds + 2
+                spies.extend(profile(services.pids, seconds, opts.logs, phase))
             pids = running.pids(receiver_process)
             results = asyncio.run(_ours_runs(receiver, services, pids, measured))
             for spy in spies:
                 spy.wait(60)
             for pid_name in services.pids if spies else ():
-                path = opts.logs / f"profile-{pid_name}.txt"
+                path = opts.logs / f"profile-{phase}-{pid_name}.txt"
                 if path.exists():
                     print(summarise_profile(path), flush=True)
             return results
@@ -839,7 +843,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000, help="offered rate of the paced run")
     parser.add_argument("--paced-seconds", type=float, default=15)
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
-    parser.add_argument("--profile", action="store_true", help="py-spy the services (max run)")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the services (max run and sweep steps)"
+    )
     parser.add_argument(
         "--scenarios",
         default="raw,1x1,2x2",
