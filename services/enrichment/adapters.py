@@ -14,7 +14,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, TypeVar
 
@@ -159,6 +159,7 @@ class KafkaStoryTable:
             fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self._partitions: list[TopicPartition] = []
+        self._to_follow: set[int] = set()  # partitions found since start, read from the next fetch
         self._spacing = FetchSpacing(fetch_interval_ms / 1000)
         self._ahead: set[TopicPartition] = set()  # paused to keep the partitions in step
         self._read: dict[int, int] = {}  # partition -> next offset to observe
@@ -216,6 +217,15 @@ class KafkaStoryTable:
     async def stop(self) -> None:
         await self._consumer.stop()
 
+    def follow(self, partitions: Iterable[int]) -> None:
+        """Read these partitions of the topic too, from the beginning, if the table does not
+        yet: partitions added to the topic while it runs (the group hands them to a member, or
+        a record of one is to be enriched). Without this their stories would wait forever."""
+        new = set(partitions).difference(self._read)
+        if new - self._to_follow:
+            self._to_follow |= new
+            log.info("story table will read new partitions", partitions=sorted(new))
+
     async def run(self) -> None:
         """Read forever; the first time the reader reaches the end, the index is rebuilt."""
         target = self._rebuild_target = await self._end_offsets()
@@ -245,6 +255,7 @@ class KafkaStoryTable:
         that came to the topic before it (see `ReadTarget`): the index then holds every story
         before it. The first can be enriched while the table still reads up to the last.
         """
+        self.follow(record.partition for record in records)
         ends = await self._ends_after(records)
         for record in records:
             await self._read_to(ReadTarget.of([record], ends))
@@ -305,6 +316,8 @@ class KafkaStoryTable:
             self._waiting -= 1
 
     async def _fetch(self, wait: bool) -> list[IngestedRecord]:
+        if self._to_follow:
+            await self._take_new_partitions()
         if not wait and self._spacing.resting:
             return []  # nothing is fetched between two spaced fetches
         if wait:
@@ -324,6 +337,30 @@ class KafkaStoryTable:
         fetched = list(heapq.merge(*batches.values(), key=lambda m: m.timestamp))
         self._spacing.after_fetch(self._consumer, self._partitions, len(fetched))
         return fetched
+
+    async def _take_new_partitions(self) -> None:
+        """Adds the partitions to `follow`, and every other the topic has now, to the consumer's
+        assignment: the index holds the stories of every partition, whichever instance enriches
+        them. Assigning anew resets every partition's position and pause, so the others are put
+        back where they were."""
+        consumer = self._consumer
+        await consumer.topics()  # fresh metadata: the partitions the topic has now
+        found = await self._partitions_of_topic() | self._to_follow
+        self._to_follow.clear()
+        new = [TopicPartition(self._topic, p) for p in sorted(found.difference(self._read))]
+        if not new:
+            return
+        positions = {tp: await consumer.position(tp) for tp in self._partitions}
+        paused = consumer.paused()
+        self._partitions = sorted([*self._partitions, *new])
+        consumer.assign(self._partitions)
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+        await consumer.seek_to_beginning(*new)
+        consumer.pause(*paused)
+        for tp in new:
+            self._read[tp.partition] = 0
+        log.info("story table reads new partitions", partitions=[tp.partition for tp in new])
 
     async def _keep_in_step(self) -> None:
         """Fetch the partitions side by side in time (see `ahead_in_time`): the broker hands
@@ -656,6 +693,8 @@ class TableFedMember(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
             return
         self._positions = positions
         self._fetching = set()
+        # A partition added to the topic since the table started: the table reads it too.
+        self._table.follow(tp.partition for tp in positions)
         for partition in positions:
             self._place(partition, moved=True)
 
