@@ -368,6 +368,13 @@ def subs_recover(subscription_id: str, since: str) -> None:
     _subs_call("POST", f"/{subscription_id}/recover?since={quote(since)}")
 
 
+@subs_app.command("reseal")
+def subs_reseal() -> None:
+    """After rotating NEWSFLOW_DELIVERY_SECRETS_KEY: seal every stored signing secret with the
+    first key, so the old one can be dropped."""
+    _subs_call("POST", "/reseal")
+
+
 @subs_app.command("delete")
 def subs_delete(subscription_id: str) -> None:
     _subs_call("DELETE", f"/{subscription_id}")

@@ -81,6 +81,9 @@ class FakeSubscriptionStore:
     async def all(self) -> list[Subscription]:
         return list(self.items.values())
 
+    async def reseal(self) -> int:
+        return 0  # held in memory: nothing sealed
+
 
 class FakeStoryCache:
     """delivery's StoryCache port: stories by uri, newest-first by insertion."""

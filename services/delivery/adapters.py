@@ -268,15 +268,16 @@ class SecretSealer:
     so a reader of the topic without the key cannot sign webhooks as us.
 
     `keys` is one key, or several separated by commas to rotate: the first seals, any opens
-    (a subscription sealed with an older key is sealed with the first when it next changes)."""
+    (a subscription sealed with an older key is sealed with the first when it next changes, or
+    by `KafkaSubscriptionStore.reseal`)."""
 
     PREFIX = "sealed:v1:"
 
     def __init__(self, keys: str) -> None:
         try:
-            self._fernet = MultiFernet(
-                [Fernet(key.strip().encode()) for key in keys.split(",") if key.strip()]
-            )
+            fernets = [Fernet(key.strip().encode()) for key in keys.split(",") if key.strip()]
+            self._fernet = MultiFernet(fernets)
+            self._sealing = fernets[0]
         except ValueError as exc:
             raise ValueError(
                 "NEWSFLOW_DELIVERY_SECRETS_KEY is not a Fernet key, or a comma-separated list of "
@@ -297,6 +298,13 @@ class SecretSealer:
         except InvalidToken as exc:
             raise SealedSecretError("sealed with another NEWSFLOW_DELIVERY_SECRETS_KEY") from exc
 
+    def sealed_with_first_key(self, sealed: str) -> bool:
+        try:
+            self._sealing.decrypt(sealed.removeprefix(self.PREFIX).encode())
+        except InvalidToken:
+            return False
+        return True
+
 
 _SECRET_FIELDS = ("secret", "previous_secret")
 
@@ -309,6 +317,20 @@ def subscription_record(subscription: Subscription, sealer: SecretSealer | None)
             if fields.get(name):
                 fields[name] = sealer.seal(fields[name])
     return json.dumps(fields, separators=(",", ":")).encode()
+
+
+def needs_resealing(value: bytes, sealer: SecretSealer | None) -> bool:
+    """Whether a subscription record holds a signing secret in plain text (written before a key
+    was set) or sealed with a key other than the first: writing it again seals it with that."""
+    if sealer is None:
+        return False
+    fields = from_json(value)
+    stored = [fields.get(name) for name in _SECRET_FIELDS] if isinstance(fields, dict) else []
+    return any(
+        not secret.startswith(SecretSealer.PREFIX) or not sealer.sealed_with_first_key(secret)
+        for secret in stored
+        if isinstance(secret, str) and secret
+    )
 
 
 def subscription_from_record(value: bytes, sealer: SecretSealer | None) -> Subscription:
@@ -355,6 +377,8 @@ class KafkaSubscriptionStore:
         # an older record of it (a subscription resumed here would read as disabled again).
         self._written: dict[str, int] = {}
         self._caught_up = asyncio.Event()
+        # Subscriptions whose latest record is not sealed with the first key (see `reseal`).
+        self._unsealed: set[str] = set()
 
     async def add(self, subscription: Subscription) -> None:
         meta = EventMeta.new(self.EVENT_TYPE, self._source)
@@ -366,6 +390,25 @@ class KafkaSubscriptionStore:
         )
         self._items[subscription.id] = subscription
         self._written[subscription.id] = stored.offset
+        self._unsealed.discard(subscription.id)
+
+    async def reseal(self) -> int:
+        """Writes again every subscription whose record on the topic holds its signing secrets
+        in plain text or sealed with an older key, so they are sealed with the first key of
+        NEWSFLOW_DELIVERY_SECRETS_KEY: after a rotation, the old keys can then be dropped.
+        Returns how many were written."""
+        written = 0
+        for subscription_id in sorted(self._unsealed):
+            subscription = self._items.get(subscription_id)
+            if subscription is not None:
+                await self.add(subscription)
+                written += 1
+        return written
+
+    @property
+    def unsealed(self) -> int:
+        """Subscriptions a `reseal` would write."""
+        return len(self._unsealed.intersection(self._items))
 
     async def remove(self, subscription_id: str) -> bool:
         if subscription_id not in self._items:
@@ -402,6 +445,13 @@ class KafkaSubscriptionStore:
                     positions = [await consumer.position(tp) for tp in ends]
                     if all(p >= end for p, end in zip(positions, ends.values(), strict=True)):
                         self._caught_up.set()
+                        if self.unsealed:
+                            log.warning(
+                                "subscriptions with signing secrets in plain text or sealed "
+                                "with an older key; `newsflow subs reseal` seals them "
+                                "with the first key of NEWSFLOW_DELIVERY_SECRETS_KEY",
+                                subscriptions=self.unsealed,
+                            )
         finally:
             await consumer.stop()
 
@@ -411,9 +461,14 @@ class KafkaSubscriptionStore:
             return  # older than what this instance wrote since: the tail will reach that
         if message.value is None:
             self._items.pop(key, None)
+            self._unsealed.discard(key)
             return
         try:
             self._items[key] = subscription_from_record(message.value, self._sealer)
+            if needs_resealing(message.value, self._sealer):
+                self._unsealed.add(key)
+            else:
+                self._unsealed.discard(key)
         except SealedSecretError as exc:
             # A newsflow record this instance cannot open: a setting to fix, not a bad record.
             self._items.pop(key, None)

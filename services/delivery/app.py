@@ -1171,6 +1171,16 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
     async def list_subscriptions(deps: Deps) -> dict[str, Any]:
         return {"items": [_view(s) for s in await deps.subscriptions.all()]}
 
+    @app.post("/v1/subscriptions/reseal", dependencies=admin)
+    async def reseal(deps: Deps) -> dict[str, int]:
+        """Writes again every subscription whose signing secrets are stored in plain text or
+        sealed with an older key, sealed with the first key of NEWSFLOW_DELIVERY_SECRETS_KEY:
+        after a key rotation, the old key can be dropped once this has run (the next start
+        logs how many are left, if any). Run it while no one else changes subscriptions."""
+        resealed = await deps.subscriptions.reseal()
+        log.info("subscriptions resealed", subscriptions=resealed)
+        return {"resealed": resealed}
+
     @app.get(
         "/v1/subscriptions/{subscription_id}", response_model=SubscriptionView, dependencies=admin
     )

@@ -520,6 +520,10 @@ class SubscriptionStore(Protocol):
 
     async def all(self) -> list[Subscription]: ...
 
+    async def reseal(self) -> int:
+        """Writes again those stored with secrets not sealed with the current key; how many."""
+        ...
+
 
 class Tagged(NamedTuple):
     """A cached story's bytes with their fingerprint (the read API's ETag), stored together so

@@ -21,8 +21,9 @@ class DeliverySettings(NewsflowSettings):
     # Key that seals the subscriptions' signing secrets on the subscriptions topic, which every
     # reader of the cluster could otherwise read (a Fernet key: `newsflow secrets-key` makes
     # one). Every delivery instance needs the same one. To rotate, list the new key first and the
-    # old ones after, comma-separated: the first seals, any opens. Unset: stored in plain text,
-    # with a warning at start.
+    # old ones after, comma-separated: the first seals, any opens; then `newsflow subs reseal`
+    # seals every stored secret with the first, and the old ones can go. Unset: stored
+    # in plain text, with a warning at start.
     delivery_secrets_key: str = ""
     # Loopback/private webhook targets are refused unless this is on (local demos and tests).
     delivery_allow_private_targets: bool = False

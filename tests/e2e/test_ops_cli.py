@@ -79,5 +79,9 @@ def test_subscriptions_by_hand(
         listed = runner.invoke(app, ["subs", "list"], env=cli_env)
         assert subscription["id"] in listed.output
         assert "whsec_" not in listed.output
+        # Every secret is already sealed with the stack's one key: nothing to write again.
+        resealed = runner.invoke(app, ["subs", "reseal"], env=cli_env)
+        assert resealed.exit_code == 0, resealed.output
+        assert json.loads(resealed.output) == {"resealed": 0}
     finally:
         runner.invoke(app, ["subs", "delete", subscription["id"]], env=cli_env)

@@ -273,3 +273,43 @@ async def test_the_tail_never_brings_back_an_older_record_of_a_subscription_writ
         assert await store.get(active.id) == active
     finally:
         await producer.stop()
+
+
+async def test_after_a_key_rotation_reseal_seals_every_secret_with_the_new_key(
+    kafka_bootstrap: str, topics: Topics
+) -> None:
+    old, new = SecretSealer.new_key(), SecretSealer.new_key()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+
+    def store(sealer: SecretSealer | None) -> KafkaSubscriptionStore:
+        args = (producer, kafka_bootstrap, topics.subscriptions, "urn:t", None, sealer)
+        return KafkaSubscriptionStore(*args)
+
+    tails: list[asyncio.Task[None]] = []
+    try:
+        sealed_old = Subscription.create(SubscriptionRequest(url="https://p.example/a"))
+        await store(SecretSealer(old)).add(sealed_old)
+        plain = Subscription.create(SubscriptionRequest(url="https://p.example/b"))
+        await store(None).add(plain)  # written before any key was set
+
+        rotating = store(SecretSealer(f"{new},{old}"))
+        await caught_up(rotating, tails)
+        assert rotating.unsealed == 2
+        assert await rotating.reseal() == 2
+        assert (rotating.unsealed, await rotating.reseal()) == (0, 0)
+
+        # The old key can go: a store with the new key alone reads both, sealed.
+        new_only = store(SecretSealer(new))
+        await caught_up(new_only, tails)
+        assert await new_only.get(sealed_old.id) == sealed_old
+        assert await new_only.get(plain.id) == plain
+        assert new_only.unsealed == 0
+        records = scan_topic(kafka_bootstrap, topics.subscriptions)
+        latest = {key: value or b"" async for _, key, value, _ in records}
+        assert plain.secret.encode() not in latest[plain.id.encode()]
+    finally:
+        for tail in tails:
+            tail.cancel()
+        await asyncio.gather(*tails, return_exceptions=True)
+        await producer.stop()

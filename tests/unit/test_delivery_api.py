@@ -255,3 +255,9 @@ def test_a_page_etag_changes_when_a_story_on_it_changes(
     assert client.get("/v1/latest").headers["etag"] == first
     cache.stories["u1"] = b'{"uri":"u1","v":2}'  # a correction, same place in the list
     assert client.get("/v1/latest", headers={"If-None-Match": first}).status_code == 200
+
+
+def test_reseal_is_for_admins_and_says_how_many_it_wrote(client: TestClient) -> None:
+    assert client.post("/v1/subscriptions/reseal").status_code == 401
+    answer = client.post("/v1/subscriptions/reseal", headers=ADMIN)
+    assert answer.status_code == 200 and answer.json() == {"resealed": 0}

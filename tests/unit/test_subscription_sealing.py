@@ -7,6 +7,7 @@ import pytest
 from services.delivery.adapters import (
     SealedSecretError,
     SecretSealer,
+    needs_resealing,
     subscription_from_record,
     subscription_record,
 )
@@ -35,3 +36,15 @@ def test_a_rotated_key_opens_what_the_old_one_sealed_and_seals_with_the_new_one(
 def test_keys_that_are_not_fernet_keys_are_refused_with_the_setting_named(keys: str) -> None:
     with pytest.raises(ValueError, match="NEWSFLOW_DELIVERY_SECRETS_KEY"):
         SecretSealer(keys)
+
+
+def test_records_in_plain_text_or_sealed_with_an_older_key_need_resealing() -> None:
+    old, new = SecretSealer.new_key(), SecretSealer.new_key()
+    rotating = SecretSealer(f"{new},{old}")
+    subscription = Subscription.create(SubscriptionRequest(url="https://p.example/a"))
+
+    assert needs_resealing(subscription_record(subscription, None), rotating)
+    assert needs_resealing(subscription_record(subscription, SecretSealer(old)), rotating)
+    assert not needs_resealing(subscription_record(subscription, rotating), rotating)
+    # Without a key nothing can be sealed: nothing to do.
+    assert not needs_resealing(subscription_record(subscription, None), None)
