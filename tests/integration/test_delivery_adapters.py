@@ -204,54 +204,65 @@ async def test_sender_connects_only_to_the_vetted_address(receiver: WebhookRecei
     assert asked == ["partner.test", "evil.test", "partner.test"]
 
 
-async def caught_up(store: KafkaSubscriptionStore, tails: list[asyncio.Task[None]]) -> None:
-    tails.append(asyncio.create_task(store.tail()))
-    await asyncio.wait_for(store.wait_caught_up(), 20)
+class SubscriptionStores:
+    """Subscription stores on one topic, each with its own tail (stopped after the test)."""
+
+    def __init__(self, producer: AIOKafkaProducer, bootstrap: str, topic: str) -> None:
+        self.producer, self.bootstrap, self.topic = producer, bootstrap, topic
+        self.tails: list[asyncio.Task[None]] = []
+
+    def writer(self, sealer: SecretSealer | None) -> KafkaSubscriptionStore:
+        args = (self.producer, self.bootstrap, self.topic, "urn:t", None, sealer)
+        return KafkaSubscriptionStore(*args)
+
+    async def caught_up(self, sealer: SecretSealer | None) -> KafkaSubscriptionStore:
+        store = self.writer(sealer)
+        self.tails.append(asyncio.create_task(store.tail()))
+        await asyncio.wait_for(store.wait_caught_up(), 20)
+        return store
+
+
+@pytest.fixture
+async def stores(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[SubscriptionStores]:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    stores = SubscriptionStores(producer, kafka_bootstrap, topics.subscriptions)
+    try:
+        yield stores
+    finally:
+        for tail in stores.tails:
+            tail.cancel()
+        await asyncio.gather(*stores.tails, return_exceptions=True)
+        await producer.stop()
 
 
 async def test_signing_secrets_are_sealed_on_the_topic_and_open_only_with_the_key(
-    kafka_bootstrap: str, topics: Topics
+    kafka_bootstrap: str, topics: Topics, stores: SubscriptionStores
 ) -> None:
     key, other_key = SecretSealer.new_key(), SecretSealer.new_key()
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await producer.start()
+    writer = await stores.caught_up(SecretSealer(key))
+    sealed = Subscription.create(SubscriptionRequest(url="https://p.example/a"))
+    sealed = sealed.rotated(new_secret(), timedelta(hours=1), datetime.now(UTC))
+    await writer.add(sealed)
+    # Written before a key was set: still read, in plain text.
+    older = Subscription.create(SubscriptionRequest(url="https://p.example/b"))
+    await stores.writer(None).add(older)
 
-    def store(sealer: SecretSealer | None) -> KafkaSubscriptionStore:
-        args = (producer, kafka_bootstrap, topics.subscriptions, "urn:t", None, sealer)
-        return KafkaSubscriptionStore(*args)
+    records = scan_topic(kafka_bootstrap, topics.subscriptions)
+    stored = {key: value or b"" async for _, key, value, _ in records}
+    assert set(stored) == {sealed.id.encode(), older.id.encode()}
+    on_topic = stored[sealed.id.encode()]
+    assert sealed.secret.encode() not in on_topic
+    assert sealed.previous_secret and sealed.previous_secret.encode() not in on_topic
+    assert b'"secret":"sealed:v1:' in on_topic
 
-    tails: list[asyncio.Task[None]] = []
-    try:
-        writer = store(SecretSealer(key))
-        await caught_up(writer, tails)
-        sealed = Subscription.create(SubscriptionRequest(url="https://p.example/a"))
-        sealed = sealed.rotated(new_secret(), timedelta(hours=1), datetime.now(UTC))
-        await writer.add(sealed)
-        # Written before a key was set: still read, in plain text.
-        older = Subscription.create(SubscriptionRequest(url="https://p.example/b"))
-        await store(None).add(older)
-
-        records = scan_topic(kafka_bootstrap, topics.subscriptions)
-        stored = {key: value or b"" async for _, key, value, _ in records}
-        assert set(stored) == {sealed.id.encode(), older.id.encode()}
-        on_topic = stored[sealed.id.encode()]
-        assert sealed.secret.encode() not in on_topic
-        assert sealed.previous_secret and sealed.previous_secret.encode() not in on_topic
-        assert b'"secret":"sealed:v1:' in on_topic
-
-        same_key = store(SecretSealer(key))
-        await caught_up(same_key, tails)
-        assert await same_key.get(sealed.id) == sealed
-        assert await same_key.get(older.id) == older
-        for wrong in (store(None), store(SecretSealer(other_key))):
-            await caught_up(wrong, tails)
-            assert await wrong.get(sealed.id) is None  # logged: cannot be unsealed
-            assert await wrong.get(older.id) == older
-    finally:
-        for tail in tails:
-            tail.cancel()
-        await asyncio.gather(*tails, return_exceptions=True)
-        await producer.stop()
+    same_key = await stores.caught_up(SecretSealer(key))
+    assert await same_key.get(sealed.id) == sealed
+    assert await same_key.get(older.id) == older
+    for wrong in (None, SecretSealer(other_key)):
+        reader = await stores.caught_up(wrong)
+        assert await reader.get(sealed.id) is None  # logged: cannot be unsealed
+        assert await reader.get(older.id) == older
 
 
 async def test_the_tail_never_brings_back_an_older_record_of_a_subscription_written_here(
@@ -276,40 +287,24 @@ async def test_the_tail_never_brings_back_an_older_record_of_a_subscription_writ
 
 
 async def test_after_a_key_rotation_reseal_seals_every_secret_with_the_new_key(
-    kafka_bootstrap: str, topics: Topics
+    kafka_bootstrap: str, topics: Topics, stores: SubscriptionStores
 ) -> None:
     old, new = SecretSealer.new_key(), SecretSealer.new_key()
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await producer.start()
+    sealed_old = Subscription.create(SubscriptionRequest(url="https://p.example/a"))
+    await stores.writer(SecretSealer(old)).add(sealed_old)
+    plain = Subscription.create(SubscriptionRequest(url="https://p.example/b"))
+    await stores.writer(None).add(plain)  # written before any key was set
 
-    def store(sealer: SecretSealer | None) -> KafkaSubscriptionStore:
-        args = (producer, kafka_bootstrap, topics.subscriptions, "urn:t", None, sealer)
-        return KafkaSubscriptionStore(*args)
+    rotating = await stores.caught_up(SecretSealer(f"{new},{old}"))
+    assert rotating.unsealed == 2
+    assert await rotating.reseal() == 2
+    assert (rotating.unsealed, await rotating.reseal()) == (0, 0)
 
-    tails: list[asyncio.Task[None]] = []
-    try:
-        sealed_old = Subscription.create(SubscriptionRequest(url="https://p.example/a"))
-        await store(SecretSealer(old)).add(sealed_old)
-        plain = Subscription.create(SubscriptionRequest(url="https://p.example/b"))
-        await store(None).add(plain)  # written before any key was set
-
-        rotating = store(SecretSealer(f"{new},{old}"))
-        await caught_up(rotating, tails)
-        assert rotating.unsealed == 2
-        assert await rotating.reseal() == 2
-        assert (rotating.unsealed, await rotating.reseal()) == (0, 0)
-
-        # The old key can go: a store with the new key alone reads both, sealed.
-        new_only = store(SecretSealer(new))
-        await caught_up(new_only, tails)
-        assert await new_only.get(sealed_old.id) == sealed_old
-        assert await new_only.get(plain.id) == plain
-        assert new_only.unsealed == 0
-        records = scan_topic(kafka_bootstrap, topics.subscriptions)
-        latest = {key: value or b"" async for _, key, value, _ in records}
-        assert plain.secret.encode() not in latest[plain.id.encode()]
-    finally:
-        for tail in tails:
-            tail.cancel()
-        await asyncio.gather(*tails, return_exceptions=True)
-        await producer.stop()
+    # The old key can go: a store with the new key alone reads both, sealed.
+    new_only = await stores.caught_up(SecretSealer(new))
+    assert await new_only.get(sealed_old.id) == sealed_old
+    assert await new_only.get(plain.id) == plain
+    assert new_only.unsealed == 0
+    records = scan_topic(kafka_bootstrap, topics.subscriptions)
+    latest = {key: value or b"" async for _, key, value, _ in records}
+    assert plain.secret.encode() not in latest[plain.id.encode()]
