@@ -289,7 +289,7 @@ class KafkaStoryTable:
             await self._fetched_since_lookup.wait()
             self._fetched_since_lookup.clear()
             covers = dict(self._fetched_to)
-            ends = await self._highwaters_after(int(time.time() * 1000)) if self._busy else None
+            ends = await self._highwaters_after() if self._busy else None
             if ends is not None:
                 self.ends_from_fetches += 1
             else:
@@ -484,27 +484,30 @@ class KafkaStoryTable:
     def _reached(self, target: dict[int, int]) -> bool:
         return all(self._read.get(p, 0) >= offset for p, offset in target.items())
 
-    async def _highwaters_after(self, since_ms: int) -> dict[int, int] | None:
-        """Every partition's high watermark from a fetch response processed after `since_ms`
-        (the consumer's wall clock, as aiokafka stamps them), waiting for such responses up to
-        `_highwater_wait_s`; None if some partition's does not come (it is paused to keep the
-        partitions in step, or its records wait unread in the consumer).
+    async def _highwaters_after(self) -> dict[int, int] | None:
+        """Every partition's high watermark from a fetch response processed from now on,
+        waiting for such responses up to `_highwater_wait_s`; None if some partition's does not
+        come (it is paused to keep the partitions in step, or its records wait unread in the
+        consumer).
 
         The consumer has one fetch in flight at a time, so such a response was asked for after
-        every record fetched before `since_ms` had come: the broker's end offsets then are
-        past each of them, and past every story that came before them. (A wall clock stepped
-        back could let an older response pass; the worst then is a story that misses a link to
-        one that came just before it.)
+        every record fetched before now had come: the broker's end offsets then are past each
+        of them, and past every story that came before them. A partition's response is known
+        to be newer by its poll stamp having changed, not by comparing stamps with a clock: a
+        wall clock stepped back cannot let an older response pass. (Two responses stamped in
+        the same millisecond look like one: the wait then ends in a lookup, never in a wrong
+        answer.)
         """
+        consumer = self._consumer
+        before = {tp: consumer.last_poll_timestamp(tp) for tp in self._partitions}
         resting = self._spacing.interval_s if self._spacing.resting else 0.0
         deadline = time.monotonic() + self._highwater_wait_s + resting
-        consumer = self._consumer
         while not self._ahead:
             ends: dict[int, int] = {}
             for tp in self._partitions:
                 polled = consumer.last_poll_timestamp(tp)
                 high = consumer.highwater(tp)
-                if polled is None or high is None or polled <= since_ms:
+                if polled is None or high is None or polled == before.get(tp):
                     break
                 ends[tp.partition] = high
             else:

@@ -178,17 +178,19 @@ def test_end_offsets_answer_for_the_records_fetched_before_the_lookup_began() ->
 
 
 class _PolledConsumer:
-    """What the table reads of its consumer's last fetch responses, per partition."""
+    """What the table reads of its consumer's last fetch responses, per partition (stamped, as
+    aiokafka does, with the wall clock: `clock_ms`)."""
 
     def __init__(self) -> None:
         self.polled: dict[TopicPartition, int] = {}
         self.high: dict[TopicPartition, int] = {}
+        self.clock_ms = 1_000_000
 
     def respond(self, highwaters: dict[int, int]) -> None:
-        now_ms = int(time.time() * 1000)
+        self.clock_ms += 1
         for partition, high in highwaters.items():
             tp = TopicPartition("in", partition)
-            self.polled[tp], self.high[tp] = now_ms, high
+            self.polled[tp], self.high[tp] = self.clock_ms, high
 
     def last_poll_timestamp(self, tp: TopicPartition) -> int | None:
         return self.polled.get(tp)
@@ -210,28 +212,34 @@ async def test_end_offsets_come_from_the_fetch_responses_after_the_records_were_
     consumer = _PolledConsumer()
     table = await _table_on(consumer)
     consumer.respond({0: 5, 1: 3})  # a response from before: it does not answer
-    await asyncio.sleep(0.002)
-    since = int(time.time() * 1000)
-    waiting = asyncio.create_task(table._highwaters_after(since))
+    waiting = asyncio.create_task(table._highwaters_after())
     await asyncio.sleep(0.01)
     assert not waiting.done()
-    await asyncio.sleep(0.002)
     consumer.respond({0: 9, 1: 4})  # the next responses: every partition's high watermark
     assert await asyncio.wait_for(waiting, 1) == {0: 9, 1: 4}
+
+    # The wall clock stepped back: the next responses are stamped earlier, and still answer.
+    waiting = asyncio.create_task(table._highwaters_after())
+    await asyncio.sleep(0.01)
+    consumer.clock_ms -= 60_000
+    consumer.respond({0: 12, 1: 6})
+    assert await asyncio.wait_for(waiting, 1) == {0: 12, 1: 6}
 
 
 async def test_end_offsets_are_looked_up_when_a_partition_is_held_or_gives_no_new_answer() -> None:
     consumer = _PolledConsumer()
     table = await _table_on(consumer)
-    since = int(time.time() * 1000)
-    await asyncio.sleep(0.002)
-    consumer.respond({0: 9})  # partition 1 answers no more (its records wait unread)
+    consumer.respond({0: 5, 1: 3})
+    waiting = asyncio.create_task(table._highwaters_after())
+    await asyncio.sleep(0.01)
     started = time.monotonic()
-    assert await table._highwaters_after(since) is None
-    assert time.monotonic() - started >= 0.2  # it waited for an answer, then gave up
-    consumer.respond({0: 9, 1: 4})
+    consumer.respond({0: 9})  # partition 1 answers no more (its records wait unread)
+    assert await waiting is None
+    assert time.monotonic() - started >= 0.15  # it waited for an answer, then gave up
     table._ahead = {TopicPartition("in", 1)}  # paused to keep the partitions in step
-    assert await table._highwaters_after(since) is None  # no waiting at all
+    started = time.monotonic()
+    assert await table._highwaters_after() is None
+    assert time.monotonic() - started < 0.1  # no waiting at all
 
 
 def test_the_table_pauses_partitions_fetched_ahead_in_time_of_one_still_behind() -> None:
