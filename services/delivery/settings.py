@@ -65,8 +65,9 @@ class DeliverySettings(NewsflowSettings):
     # only when it runs out). The story consumer, which sends first attempts, uses
     # NEWSFLOW_KAFKA_FETCH_MAX_WAIT_MS. Its jobs are due a second or more later, and a fetch
     # over the outbox and every tier (54 partitions) costs the embedded broker ~4 ms even
-    # when empty: at 100 ms an idle sender took ~4 % of a core of it, and at 300 stories/s
-    # every hop's p50 was twice what it is at 500 ms (docs/benchmarks.md).
+    # when empty: at 100 ms an idle sender took ~4 % of a core of it (and ~1 % of delivery's),
+    # and at 300 stories/s on a busy 2-core box every hop's p50 was twice what it is at 500 ms
+    # (docs/benchmarks.md).
     delivery_fetch_max_wait_ms: int = 500
     # How often embargoed stories are checked for release.
     embargo_poll_s: float = 1.0
