@@ -23,7 +23,11 @@ class NewsflowSettings(BaseSettings):
         description="Idempotent producer: on for Apache Kafka; the embedded Tansu broker does not "
         "support it.",
     )
-    kafka_linger_ms: int = Field(5, description="Producer batching delay.")
+    kafka_linger_ms: int = Field(
+        5,
+        description="Producer batching delay. The first record opens a window this long for "
+        "every partition: what is written meanwhile goes out with it, in one produce request.",
+    )
     kafka_max_batch_bytes: int = Field(
         262_144, description="Producer batch size; the client default (16 KiB) holds 5 stories."
     )
