@@ -15,7 +15,9 @@ import asyncio
 import os
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -109,10 +111,16 @@ def main() -> None:
     parser.add_argument("--loads", default="20000,20000", help="records added before each probe")
     args = parser.parse_args()
     loads = [int(n) for n in args.loads.split(",") if n]
-    logs = Path(tempfile.mkdtemp(prefix="newsflow-broker-growth-"))
+    on_fresh_broker("newsflow-broker-growth-", lambda address, pid: measure(address, pid, loads))
+
+
+def on_fresh_broker(prefix: str, run: Callable[[str, int], Coroutine[Any, Any, None]]) -> None:
+    """Runs `run(address, pid)` against a fresh embedded broker (its log in a new temporary
+    directory named `prefix...`), and stops the broker by its pid afterwards."""
+    logs = Path(tempfile.mkdtemp(prefix=prefix))
     kafka = start_kafka(log_path=logs / "tansu.log")
     try:
-        asyncio.run(measure(kafka.address, kafka.pid, loads))
+        asyncio.run(run(kafka.address, kafka.pid))
     finally:
         kafka.stop()
 

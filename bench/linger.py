@@ -13,17 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.broker_growth import cpu_seconds
-from ops.embedded import start_kafka
+from bench.broker_growth import cpu_seconds, on_fresh_broker
 from shared.kafka import make_producer
 from shared.settings import NewsflowSettings
 
@@ -141,12 +138,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",") if r]
-    logs = Path(tempfile.mkdtemp(prefix="newsflow-linger-"))
-    kafka = start_kafka(log_path=logs / "tansu.log")
-    try:
-        asyncio.run(measure(kafka.address, kafka.pid, rates, args.seconds, args.rounds))
-    finally:
-        kafka.stop()
+    on_fresh_broker(
+        "newsflow-linger-",
+        lambda address, pid: measure(address, pid, rates, args.seconds, args.rounds),
+    )
 
 
 if __name__ == "__main__":

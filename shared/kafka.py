@@ -66,9 +66,10 @@ def linger_together(producer: AIOKafkaProducer, linger_s: float) -> bool:
     its own linger is over: a steady stream keyed over 6 partitions at 1,000 records a second
     went out in ~480 produce requests a second, of about two records each. The first record of
     a window now opens it for every partition (as the Java client drains all of a node's
-    partitions once one is ready): ~170 requests a second, a quarter less client CPU a record,
-    two fifths less broker CPU, and a shorter wait on average (a record joining a window late
-    waits only for the rest of it). A lone record still waits the whole linger, as before.
+    partitions once one is ready): ~170 requests a second, a quarter to a third less client CPU
+    a record, nearly half less broker CPU, and a shorter wait on average (a record joining a
+    window late waits only for the rest of it; `bench/linger.py`). A lone record still waits
+    the whole linger, as before.
     """
     accumulator = getattr(producer, "_message_accumulator", None)
     append = getattr(accumulator, "_append_batch", None)
