@@ -41,32 +41,25 @@ class Figures:
         )
 
 
-def plain_producer(settings: NewsflowSettings) -> AIOKafkaProducer:
-    """The same producer without windows: aiokafka lingering each partition on its own."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        linger_ms=settings.kafka_linger_ms,
-        max_batch_size=settings.kafka_max_batch_bytes,
-        compression_type=None
-        if settings.kafka_compression == "none"
-        else settings.kafka_compression,
-    )
+def produce_requests(producer: AIOKafkaProducer) -> list[int]:
+    """Counts the produce requests the client sends from now on, each as the number of
+    partitions it carries (the list grows as they go)."""
+    sent: list[int] = []
+    send = producer.client.send
+
+    async def counting(node_id: int, request: Any, **options: Any) -> Any:
+        if type(request).__name__ == "ProduceRequest":
+            sent.append(sum(len(partitions) for _, partitions in request._topics))
+        return await send(node_id, request, **options)
+
+    producer.client.send = counting
+    return sent
 
 
 async def stream(
     producer: AIOKafkaProducer, topic: str, rate: float, seconds: float, broker_pid: int
 ) -> Figures:
-    requests = 0
-    send = producer.client.send
-
-    async def counting(node_id: int, request: Any, **options: Any) -> Any:
-        nonlocal requests
-        if type(request).__name__ == "ProduceRequest":
-            requests += 1
-        return await send(node_id, request, **options)
-
-    producer.client.send = counting
+    requests = produce_requests(producer)
     values = [os.urandom(1500).hex().encode() for _ in range(64)]  # 3 KB, made beforehand
     count = int(rate * seconds)
     acks: list[float] = []
@@ -91,7 +84,7 @@ async def stream(
     broker_s = cpu_seconds(broker_pid) - broker_before
     acks.sort()
     return Figures(
-        requests / elapsed,
+        len(requests) / elapsed,
         1e6 * client_s / count,
         1e6 * broker_s / count,
         acks[len(acks) // 2],
@@ -113,8 +106,8 @@ async def measure(bootstrap: str, broker_pid: int, rates: list[float], seconds: 
     for rate in rates:
         for _ in range(rounds):
             figures = {}
-            for name, make in (("aiokafka", plain_producer), ("ours", make_producer)):
-                producer = make(settings)
+            for name, windows in (("aiokafka", False), ("ours", True)):
+                producer = make_producer(settings, windows=windows)
                 await producer.start()
                 try:
                     figures[name] = await stream(producer, next(topics), rate, seconds, broker_pid)

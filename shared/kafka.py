@@ -39,9 +39,10 @@ async def stop_producer(
         log.warning("kafka producer did not stop in time; given up", within_s=within_s)
 
 
-def make_producer(settings: NewsflowSettings) -> AIOKafkaProducer:
+def make_producer(settings: NewsflowSettings, *, windows: bool = True) -> AIOKafkaProducer:
     """A producer that only reports success once every in-sync replica has the record, its
-    partitions' batches lingering together (`linger_together`)."""
+    partitions' batches lingering together (`linger_together`; `windows=False`: aiokafka's own
+    per-partition linger, the baseline of `bench/linger.py`)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         acks="all",
@@ -53,7 +54,8 @@ def make_producer(settings: NewsflowSettings) -> AIOKafkaProducer:
         else settings.kafka_compression,
         request_timeout_ms=15_000,
     )
-    linger_together(producer, settings.kafka_linger_ms / 1000)
+    if windows:
+        linger_together(producer, settings.kafka_linger_ms / 1000)
     return producer
 
 
@@ -75,15 +77,16 @@ def linger_together(producer: AIOKafkaProducer, linger_s: float) -> bool:
     append = getattr(accumulator, "_append_batch", None)
     if linger_s <= 0 or append is None:
         return False
-    window_ends = [0.0]
+    window_end = 0.0
 
     def append_in_window(builder: BatchBuilder, tp: TopicPartition) -> Any:
+        nonlocal window_end
         batch = append(builder, tp)
         opened = getattr(batch, "_ctime", None)
         if isinstance(opened, float) and hasattr(batch, "_linger_time"):
-            if opened >= window_ends[0]:
-                window_ends[0] = opened + linger_s
-            batch._linger_time = window_ends[0] - opened
+            if opened >= window_end:
+                window_end = opened + linger_s
+            batch._linger_time = window_end - opened
         return batch
 
     accumulator._append_batch = append_in_window  # type: ignore[union-attr]

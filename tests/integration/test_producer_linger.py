@@ -5,12 +5,11 @@ partition's batch when its own linger is over)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from bench.linger import produce_requests
 from shared.events import Topics
 from shared.kafka import linger_together, make_producer
 from shared.settings import NewsflowSettings
@@ -20,20 +19,6 @@ pytestmark = pytest.mark.integration
 
 LINGER_MS = 300
 PARTITIONS = 6
-
-
-def counting_produce_requests(producer: AIOKafkaProducer) -> list[int]:
-    """How many produce requests the client sends, each as the number of partitions it holds."""
-    sent: list[int] = []
-    send: Callable[..., Awaitable[Any]] = producer.client.send
-
-    async def counting(node_id: int, request: Any, **options: Any) -> Any:
-        if type(request).__name__ == "ProduceRequest":
-            sent.append(sum(len(partitions) for _, partitions in request._topics))
-        return await send(node_id, request, **options)
-
-    producer.client.send = counting
-    return sent
 
 
 async def one_record_a_partition(producer: AIOKafkaProducer, topic: str) -> None:
@@ -50,11 +35,11 @@ async def test_batches_of_one_window_go_in_one_request(
 ) -> None:
     settings = NewsflowSettings(kafka_bootstrap_servers=kafka_bootstrap, kafka_linger_ms=LINGER_MS)
     ours = make_producer(settings)
-    plain = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=LINGER_MS)
+    plain = make_producer(settings, windows=False)
     for producer in (ours, plain):
         await producer.start()
     try:
-        ours_sent, plain_sent = counting_produce_requests(ours), counting_produce_requests(plain)
+        ours_sent, plain_sent = produce_requests(ours), produce_requests(plain)
         await one_record_a_partition(ours, topics.ingested)
         await one_record_a_partition(plain, topics.enriched)
     finally:
@@ -76,7 +61,7 @@ async def test_a_lone_record_still_waits_its_linger(kafka_bootstrap: str, topics
     assert linger_together(producer, 0.02)
     await producer.start()
     try:
-        sent = counting_produce_requests(producer)
+        sent = produce_requests(producer)
         for partition in range(3):
             await (await producer.send(topics.ingested, b"alone", partition=partition))
             await asyncio.sleep(0.05)
