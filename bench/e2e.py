@@ -43,6 +43,7 @@ from ops.embedded import ChildProcess, free_port, spawn, start_kafka, start_redi
 from services.delivery.adapters import resolve
 from services.delivery.webhook_client import LeanWebhookSender
 from services.enrichment.settings import EnrichmentSettings
+from shared.cpu import apply_cpu_scheduling
 from shared.events import Topics
 from shared.kafka import ensure_topics
 from shared.settings import NewsflowSettings
@@ -868,8 +869,19 @@ def main() -> None:
         default=1,
         help="sweeps a scenario (the box drifts: the sustained rate is the sweeps' median)",
     )
+    parser.add_argument(
+        "--scheduling",
+        choices=("batch", "normal"),
+        default="batch",
+        help="the CPU scheduling policy of every process of the run, baseline and ours alike "
+        "(the services' NEWSFLOW_CPU_SCHEDULING; shared.cpu)",
+    )
     parser.add_argument("--logs", type=Path, default=None)
     args = parser.parse_args()
+    # Inherited by every process the run starts (broker, Redis, receiver, the raw hops); the
+    # services set it again from their setting.
+    scheduling = apply_cpu_scheduling(args.scheduling)
+    os.environ["NEWSFLOW_CPU_SCHEDULING"] = args.scheduling
     logs = args.logs or Path(tempfile.mkdtemp(prefix="newsflow-bench-"))
     opts = Options(
         args.stories,
@@ -883,7 +895,7 @@ def main() -> None:
         args.sweeps,
     )
     uvloop.install()
-    print(f"logs in {logs}; {os.cpu_count()} cores", flush=True)
+    print(f"logs in {logs}; {os.cpu_count()} cores; CPU scheduling {scheduling}", flush=True)
     receiver = start_receiver(logs)
     results: list[Result] = []
     try:

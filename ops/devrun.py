@@ -34,8 +34,10 @@ from ops.embedded import (
 )
 from services.delivery.adapters import SecretSealer
 from services.delivery.domain import new_secret
+from shared.cpu import apply_cpu_scheduling
 from shared.events import Topics
 from shared.kafka import ensure_topics
+from shared.settings import NewsflowSettings
 
 SERVICES = (("ingest", 8001), ("enrichment", 8002), ("delivery", 8003))
 PARTNER_PORT = 8004
@@ -105,6 +107,10 @@ def run(state_dir: Path) -> None:
     # Python then never turns it into KeyboardInterrupt (`kill -INT <pid>` did nothing).
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+    # The broker, Redis and the sample partner inherit it; the services set it from the same
+    # setting. One box running the whole chain is where it counts (shared.cpu).
+    scheduling = apply_cpu_scheduling(NewsflowSettings().cpu_scheduling)
+    print(f"CPU scheduling: {scheduling} (NEWSFLOW_CPU_SCHEDULING)", flush=True)
     try:
         env = start_dependencies(stack, log_dir, state_dir)
         start_services(stack, env, log_dir)

@@ -1,4 +1,5 @@
-"""Runs a service's FastAPI app under uvicorn (uvloop where available)."""
+"""Runs a service's FastAPI app under uvicorn (uvloop where available), in a process set up
+for it: logging configured, scheduled for throughput (`shared.cpu`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from shared.logging import get_logger
+from shared.cpu import apply_cpu_scheduling
+from shared.logging import configure_logging, get_logger
+from shared.settings import NewsflowSettings
+
+
+def prepare_process(settings: NewsflowSettings) -> None:
+    """Logging as the settings say, and the process's CPU scheduling policy (logged)."""
+    configure_logging(settings.log_level, settings.log_format)
+    scheduling = apply_cpu_scheduling(settings.cpu_scheduling)
+    get_logger(__name__).info("process scheduling", cpu_scheduling=scheduling)
 
 
 def serve(app: FastAPI, host: str, port: int) -> None:

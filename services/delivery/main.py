@@ -38,8 +38,8 @@ from services.delivery.app import (
 from services.delivery.settings import DeliverySettings
 from services.delivery.webhook_client import LeanWebhookSender
 from shared.kafka import DeadLetters, make_consumer, make_producer, stop_producer
-from shared.logging import configure_logging, get_logger
-from shared.serve import freeze_startup_heap, serve
+from shared.logging import get_logger
+from shared.serve import freeze_startup_heap, prepare_process, serve
 from shared.ssrf import Resolver
 from shared.tracing import with_tracing
 
@@ -204,13 +204,13 @@ async def rebuild_cache_now(settings: DeliverySettings) -> int:
 def create() -> FastAPI:
     """The app factory (`uvicorn --factory services.delivery.main:create --workers N`)."""
     settings = DeliverySettings()
-    configure_logging(settings.log_level, settings.log_format)
+    prepare_process(settings)
     return with_tracing(create_app(settings, deps_factory(settings)), settings)
 
 
 def main() -> None:
     settings = DeliverySettings()
-    configure_logging(settings.log_level, settings.log_format)
+    prepare_process(settings)
     serve(
         with_tracing(create_app(settings, deps_factory(settings)), settings),
         settings.delivery_host,

@@ -25,8 +25,8 @@ from services.enrichment.settings import EnrichmentSettings
 from services.enrichment.taxonomy import Taxonomy
 from services.enrichment.workers import FeatureWorkers
 from shared.kafka import DeadLetters, consume_forever, make_consumer, make_producer, stop_producer
-from shared.logging import configure_logging, get_logger
-from shared.serve import freeze_startup_heap, serve
+from shared.logging import get_logger
+from shared.serve import freeze_startup_heap, prepare_process, serve
 from shared.tracing import with_tracing
 
 log = get_logger(__name__)
@@ -187,6 +187,6 @@ async def _first(work: Any, reader: asyncio.Task[None]) -> None:
 
 def main() -> None:
     settings = EnrichmentSettings()
-    configure_logging(settings.log_level, settings.log_format)
+    prepare_process(settings)
     app = with_tracing(create_app(pipeline_factory(settings), settings.topics), settings)
     serve(app, settings.enrichment_host, settings.enrichment_port)

@@ -26,8 +26,8 @@ from services.ingest.domain import Intake
 from services.ingest.feeds import FeedPoller
 from services.ingest.settings import IngestSettings
 from shared.kafka import make_producer, stop_producer
-from shared.logging import configure_logging, get_logger
-from shared.serve import freeze_startup_heap, serve
+from shared.logging import get_logger
+from shared.serve import freeze_startup_heap, prepare_process, serve
 from shared.tracing import with_tracing
 
 log = get_logger(__name__)
@@ -91,7 +91,7 @@ async def open_runtime(settings: IngestSettings) -> AsyncIterator[IngestRuntime]
 def build() -> FastAPI:
     """The app from the environment: what each uvicorn worker process calls."""
     settings = IngestSettings()
-    configure_logging(settings.log_level, settings.log_format)
+    prepare_process(settings)
     if not len(settings.api_keys):
         log.warning("no API keys configured: every write will be refused")
     return with_tracing(create_app(settings, open_runtime), settings)
@@ -102,6 +102,7 @@ def main() -> None:
     if settings.ingest_workers <= 1:
         serve(build(), settings.ingest_host, settings.ingest_port)
         return
+    prepare_process(settings)  # the workers inherit the scheduling policy
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     uvicorn.run(
         "services.ingest.main:build",

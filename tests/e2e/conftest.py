@@ -30,6 +30,7 @@ class RunningStack:
     topics: Topics
     kafka: str
     redis_url: str
+    pids: dict[str, int]  # by service name
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +75,7 @@ def stack(
             topics=topics,
             kafka=kafka_bootstrap,
             redis_url=redis_url,
+            pids={child.name: child.process.pid for child in children},
         )
     finally:
         for child in children:

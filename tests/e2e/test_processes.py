@@ -1,0 +1,26 @@
+"""The services' processes as ops see them: scheduled for throughput unless told otherwise."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from shared.cpu import current_cpu_scheduling
+from tests.e2e.conftest import RunningStack
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's"),
+]
+
+
+def test_every_thread_of_every_service_runs_under_sched_batch(stack: RunningStack) -> None:
+    # (The stack's environment leaves NEWSFLOW_CPU_SCHEDULING unset: the default.)
+    policies = {
+        (name, int(thread)): current_cpu_scheduling(int(thread))
+        for name, pid in stack.pids.items()
+        for thread in os.listdir(f"/proc/{pid}/task")
+    }
+    assert {name for name, _ in policies} == {"ingest", "enrichment", "delivery"}
+    assert set(policies.values()) == {"batch"}, policies

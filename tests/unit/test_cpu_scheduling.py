@@ -1,0 +1,81 @@
+"""A process puts itself under SCHED_BATCH (or back to normal), every thread it has included.
+
+Each case runs in a child interpreter: the test process keeps its own policy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's; elsewhere it reports normal"
+)
+
+
+def run_child(code: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout.split()
+
+
+def test_batch_covers_threads_started_before_and_after_and_normal_undoes_it() -> None:
+    seen = run_child(
+        """
+        import threading
+        from shared.cpu import apply_cpu_scheduling, current_cpu_scheduling
+
+        started = threading.Event()
+        stop = threading.Event()
+
+        def wait() -> None:
+            started.set()
+            stop.wait()
+
+        before = threading.Thread(target=wait)
+        before.start()
+        started.wait()
+        print(current_cpu_scheduling(), apply_cpu_scheduling("batch"))
+        after = threading.Thread(target=stop.wait)
+        after.start()
+        print(current_cpu_scheduling(), current_cpu_scheduling(before.native_id),
+              current_cpu_scheduling(after.native_id))
+        print(apply_cpu_scheduling("normal"), current_cpu_scheduling(before.native_id))
+        stop.set()
+        """
+    )
+    assert seen == ["normal", "batch", "batch", "batch", "batch", "normal", "normal"]
+
+
+def test_children_inherit_it() -> None:
+    seen = run_child(
+        """
+        import subprocess, sys
+        from shared.cpu import apply_cpu_scheduling
+
+        apply_cpu_scheduling("batch")
+        subprocess.run([sys.executable, "-c",
+                        "from shared.cpu import current_cpu_scheduling as c; print(c())"])
+        """
+    )
+    assert seen == ["batch"]
+
+
+def test_the_setting_defaults_to_batch_and_refuses_other_words() -> None:
+    from pydantic import ValidationError
+
+    from shared.settings import NewsflowSettings
+
+    assert NewsflowSettings().cpu_scheduling == "batch"
+    assert NewsflowSettings(cpu_scheduling="normal").cpu_scheduling == "normal"
+    with pytest.raises(ValidationError, match="cpu_scheduling"):
+        NewsflowSettings(cpu_scheduling="realtime")  # type: ignore[arg-type]
