@@ -78,4 +78,4 @@ def test_the_setting_defaults_to_batch_and_refuses_other_words() -> None:
     assert NewsflowSettings().cpu_scheduling == "batch"
     assert NewsflowSettings(cpu_scheduling="normal").cpu_scheduling == "normal"
     with pytest.raises(ValidationError, match="cpu_scheduling"):
-        NewsflowSettings(cpu_scheduling="realtime")  # type: ignore[arg-type]
+        NewsflowSettings(cpu_scheduling="realtime")
