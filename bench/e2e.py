@@ -43,7 +43,7 @@ from ops.embedded import ChildProcess, free_port, spawn, start_kafka, start_redi
 from services.delivery.adapters import resolve
 from services.delivery.webhook_client import LeanWebhookSender
 from services.enrichment.settings import EnrichmentSettings
-from shared.cpu import apply_cpu_scheduling, tune_collector
+from shared.cpu import apply_cpu_scheduling
 from shared.events import Topics
 from shared.kafka import ensure_topics
 from shared.settings import NewsflowSettings
@@ -881,7 +881,6 @@ def main() -> None:
     # Inherited by every process the run starts (broker, Redis, receiver, the raw hops); the
     # services set it again from their setting.
     scheduling = apply_cpu_scheduling(args.scheduling)
-    tune_collector()  # the load client, as the services and the raw hops
     os.environ["NEWSFLOW_CPU_SCHEDULING"] = args.scheduling
     logs = args.logs or Path(tempfile.mkdtemp(prefix="newsflow-bench-"))
     opts = Options(

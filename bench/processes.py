@@ -20,7 +20,6 @@ import httptools
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from shared.cpu import tune_collector
 from shared.settings import NewsflowSettings
 
 TOKEN = re.compile(rb'"bench-(\d+)"')
@@ -268,7 +267,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     uvloop.install()
-    tune_collector()  # as the services do: the raw hops and the receiver pay no more for GC
     if args.mode == "receiver":
         receiver(args.port)
     else:

@@ -1,5 +1,4 @@
-"""What a newsflow process spends CPU on besides its work: how the kernel schedules it (for
-throughput, `SCHED_BATCH`, unless told not to) and how often the cyclic garbage collector runs.
+"""How the kernel schedules a newsflow process: for throughput (`SCHED_BATCH`) unless told not to.
 
 newsflow is a chain of busy processes (ingest, broker, enrichment, delivery, Redis) that hand
 each story on. Under the default policy every hand-off wakes the next process, and the waking
@@ -12,25 +11,10 @@ same fair share of CPU, the same nice value). On the 2-core bench box this halve
 
 from __future__ import annotations
 
-import gc
 import os
 from typing import Literal
 
 CpuScheduling = Literal["batch", "normal"]
-
-# The cyclic collector's thresholds: a young collection after 20,000 more container objects
-# (Python's default: 700), the middle generation after 20 of those, the whole heap after 50 of
-# those. With the defaults the services spent 6.5-9.6 % of their CPU collecting at 700-800
-# stories/s (ingest's young generation ~80 times a second at ~0.25 ms each; a full collection
-# of enrichment's heap ~50 ms); with these, 2-4 %. Per-request and per-record objects die long
-# before 20,000 more are made; what stays is freed by reference counting, and cycles wait a
-# little longer.
-GC_THRESHOLDS = (20_000, 20, 50)
-
-
-def tune_collector() -> None:
-    """The cyclic collector of this process runs at `GC_THRESHOLDS`."""
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def apply_cpu_scheduling(policy: CpuScheduling) -> str:

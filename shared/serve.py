@@ -13,16 +13,14 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from shared.cpu import apply_cpu_scheduling, tune_collector
+from shared.cpu import apply_cpu_scheduling
 from shared.logging import configure_logging, get_logger
 from shared.settings import NewsflowSettings
 
 
 def prepare_process(settings: NewsflowSettings) -> None:
-    """Logging as the settings say, the process's CPU scheduling policy (logged), and the
-    cyclic collector's thresholds (`shared.cpu.tune_collector`)."""
+    """Logging as the settings say, and the process's CPU scheduling policy (logged)."""
     configure_logging(settings.log_level, settings.log_format)
-    tune_collector()
     scheduling = apply_cpu_scheduling(settings.cpu_scheduling)
     get_logger(__name__).info("process scheduling", cpu_scheduling=scheduling)
 

@@ -36,7 +36,6 @@ from services.enrichment.index import (
     features_of,
     with_changes,
 )
-from shared.cpu import tune_collector
 from shared.events import InvalidEvent, decode_article
 
 FoundFeatures = list[Features | None]
@@ -231,7 +230,6 @@ def serve(requests: Connection, answers: Connection) -> None:
     """A worker's life: read a chunk of values, answer with their features, until the input ends."""
     # Ctrl-C reaches the whole process group: the service stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    tune_collector()
     numbering: dict[str, int] = {}
     # Buffered: a read or write of n bytes is all n bytes (or the end of the input).
     with _file(requests, "rb", -1) as incoming, _file(answers, "wb", -1) as outgoing:

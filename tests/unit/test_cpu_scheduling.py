@@ -1,5 +1,4 @@
-"""A process puts itself under SCHED_BATCH (or back to normal), every thread it has included;
-a service process also collects cycles at newsflow's thresholds.
+"""A process puts itself under SCHED_BATCH (or back to normal), every thread it has included.
 
 Each case runs in a child interpreter: the test process keeps its own policy.
 """
@@ -80,18 +79,3 @@ def test_the_setting_defaults_to_batch_and_refuses_other_words() -> None:
     assert NewsflowSettings(cpu_scheduling="normal").cpu_scheduling == "normal"
     with pytest.raises(ValidationError, match="cpu_scheduling"):
         NewsflowSettings(cpu_scheduling="realtime")
-
-
-def test_a_service_process_collects_cycles_less_often_and_runs_batch() -> None:
-    seen = run_child(
-        """
-        import gc
-        from shared.cpu import GC_THRESHOLDS, current_cpu_scheduling
-        from shared.serve import prepare_process
-        from shared.settings import NewsflowSettings
-
-        prepare_process(NewsflowSettings(log_format="json"))
-        print(gc.get_threshold() == GC_THRESHOLDS, GC_THRESHOLDS[0] > 700, current_cpu_scheduling())
-        """
-    )
-    assert seen == ["True", "True", "batch"]
