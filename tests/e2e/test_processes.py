@@ -16,7 +16,7 @@ pytestmark = [
 
 
 def test_every_thread_of_every_service_runs_under_sched_batch(stack: RunningStack) -> None:
-    # (The stack's environment leaves NEWSFLOW_CPU_SCHEDULING unset: the default.)
+    # The default policy: the stack passes NEWSFLOW_CPU_SCHEDULING on only if the shell set it.
     policies = {
         (name, int(thread)): current_cpu_scheduling(int(thread))
         for name, pid in stack.pids.items()
