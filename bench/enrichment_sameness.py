@@ -48,6 +48,8 @@ def reference(ref: str, into: Path, modules: tuple[str, ...] = MODULES) -> dict[
     """The reference commit's modules, importable as `_reference.<name>`."""
     package = into / "_reference"
     package.mkdir()
+    if "kernels" not in modules and _has(ref, "services/enrichment/kernels.py"):
+        modules = ("kernels", *modules)  # the reference's compiled loops, not this checkout's
     (package / "__init__.py").write_text("")
     for name in modules:
         source = subprocess.run(
@@ -65,6 +67,11 @@ def reference(ref: str, into: Path, modules: tuple[str, ...] = MODULES) -> dict[
         (package / f"{name}.py").write_text(source)
     sys.path.insert(0, str(into))
     return {name: importlib.import_module(f"_reference.{name}") for name in modules}
+
+
+def _has(ref: str, path: str) -> bool:
+    found = subprocess.run(["git", "cat-file", "-e", f"{ref}:{path}"], cwd=REPO, check=False)
+    return found.returncode == 0
 
 
 def corpus_articles(path: Path, start: datetime) -> list[Article]:

@@ -38,6 +38,7 @@ _K1 = 1.2
 _B = 0.75
 _INDEXED_TERMS = 80
 _RECENT_WITH_TERMS = 20_000
+_NO_ORDER = np.empty(0, dtype=np.int64)  # `kernels.rank_links` without the uris' order
 # A re-sent wire story repeats its opening; its first words are enough to know it.
 _SHINGLED_WORDS = 250
 _ENTITY_CHARS = 2000
@@ -297,6 +298,47 @@ class _Postings:
         self.docs, self.weights = docs, weights
 
 
+class _EntityLists:
+    """Each story's entity ids (sorted), by slot: `count[slot]` of them from `start[slot]` in
+    one shared array, for the compiled ranking. A removed story's are empty.
+    """
+
+    def __init__(self) -> None:
+        self.start: IntArray = np.zeros(1024, dtype=np.int64)
+        self.count: IntArray = np.zeros(1024, dtype=np.int64)
+        self.ids: IntArray = np.zeros(1 << 14, dtype=np.int64)
+        self.used = 0
+
+    def add(self, slot: int, ids: list[int]) -> None:
+        if slot >= len(self.start):
+            grow = max(slot + 1 - len(self.start), len(self.start))
+            self.start = np.concatenate([self.start, np.zeros(grow, dtype=np.int64)])
+            self.count = np.concatenate([self.count, np.zeros(grow, dtype=np.int64)])
+        if self.used + len(ids) > len(self.ids):
+            room = max(self.used + len(ids), len(self.ids) + len(self.ids) // 2)
+            self.ids = np.concatenate([self.ids, np.zeros(room - len(self.ids), np.int64)])
+        self.start[slot], self.count[slot] = self.used, len(ids)
+        self.ids[self.used : self.used + len(ids)] = ids
+        self.used += len(ids)
+
+    def clear(self, slot: int) -> None:
+        self.count[slot] = 0
+
+    def renumber(self, live: IntArray) -> None:
+        """Keep only these slots' lists, renumbered 0, 1, ... in this order."""
+        counts = self.count[live]
+        total = int(counts.sum())
+        ends = np.cumsum(counts)
+        # Each kept id's old position: its list's old start plus its place in the list.
+        old = np.repeat(self.start[live] - (ends - counts), counts) + np.arange(total)
+        self.ids = np.concatenate([self.ids[old], np.zeros(max(1 << 14, total // 2), np.int64)])
+        self.start[:] = 0
+        self.count[:] = 0
+        self.start[: len(live)] = ends - counts
+        self.count[: len(live)] = counts
+        self.used = total
+
+
 class StoryIndex:
     """Recent live stories; `neighbours` ranks the ones an editor would link from a story.
 
@@ -319,7 +361,7 @@ class StoryIndex:
         self._uris: list[str | None] = []
         self._headlines: list[str | None] = []
         self._urls: list[str | None] = []
-        self._entities: list[tuple[int, ...]] = []
+        self._entities = _EntityLists()
         self._versions: IntArray = np.zeros(1024, dtype=np.int64)
         self._signatures: Signature = np.zeros((1024, NUM_PERM), dtype=np.uint32)
         self._times: FloatArray = np.zeros(1024)
@@ -419,7 +461,7 @@ class StoryIndex:
         self._uris.append(features.uri)
         self._headlines.append(features.headline)
         self._urls.append(features.url)
-        self._entities.append(tuple(self._entity_id(key) for key in sorted(features.entity_keys)))
+        self._entities.add(slot, [self._entity_id(key) for key in sorted(features.entity_keys)])
         self._versions[slot] = features.version
         self._signatures[slot] = features.signature
         self._slots[features.uri] = slot
@@ -459,7 +501,7 @@ class StoryIndex:
         self._block_alive[slot // kernels.BLOCK] -= 1
         self._block_stale[slot // kernels.BLOCK] += 1
         self._uris[slot] = self._headlines[slot] = self._urls[slot] = None
-        self._entities[slot] = ()
+        self._entities.clear(slot)
         self._recent.pop(uri, None)
         self._dead += 1
         if self._dead > max(1024, len(self._uris) // 3):
@@ -494,57 +536,33 @@ class StoryIndex:
             keep = base >= cut
             candidates, base = candidates[keep], base[keep]
 
+        # Entity boost, decay, best first, copies of one wire story as one link: one compiled
+        # pass (`kernels.rank_links`).
         times = self._times[candidates]
         ages = np.maximum(0.0, features.time - times)
         decays = 0.5 ** (ages / self.settings.half_life_s)
-        mine = {self._entity_ids.get(key, -1) for key in features.entity_keys}
-        own_entities = len(features.entity_keys)
-        boost = self.settings.entity_boost
+        own = features.entity_keys
+        known = (self._entity_ids.get(key, -1) for key in own)
+        mine = np.fromiter((e for e in known if e >= 0), np.int64)
         entities = self._entities
-        uris = cast(list[str], self._uris)  # candidates are live: their uris are set
-        # Best first: the higher score, then the earlier story (first time, then uri).
-        ranked: list[tuple[float, float, str, int]] = []  # -score, first time, uri, slot
-        for slot, first, score, decay in zip(
-            candidates.tolist(), times.tolist(), base.tolist(), decays.tolist(), strict=True
-        ):
-            if slot in duplicates:
-                continue
-            if own_entities and (theirs := entities[slot]):
-                # (A story's entity ids are distinct: the intersection counts those in common.)
-                shared = len(mine.intersection(theirs)) / min(own_entities, len(theirs))
-                score *= 1.0 + boost * shared
-            score *= decay
-            if score >= min_score:
-                # `min(score, 1.0)` without the call (the same value, NaN included)
-                ranked.append((-(1.0 if score > 1.0 else score), first, uris[slot], slot))
-        ranked.sort()
-
-        # Two copies of one wire story are one link, to the first copy, at the better score.
-        # (Each chosen story's copies among all the ranked ones are found in one compiled pass.)
-        signatures = self._signatures[np.array([r[3] for r in ranked], dtype=np.int64)]
-        chosen: list[tuple[float, int]] = []  # score, position in `ranked`
-        copies: list[list[int]] = []  # per chosen story: the positions of its copies in `ranked`
-        # Per position in `ranked`: the first chosen story (index in `chosen`) it is a copy of.
-        copy_of_chosen: list[int | None] = [None] * len(ranked)
-        for i, (negative, first, of_story, _) in enumerate(ranked):
-            copy_of = copy_of_chosen[i]
-            if copy_of is not None:
-                kept_score, kept = chosen[copy_of]
-                if (first, of_story) < ranked[kept][1:3]:
-                    chosen[copy_of] = (kept_score, i)
-                    copies[copy_of] = self._copies(signatures, i)
-                    # Its copies are now those of the new position: who holds what, afresh.
-                    copy_of_chosen = _first_holders(copies, len(ranked))
-            elif len(chosen) < limit:
-                chosen.append((-negative, i))
-                copies.append(self._copies(signatures, i))
-                # The newest chosen story comes last: it takes only the copies no other holds.
-                for position in copies[-1]:
-                    if copy_of_chosen[position] is None:
-                        copy_of_chosen[position] = len(chosen) - 1
+        excluded = np.fromiter(duplicates, np.int64, len(duplicates))
+        chosen = np.empty(limit, dtype=np.int64)
+        scores = np.empty(limit)
+        ranking = (
+            candidates, base, decays, times, entities.start, entities.count, entities.ids,
+            mine, len(own),
+            self.settings.entity_boost, min_score, excluded, self._signatures,
+            self.settings.duplicate_similarity,
+        )  # fmt: skip
+        taken = kernels.rank_links(*ranking, _NO_ORDER, chosen, scores)
+        if taken < 0:  # stories that first appeared at once: their uris decide
+            uris = [self._uris[slot] for slot in candidates.tolist()]
+            uri_order = np.empty(len(uris), dtype=np.int64)
+            uri_order[sorted(range(len(uris)), key=uris.__getitem__)] = np.arange(len(uris))
+            taken = kernels.rank_links(*ranking, uri_order, chosen, scores)
         related = []
-        for score, position in chosen:
-            slot = ranked[position][3]
+        for position, score in zip(chosen[:taken].tolist(), scores[:taken].tolist(), strict=True):
+            slot = int(candidates[position])
             uri, headline = self._uris[slot], self._headlines[slot]
             assert uri is not None and headline is not None
             related.append(Match(uri, headline, self._urls[slot], round(score, 4)))
@@ -628,15 +646,6 @@ class StoryIndex:
             ):
                 found.add(slot)
         return found
-
-    def _copies(self, signatures: Signature, i: int) -> list[int]:
-        """The positions of the stories among these that are copies of the `i`th (`_jaccard` of
-        their signatures at least the duplicate similarity, computed the same way for all of
-        them at once).
-        """
-        out = np.zeros(len(signatures), dtype=bool)
-        kernels.copies_of(signatures, i, self.settings.duplicate_similarity, out)
-        return out.nonzero()[0].tolist()
 
     def _earlier(self, features: Features) -> _Earlier:
         """Which stories count as earlier than this one (see `_Earlier`). Removed stories keep
@@ -754,7 +763,7 @@ class StoryIndex:
         self._uris = [self._uris[slot] for slot in kept]
         self._headlines = [self._headlines[slot] for slot in kept]
         self._urls = [self._urls[slot] for slot in kept]
-        self._entities = [self._entities[slot] for slot in kept]
+        self._entities.renumber(live)
         self._slots = {cast(str, uri): slot for slot, uri in enumerate(self._uris)}
         for column in (self._times, self._sizes, self._versions, self._signatures):
             column[:count] = column[live]
@@ -875,15 +884,6 @@ def with_changes(features: Features, **changes: object) -> Features:
     copy = object.__new__(Features)
     copy.__dict__.update(features.__dict__, **changes)
     return copy
-
-
-def _first_holders(copies: list[list[int]], size: int) -> list[int | None]:
-    """Per position: the lowest index of the lists in `copies` that hold it (None: none does)."""
-    holders: list[int | None] = [None] * size
-    for n in range(len(copies) - 1, -1, -1):  # the lower ones last, so they win
-        for position in copies[n]:
-            holders[position] = n
-    return holders
 
 
 def _jaccard(a: Signature, b: Signature) -> float:

@@ -617,15 +617,143 @@ def band_find(table: UIntArray, owners: IntArray, keys: UIntArray, out: IntArray
 
 @compiled
 def copies_of(
-    signatures: npt.NDArray[np.uint32], story: int, similarity: float, out: BoolArray
+    signatures: npt.NDArray[np.uint32],
+    slots: IntArray,
+    story: int,
+    similarity: float,
+    out: BoolArray,
 ) -> None:
-    """Which rows of `signatures` are copies of row `story`: the share of MinHash rows they
-    have in common (estimated Jaccard) is at least `similarity`.
+    """Which of the stories in `slots` (rows of `signatures`) are copies of the `story`th of
+    them: the share of MinHash rows they have in common (estimated Jaccard) is at least
+    `similarity`.
     """
     perms = signatures.shape[1]
-    for other in range(signatures.shape[0]):
+    mine = slots[story]
+    for other in range(slots.size):
+        theirs = slots[other]
         equal = 0
         for row in range(perms):
-            if signatures[other, row] == signatures[story, row]:
+            if signatures[theirs, row] == signatures[mine, row]:
                 equal += 1
         out[other] = equal / perms >= similarity
+
+
+@compiled
+def _before(score: FloatArray, times: FloatArray, uri_order: IntArray, a: int, b: int) -> bool:
+    """Whether candidate `a` ranks before `b`: the higher score, then the earlier first time,
+    then the earlier uri (`uri_order`)."""
+    if score[a] != score[b]:
+        return bool(score[a] > score[b])
+    return _before_in_time(times, uri_order, a, b)
+
+
+@compiled
+def rank_links(
+    candidates: IntArray,
+    base: FloatArray,
+    decays: FloatArray,
+    times: FloatArray,
+    entity_start: IntArray,
+    entity_count: IntArray,
+    entity_ids: IntArray,
+    mine: IntArray,
+    own_entities: int,
+    boost: float,
+    min_score: float,
+    excluded: IntArray,
+    signatures: npt.NDArray[np.uint32],
+    similarity: float,
+    uri_order: IntArray,
+    chosen: IntArray,
+    scores: FloatArray,
+) -> int:
+    """The stories to link, best first: into `chosen` (positions in `candidates`) and
+    `scores`, as many as they hold; returns how many, or -1 when two of the ranked stories
+    first appeared at the same time and `uri_order` is empty (call again with it).
+
+    A candidate's BM25 score (`base`, relative) grows with the share of entities it has in
+    common with the story (`mine`: the story's entity ids the index knows, of `own_entities`;
+    a slot's are `entity_count[slot]` of `entity_ids` from `entity_start[slot]`): times
+    (1 + `boost` x shared / the fewer of the two), then decays (`decays`); below `min_score`
+    it is out, above 1 it counts as 1; the `excluded` slots (the story's own copies) are out.
+    Best first: the higher score, then the earlier first time, then the earlier uri
+    (`uri_order`: each candidate's rank by uri). Two copies of one wire story (`copies_of`)
+    are one link, to the first copy, at the better score.
+    """
+    n = candidates.size
+    ranked = np.empty(n, dtype=np.int64)
+    score = np.empty(n)
+    count = 0
+    for c in range(n):
+        slot = candidates[c]
+        theirs = entity_count[slot]
+        start = entity_start[slot]
+        value = base[c]
+        out = False
+        for e in range(excluded.size):
+            if excluded[e] == slot:
+                out = True
+        if not out:
+            if own_entities and theirs:
+                common = 0
+                for e in range(start, start + theirs):
+                    for m in range(mine.size):
+                        if mine[m] == entity_ids[e]:
+                            common += 1
+                value *= 1.0 + boost * (common / min(own_entities, theirs))
+            value *= decays[c]
+            if value >= min_score:
+                ranked[count] = c
+                score[c] = 1.0 if value > 1.0 else value
+                count += 1
+    if uri_order.size == 0:
+        for i in range(count):
+            for j in range(i + 1, count):
+                if times[ranked[i]] == times[ranked[j]]:
+                    return -1
+    # Insertion sort: a few dozen candidates at most.
+    for i in range(1, count):
+        c = ranked[i]
+        j = i - 1
+        while j >= 0 and _before(score, times, uri_order, c, ranked[j]):
+            ranked[j + 1] = ranked[j]
+            j -= 1
+        ranked[j + 1] = c
+
+    slots = candidates[ranked[:count]]
+    limit = chosen.size
+    copies = np.zeros((limit, count), dtype=np.bool_)  # per chosen story: its copies' positions
+    holder = np.full(count, -1, dtype=np.int64)  # per position: the first chosen it copies
+    at = np.empty(limit, dtype=np.int64)  # per chosen story: its position among the ranked
+    taken = 0
+    for i in range(count):
+        kept = holder[i]
+        if kept >= 0:
+            # A copy of a chosen story: the link goes to the copy that came first.
+            if _before_in_time(times, uri_order, ranked[i], ranked[at[kept]]):
+                at[kept] = i
+                copies_of(signatures, slots, i, similarity, copies[kept])
+                holder[:] = -1  # who holds what, afresh: the lower chosen story wins
+                for k in range(taken - 1, -1, -1):
+                    for p in range(count):
+                        if copies[k, p]:
+                            holder[p] = k
+        elif taken < limit:
+            at[taken] = i
+            scores[taken] = score[ranked[i]]
+            copies_of(signatures, slots, i, similarity, copies[taken])
+            for p in range(count):
+                if copies[taken, p] and holder[p] < 0:
+                    holder[p] = taken
+            taken += 1
+    for k in range(taken):
+        chosen[k] = ranked[at[k]]
+    return taken
+
+
+@compiled
+def _before_in_time(times: FloatArray, uri_order: IntArray, a: int, b: int) -> bool:
+    """Whether candidate `a` first appeared before `b` (the earlier uri when at once)."""
+    if times[a] != times[b]:
+        return bool(times[a] < times[b])
+    return bool(uri_order[a] < uri_order[b])

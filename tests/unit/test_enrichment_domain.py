@@ -295,6 +295,20 @@ def test_two_copies_of_one_story_are_one_link() -> None:
     assert [r.uri for r in followup.enrichment.related] == ["urn:t:wire-1"]
 
 
+@pytest.mark.parametrize("order", [("b", "a", "c"), ("c", "b", "a"), ("a", "c", "b")])
+def test_copies_first_seen_at_the_same_moment_link_to_the_earliest_uri(
+    order: tuple[str, str, str],
+) -> None:
+    # Three copies filed in the same second, indexed in any order, with an unrelated story
+    # from that second too: one link, to the copy whose uri sorts first, whatever the order.
+    enricher = StoryEnricher(RULES)
+    for name in order:
+        publish(enricher, at(dam_story(f"urn:t:wire-{name}"), 0))
+    publish(enricher, at(article_payload(uri="urn:t:other"), 0))
+    followup = publish(enricher, at(dam_followup("urn:t:f"), 10))
+    assert [r.uri for r in followup.enrichment.related] == ["urn:t:wire-a"]
+
+
 # --- entities ------------------------------------------------------------------------------
 
 
