@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 from redis.exceptions import RedisError
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.ingest.domain import (
     ApiKey,
@@ -42,7 +44,7 @@ from services.ingest.domain import (
 from services.ingest.feeds import FeedError, FeedIn, FeedPoller, FeedRegistry, FeedStatus
 from services.ingest.settings import IngestSettings
 from shared.events import Article
-from shared.http import Problem, add_health_routes, install_problem_handlers
+from shared.http import Problem, add_health_routes, install_problem_handlers, problem_response
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -131,6 +133,43 @@ class PlainRoute(APIRoute):
     def get_route_handler(self) -> Endpoint:
         endpoint: Endpoint = self.endpoint
         return endpoint
+
+
+class HotPath:
+    """The innermost middleware: a request for one `PlainRoute` goes straight to its endpoint,
+    skipping what lies between the middlewares and it (ExceptionMiddleware,
+    AsyncExitStackMiddleware, the router's match over every route, `request_response`): ~40 µs
+    of CPU less a story at 32 concurrent requests (`bench.ingest_cpu`, `bench.ingest`).
+
+    Every middleware outside this one (`ObservedRequests`' trace and latency, the crash handler
+    of `ServerErrorMiddleware`, OpenTelemetry's) sees these requests as it sees any other; a
+    `Problem` is answered as the app's handler answers it. Under a `root_path`, or with FastAPI's
+    own telemetry on (it names the route from the router), requests go the normal way.
+    """
+
+    def __init__(self, app: ASGIApp, route: PlainRoute) -> None:
+        self.app = app
+        self.route = route
+        self.methods = route.methods or set()
+        self.endpoint: Endpoint = route.endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != self.route.path
+            or scope["method"] not in self.methods
+            or scope.get("root_path")
+            or scope.get("fastapi.telemetry") is not None
+        ):
+            await self.app(scope, receive, send)
+            return
+        # What the router would have added: `ObservedRequests` labels its histogram by `route`.
+        scope.update(endpoint=self.endpoint, path_params={}, route=self.route)
+        try:
+            response = await self.endpoint(Request(scope, receive, send))
+        except Problem as problem:
+            response = problem_response(problem)
+        await response(scope, receive, send)
 
 
 @dataclass
@@ -431,17 +470,26 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
         metrics.articles.labels("accepted" if receipt.created else "duplicate").inc()
         return (202 if receipt.created else 200), _receipt(receipt)
 
-    def plain_post(path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+    def plain_post(
+        path: str, *, hot_path: bool = False, **options: Any
+    ) -> Callable[[Endpoint], Endpoint]:
         def register(endpoint: Endpoint) -> Endpoint:
             app.router.add_api_route(
                 path, endpoint, methods=["POST"], route_class_override=PlainRoute, **options
             )
+            if hot_path:
+                route = app.router.routes[-1]
+                assert isinstance(route, PlainRoute) and route.endpoint is endpoint
+                # Appended (`add_middleware` would put it outermost): `ObservedRequests` and every
+                # other middleware stay outside it and see its requests.
+                app.user_middleware.append(Middleware(HotPath, route=route))
             return endpoint
 
         return register
 
     @plain_post(
         "/v1/articles",
+        hot_path=True,
         status_code=202,
         response_model=Accepted,
         responses={
