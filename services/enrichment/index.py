@@ -118,8 +118,9 @@ def _min_hashes(
 class Shingler:
     """MinHash signatures with fixed permutations: every instance signs a text the same way.
 
-    Word pairs are hashed once (crc32 of each word, mixed), then every permutation (a universal
-    hash family: multiply, add, shift) is applied and the minimum kept, in one compiled loop.
+    Word pairs are hashed once (crc32 of each `normalise`d word, mixed), then every permutation
+    (a universal hash family: multiply, add, shift) is applied and the minimum kept, in one
+    compiled loop.
     """
 
     def __init__(self) -> None:
@@ -129,21 +130,19 @@ class Shingler:
         b = rng.randint(0, 2**63 - 1, NUM_PERM, dtype=np.uint64) << np.uint64(1)
         self._a = np.asarray(a, dtype=np.uint64)
         self._b = np.asarray(b, dtype=np.uint64)
-        self._word_hashes: dict[str, int] = {}
 
     def signature(self, words: list[str]) -> Signature:
         """The signature of a story from its lower-cased words (`ReadStory.words`)."""
-        cache = self._word_hashes
-        if len(cache) > 500_000:
-            cache.clear()
         seq = words[:_SHINGLED_WORDS]
-        hashes = list(map(cache.get, seq))
-        if None in hashes:
-            for i, h in enumerate(hashes):
-                if h is None:
-                    word = seq[i]
-                    hashes[i] = cache[word] = zlib.crc32(normalise(word).encode())
-        return _min_hashes(np.array(hashes or [0], dtype=np.uint64), self._a, self._b)
+        hashes = np.zeros(max(1, len(seq)), dtype=np.uint64)  # no words: signed as one hash, 0
+        if seq:
+            # `normalise` straightens apostrophes here and drops the "'s" in the compiled loop,
+            # which hashes every word in one call, not one Python call a word.
+            text = " ".join(seq).replace("\u2019", "'").encode()
+            found = kernels.word_hashes(np.frombuffer(text, np.uint8), kernels.CRC32_TABLE, hashes)
+            if found != len(seq):  # a word with a space in it: no word `words_of` finds
+                hashes[:] = [zlib.crc32(normalise(word).encode()) for word in seq]
+        return _min_hashes(hashes, self._a, self._b)
 
 
 def features_of(article: Article, shingler: Shingler) -> Features:

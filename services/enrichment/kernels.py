@@ -11,6 +11,9 @@ the earlier stories (`accumulate`, then `collect`); `score_earlier` runs the las
 choice of query terms between them, as one call. Sums are added in the same order as a numpy
 `bincount` over the concatenated postings would, so scores are the same to the last bit.
 
+Two loops of reading a story live here too: `word_hashes` (the words' hashes a MinHash signature
+starts from) and `capitalised_runs` (where entities' candidate names are, in ASCII text).
+
 Compiled on first use and cached next to this file (numba's `cache=True`; see `compiled`).
 """
 
@@ -757,3 +760,100 @@ def _before_in_time(times: FloatArray, uri_order: IntArray, a: int, b: int) -> b
     if times[a] != times[b]:
         return bool(times[a] < times[b])
     return bool(uri_order[a] < uri_order[b])
+
+
+def _crc32_table() -> npt.NDArray[np.int64]:
+    """zlib's crc32 of each byte alone (reflected polynomial 0xEDB88320, no inversions)."""
+    table = np.zeros(256, dtype=np.int64)
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0xEDB88320 if crc & 1 else 0)
+        table[byte] = crc
+    return table
+
+
+CRC32_TABLE = _crc32_table()
+
+
+@compiled
+def word_hashes(text: npt.NDArray[np.uint8], table: npt.NDArray[np.int64], out: UIntArray) -> int:
+    """`zlib.crc32` of each word of `text` (UTF-8, words separated by single spaces) without a
+    final "'s", into `out` (as many as it holds); returns how many words `text` has.
+    `table` is `CRC32_TABLE`.
+    """
+    count = 0
+    start = 0
+    for end in range(text.size + 1):
+        if end < text.size and text[end] != 32:
+            continue
+        stop = end
+        if stop - start >= 2 and text[stop - 2] == 39 and text[stop - 1] == 115:  # "'s"
+            stop -= 2
+        crc = 0xFFFFFFFF
+        for i in range(start, stop):
+            crc = table[(crc ^ text[i]) & 0xFF] ^ (crc >> 8)
+        if count < out.size:
+            out[count] = crc ^ 0xFFFFFFFF
+        count += 1
+        start = end + 1
+    return count
+
+
+@compiled
+def _in_name(c: int) -> bool:
+    """An ASCII character a capitalised run goes on through: a letter, a digit or "_'-"."""
+    return 97 <= c <= 122 or 65 <= c <= 90 or 48 <= c <= 57 or c == 95 or c == 39 or c == 45
+
+
+@compiled
+def _after_blanks(text: npt.NDArray[np.uint8], i: int) -> int:
+    while i < text.size and (text[i] == 32 or text[i] == 9):
+        i += 1
+    return i
+
+
+@compiled
+def capitalised_runs(
+    text: npt.NDArray[np.uint8], connectors: IntArray, starts: IntArray, ends: IntArray
+) -> int:
+    """The spans `entities._CAPITALISED.finditer` finds in ASCII `text`, in order, into `starts`
+    and `ends` (room for `text.size // 2 + 1`); returns how many. A run: a capital letter and
+    the name characters after it, then again after spaces or tabs, and perhaps a connector
+    word (`connectors`: its bytes as a little-endian number) and more spaces or tabs, for as
+    long as a capital letter follows.
+    """
+    count = 0
+    i = 0
+    while i < text.size:
+        if not 65 <= text[i] <= 90:
+            i += 1
+            continue
+        start = i
+        end = i + 1
+        while True:
+            while end < text.size and _in_name(text[end]):
+                end += 1
+            word = _after_blanks(text, end)
+            if word == end or word == text.size:
+                break
+            # A connector: two or three lower-case letters, then a space or a tab.
+            code = np.int64(0)
+            letters = word
+            while letters < text.size and letters - word < 4 and 97 <= text[letters] <= 122:
+                code |= np.int64(text[letters]) << (8 * (letters - word))
+                letters += 1
+            if letters > word and _after_blanks(text, letters) > letters:
+                for connector in connectors:
+                    if code == connector:
+                        word = _after_blanks(text, letters)
+                        break
+            if word < text.size and 65 <= text[word] <= 90:
+                end = word + 1
+            else:
+                break
+        starts[count] = start
+        ends[count] = end
+        count += 1
+        i = end
+    return count

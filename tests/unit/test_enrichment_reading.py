@@ -7,14 +7,16 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import zlib
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
 from services.enrichment.classifier import SectionClassifier
-from services.enrichment.index import Shingler, StoryIndex
-from services.enrichment.text import WORD, words_of
+from services.enrichment.entities import _CAPITALISED, _capitalised_spans, extract_entities
+from services.enrichment.index import Shingler, StoryIndex, _min_hashes
+from services.enrichment.text import WORD, normalise, words_of
 from shared.events import Article
 
 pytestmark = pytest.mark.unit
@@ -41,6 +43,36 @@ def test_a_story_is_signed_as_earlier_releases_signed_it() -> None:
     # A story of one word (or none) is signed by the word alone.
     assert shingler.signature(["dam"])[:3].tolist() == [2282515419, 2337921559, 2168815702]
     assert shingler.signature([])[:3].tolist() == [429096945, 308347802, 1406985320]
+
+
+def test_a_story_is_signed_by_the_crc32_of_each_normalised_word_of_its_opening() -> None:
+    rng = random.Random(4)
+    pieces = ["dam", "Zo\u00eb", "\u2019s", "'s", "'", "\u2019", "s", "\u4e2d", "-", " ", "\t", ""]
+    shingler = Shingler()
+    for size in [*range(6), 249, 250, 251, 400]:
+        words = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 4))) for _ in range(size)]
+        hashes = [zlib.crc32(normalise(word).encode()) for word in words[:250]]
+        expected = _min_hashes(np.array(hashes or [0], dtype=np.uint64), shingler._a, shingler._b)
+
+        assert shingler.signature(words).tolist() == expected.tolist()
+
+
+def test_capitalised_names_in_ascii_text_are_the_runs_the_pattern_finds() -> None:
+    rng = random.Random(6)
+    pieces = ["Tom", "Smith", "of", "de", "der", "von", "bin", "al", "off", "Of", "a", "X1", "US"]
+    pieces += ["Bank", "d'Arc", "Jean-Luc", "9", "_", "'", "-", "I"]
+    separators = [" ", "  ", "\t", " \t ", "\n", ". ", ", ", "", "-", "(", "\r", "\x1c"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) + rng.choice(separators) for _ in range(20))
+        found = [match.span() for match in _CAPITALISED.finditer(text)]
+        assert list(_capitalised_spans(text)) == found
+
+
+def test_a_demonym_is_read_wherever_a_name_holds_it() -> None:
+    found = extract_entities("Talks with Israeli-backed groups and South African envoys went on.")
+    assert found.places == ("South Africa", "Israel")
+    assert extract_entities("a US-Israeli deal, Iranian-made drones").places == ("Israel", "Iran")
+    assert extract_entities("the South\nAfrican side").places == ()  # a line apart: two names
 
 
 def test_the_section_confidence_is_the_naive_bayes_posterior() -> None:
