@@ -145,6 +145,41 @@ async def test_settlements_of_many_jobs_release_the_order_guard_and_keep_attempt
     assert await state.dead_letters("sub_0") == []
 
 
+async def test_queued_jobs_mark_their_version_pending_and_who_got_the_story(
+    redis: Redis, prefix: str
+) -> None:
+    state = RedisDeliveryState(redis, prefix, attempts_kept=3)
+    many = [f"sub_{n}" for n in range(2500)]  # more ids than one script call adds at once
+
+    def jobs(uri: str, version: int, event_type: EventType, ids: list[str]) -> list[Job]:
+        return [Job(i, uri, version, event_type, 1, 0.0, b"{}") for i in ids]
+
+    await state.queued(
+        jobs("urn:a", 1, EventType.PUBLISHED, ["sub_a", "sub_b"])
+        + jobs("urn:a", 2, EventType.UPDATED, ["sub_c"])
+        + jobs("urn:a", 3, EventType.WITHDRAWN, ["sub_d"])
+        + jobs("urn:b", 1, EventType.PUBLISHED, many)
+    )
+    await state.queued([])
+
+    async def members(key: str) -> set[str]:
+        return {m.decode() for m in await redis.smembers(f"{prefix}delivery:{key}")}
+
+    assert await members("pending:urn:a:1") == {"sub_a", "sub_b"}
+    assert await members("pending:urn:a:2") == {"sub_c"}
+    assert await members("pending:urn:a:3") == {"sub_d"}
+    assert await members("pending:urn:b:1") == set(many)
+    # A withdrawal is not a story sent.
+    assert await state.receivers("urn:a") == {"sub_a", "sub_b", "sub_c"}
+    assert await state.receivers("urn:b") == set(many)
+    day = 86_400
+    for key, ttl in (("pending:urn:a:3", 7 * day), ("pending:urn:b:1", 7 * day),
+                     ("got:urn:a", 30 * day), ("got:urn:b", 30 * day)):  # fmt: skip
+        assert ttl - 60 < await redis.ttl(f"{prefix}delivery:{key}") <= ttl
+    later = Job("sub_b", "urn:a", 2, EventType.UPDATED, 1, 0.0, b"{}")
+    assert await state.oldest_pending(later) == 1
+
+
 async def test_subscriptions_are_shared_by_instances_and_survive_a_restart(
     kafka_bootstrap: str, topics: Topics
 ) -> None:

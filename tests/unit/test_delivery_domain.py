@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +11,17 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.delivery.domain import (
+    Job,
+    Subscription,
     SubscriptionRequest,
+    attempt_record,
     new_secret,
     sign,
     webhook_body,
+    webhook_headers,
     webhook_id,
 )
-from shared.events import EventType
+from shared.events import DeliveryAttempt, EventType, encode
 from shared.ssrf import TargetRefused, check_addresses, check_scheme, vet_target
 
 pytestmark = pytest.mark.unit
@@ -224,3 +228,79 @@ def test_filters_and_rotation_overlap() -> None:
     rotated = sub.rotated(new_secret(), timedelta(hours=24), now)
     assert rotated.signing_secrets(now) == [rotated.secret, sub.secret]
     assert rotated.signing_secrets(now + timedelta(hours=25)) == [rotated.secret]
+
+
+def test_a_webhook_body_is_the_story_bytes_in_their_envelope() -> None:
+    story = b'{"uri":"urn:x","headline":"Caf\xc3\xa9"}'
+    at = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    assert webhook_body(EventType.UPDATED, at, story) == (
+        b'{"type":"story.updated","timestamp":"2026-01-02T03:04:05.123456Z","data":' + story + b"}"
+    )
+    # Another zone: the same moment, in UTC.
+    paris = at.astimezone(timezone(timedelta(hours=1)))
+    assert webhook_body(EventType.UPDATED, paris, story) == webhook_body(
+        EventType.UPDATED, at, story
+    )
+
+
+def test_during_a_rotation_both_secrets_sign_and_each_verifies() -> None:
+    sub = Subscription.create(SubscriptionRequest(url="https://p.example/h"))
+    now = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    rotated = sub.rotated(new_secret(), timedelta(hours=24), now)
+    body = webhook_body(EventType.PUBLISHED, now, b'{"uri":"urn:x"}')
+    message_id = webhook_id(sub.id, "urn:x", 1, EventType.PUBLISHED)
+    headers = webhook_headers(rotated, message_id, now, body)
+    assert headers["webhook-timestamp"] == str(int(now.timestamp()))
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for secret in (rotated.secret, sub.secret):
+        # `verify` refuses a timestamp this old: the signature it would expect, then.
+        assert _signed_by(Webhook(secret), body, headers)
+    later = now + timedelta(hours=25)
+    assert " " not in webhook_headers(rotated, message_id, later, body)["webhook-signature"]
+
+
+def _signed_by(webhook: Webhook, body: bytes, headers: dict[str, str]) -> bool:
+    expected = webhook.sign(headers["webhook-id"], _at(headers), body.decode())
+    return expected in headers["webhook-signature"].split(" ")
+
+
+def _at(headers: dict[str, str]) -> datetime:
+    return datetime.fromtimestamp(int(headers["webhook-timestamp"]), UTC)
+
+
+ATTEMPT_CASES = [
+    # delivered at once
+    dict(status_code=204, outcome="delivered", duration_ms=1.23, error=None,
+         next_retry_at=None, response_body=None),
+    # failed: no status, an error with a line break and a control character, a retry
+    dict(status_code=None, outcome="failed", duration_ms=15000.0,
+         error="TimeoutError: no answer within 15 s\n\x00", response_body=None,
+         next_retry_at=datetime(2026, 1, 1, 0, 5, 0, 250000, tzinfo=UTC)),
+    # gave up: an answer body with non-ASCII text, empty strings kept, a float's long repr
+    dict(status_code=500, outcome="gave_up", duration_ms=0.1 + 0.2, error="",
+         next_retry_at=None, response_body='{"détail": "ça va \U0001f600"}'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ATTEMPT_CASES)
+def test_an_attempt_record_is_the_encoded_attempt_model(case: dict[str, Any]) -> None:
+    job = Job("sub_1", "urn:é:1", 3, EventType.UPDATED, 2, 0.0, b"{}")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    url = 'https://p.example/h?a=1&b="2"'
+    record = attempt_record(
+        job, url, case["status_code"], case["outcome"], case["duration_ms"], case["error"], at,
+        case["next_retry_at"], case["response_body"],
+    )  # fmt: skip
+    model = DeliveryAttempt.model_construct(
+        subscription_id=job.subscription_id, webhook_id=job.message_id, story_uri=job.story_uri,
+        story_version=job.version, event_type="story.updated", url=url, attempt=job.attempt,
+        attempted_at=at, **case,
+    )  # fmt: skip
+    assert record == encode(model)
+
+
+def test_an_attempt_record_has_every_field_of_the_model_in_its_order() -> None:
+    job = Job("sub_1", "urn:x", 1, EventType.PUBLISHED, 1, 0.0, b"{}")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    record = attempt_record(job, "https://p.example/h", 503, "failed", 2.5, "HTTP 503", at, at, "")
+    assert list(json.loads(record)) == list(DeliveryAttempt.model_fields)
