@@ -40,7 +40,6 @@ from services.delivery.domain import (
     SubscriptionRequest,
     SubscriptionStore,
     SubscriptionUpdate,
-    attempt_record,
     endpoint_of,
     fingerprint,
     judge,
@@ -68,6 +67,7 @@ from shared.events import (
     Story,
     Topics,
     decode_story,
+    encode_attempt,
 )
 from shared.http import BearerTokens, Problem, add_health_routes, install_problem_handlers
 from shared.kafka import (
@@ -834,11 +834,23 @@ class Sender:
         outcome: Literal["delivered", "failed", "gave_up"] = (
             "delivered" if delivered else "failed" if verdict.outcome == "retry" else "gave_up"
         )
-        # `encode(DeliveryAttempt)`, once, for the attempt log and the Redis copy.
-        record = attempt_record(
-            job, subscription.url, answer.status, outcome, answer.duration_ms, answer.error,
-            now, next_at, answer.body,
-        )  # fmt: skip
+        # Encoded once, for the attempt log and the Redis copy.
+        record = encode_attempt(
+            subscription_id=subscription.id,
+            webhook_id=job.message_id,
+            story_uri=job.story_uri,
+            story_version=job.version,
+            event_type=job.event_type.webhook_type,
+            url=subscription.url,
+            attempt=job.attempt,
+            status_code=answer.status,
+            outcome=outcome,
+            duration_ms=answer.duration_ms,
+            error=answer.error,
+            attempted_at=now,
+            next_retry_at=next_at,
+            response_body=answer.body,
+        )
         self._outcomes[outcome].inc()
         self._metrics.webhook_latency.observe(answer.duration_ms / 1000)
         await self._attempt_log.record(job.subscription_id, record)

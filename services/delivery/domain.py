@@ -20,7 +20,6 @@ from typing import Annotated, Any, Literal, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator
-from pydantic_core import to_json
 
 from shared.events import RETRY_TIERS_S, EventType, Story
 
@@ -306,40 +305,6 @@ def to_ninjs2(story: Story) -> dict[str, Any]:
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def attempt_record(
-    job: Job,
-    url: str,
-    status_code: int | None,
-    outcome: Literal["delivered", "failed", "gave_up"],
-    duration_ms: float,
-    error: str | None,
-    attempted_at: datetime,
-    next_retry_at: datetime | None,
-    response_body: str | None,
-) -> bytes:
-    """`encode(DeliveryAttempt(...))` of one attempt, the same bytes (the model's fields in its
-    order, None left out, pydantic's JSON encoder: tested against the model), without building
-    the model: ~2 µs instead of ~6."""
-    fields = {
-        "subscription_id": job.subscription_id,
-        "webhook_id": job.message_id,
-        "story_uri": job.story_uri,
-        "story_version": job.version,
-        "event_type": job.event_type.webhook_type,
-        "url": url,
-        "attempt": job.attempt,
-        "status_code": status_code,
-        "outcome": outcome,
-        "duration_ms": duration_ms,
-        "error": error,
-        "attempted_at": attempted_at,
-        "next_retry_at": next_retry_at,
-        "response_body": response_body,
-    }
-    # inf_nan_mode: as the model's default (`ser_json_inf_nan="null"`).
-    return to_json({k: v for k, v in fields.items() if v is not None}, inf_nan_mode="null")
 
 
 # --- What an answer means ------------------------------------------------------------------

@@ -14,14 +14,13 @@ from services.delivery.domain import (
     Job,
     Subscription,
     SubscriptionRequest,
-    attempt_record,
     new_secret,
     sign,
     webhook_body,
     webhook_headers,
     webhook_id,
 )
-from shared.events import DeliveryAttempt, EventType, encode
+from shared.events import DeliveryAttempt, EventType, encode, encode_attempt
 from shared.ssrf import TargetRefused, check_addresses, check_scheme, vet_target
 
 pytestmark = pytest.mark.unit
@@ -287,20 +286,27 @@ def test_an_attempt_record_is_the_encoded_attempt_model(case: dict[str, Any]) ->
     job = Job("sub_1", "urn:é:1", 3, EventType.UPDATED, 2, 0.0, b"{}")
     at = datetime(2026, 1, 1, tzinfo=UTC)
     url = 'https://p.example/h?a=1&b="2"'
-    record = attempt_record(
-        job, url, case["status_code"], case["outcome"], case["duration_ms"], case["error"], at,
-        case["next_retry_at"], case["response_body"],
-    )  # fmt: skip
-    model = DeliveryAttempt.model_construct(
+    fields = dict(
         subscription_id=job.subscription_id, webhook_id=job.message_id, story_uri=job.story_uri,
         story_version=job.version, event_type="story.updated", url=url, attempt=job.attempt,
         attempted_at=at, **case,
     )  # fmt: skip
+    record = encode_attempt(**fields)
+    model = DeliveryAttempt.model_construct(**fields)
     assert record == encode(model)
 
 
 def test_an_attempt_record_has_every_field_of_the_model_in_its_order() -> None:
-    job = Job("sub_1", "urn:x", 1, EventType.PUBLISHED, 1, 0.0, b"{}")
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    record = attempt_record(job, "https://p.example/h", 503, "failed", 2.5, "HTTP 503", at, at, "")
+    fields = dict(
+        subscription_id="sub_1", webhook_id="msg_1", story_uri="urn:x", story_version=1,
+        event_type="story.published", url="https://p.example/h", attempt=1, status_code=503,
+        outcome="failed", duration_ms=2.5, error="HTTP 503", attempted_at=at, next_retry_at=at,
+        response_body="",
+    )  # fmt: skip
+    record = encode_attempt(**fields)
     assert list(json.loads(record)) == list(DeliveryAttempt.model_fields)
+    with pytest.raises(TypeError, match="subscription_id"):
+        encode_attempt(**{**fields, "retries": 2})
+    with pytest.raises(KeyError):
+        encode_attempt(**{k: v for k, v in fields.items() if k != "url"}, retries=2)
