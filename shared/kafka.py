@@ -353,32 +353,110 @@ class _Handed:
         )
 
 
+class _Commits:
+    """The batches whose output is durable, committed together, in order, at most every
+    `interval_s` (0: each as soon as it is durable)."""
+
+    def __init__(
+        self, consumer: GroupMember, interval_s: float, metrics: ConsumerMetrics | None
+    ) -> None:
+        self._consumer = consumer
+        self._interval_s = interval_s
+        self._metrics = metrics
+        self._last = asyncio.get_running_loop().time()  # at the last commit (or the start)
+        self.durable: list[_Handed] = []  # the oldest first
+
+    async def once_durable(self, handed: _Handed) -> bool:
+        """Waits for the batch's acks, then commits it with the durable batches before it if
+        the interval has passed since the last commit. False when its acks failed or the group
+        refused the commit (`CommitFailedError` in a rebalance): the caller reads again from
+        the oldest batch not committed (`rewind`) rather than ending the loop."""
+        try:
+            if handed.durable is not None:
+                await asyncio.shield(handed.durable)  # cancelling the wait leaves the acks be
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch output not acknowledged")
+            return False
+        self.durable.append(handed)
+        if asyncio.get_running_loop().time() - self._last < self._interval_s:
+            return True
+        return await self.commit()
+
+    async def commit(self) -> bool:
+        """Commits every durable batch now; False when the group refused."""
+        if not self.durable:
+            return True
+        try:
+            await self._commit()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batches not committed")
+            return False
+        return True
+
+    async def _commit(self) -> None:
+        assigned = self._consumer.assignment()
+        offsets = {
+            tp: messages[-1].offset + 1
+            for handed in self.durable
+            for tp, messages in handed.fetched.items()
+            if tp in assigned
+        }
+        if offsets:
+            await self._consumer.commit(offsets)
+        self._last = asyncio.get_running_loop().time()
+        committed, self.durable = self.durable, []
+        if self._metrics:
+            for handed in committed:
+                for record in handed.records:
+                    self._metrics.consumed.labels(record.topic).inc()
+            # Only a metric: a lookup failing (in a rebalance, say) does not undo the commit.
+            with contextlib.suppress(Exception):
+                await observe_lag(self._consumer, self._metrics)
+
+    async def rewind(self, *batches: Fetched, retry_delay_s: float) -> None:
+        """Reads again from the oldest batch not committed: the durable ones and these."""
+        older, self.durable = [handed.fetched for handed in self.durable], []
+        await _rewind_to(self._consumer, _starts(*older, *batches), retry_delay_s)
+
+
 async def consume_forever(
     consumer: GroupMember,
     handle: BatchHandler,
     dead_letters: DeadLetters,
     *,
     retry_delay_s: float = 1.0,
+    commit_interval_s: float = 0.0,
     metrics: ConsumerMetrics | None = None,
 ) -> None:
     """Poll in batches, hand each batch to `handle`, commit it only once its output is durable.
 
     The next batch is fetched and handled while the one before waits for its acks and its
     commit (a task of its own), so those round trips are off the records' path; batches are
-    still committed in order, each only once durable. Records without valid CloudEvents
+    still committed in order, each only once durable, and together at most every
+    `commit_interval_s` (0: each as soon as it is durable); when the stream goes quiet (a poll
+    brings nothing), what is durable is committed at once. Records without valid CloudEvents
     headers go to the DLQ. If anything raises (broker or Redis down, a commit refused in a
     rebalance), reading goes back to the oldest batch not committed and tries again: nothing is
-    committed that was not done.
+    committed that was not done. Stopping, what is durable is committed.
     """
+    commits = _Commits(consumer, commit_interval_s, metrics)
     # The batch before the one being handled, with its commit: a task that waits for the
-    # batch's acks, then commits, while the loop fetches and handles the next batch.
+    # batch's acks, then commits it with the durable ones before it once the interval has
+    # passed, while the loop fetches and handles the next batch.
     before: tuple[_Handed, asyncio.Task[bool]] | None = None
     try:
         while True:
             fetched: Fetched = await consumer.getmany(timeout_ms=500, max_records=500)
             if not fetched:
-                if before is not None and not await before[1]:
-                    await _rewind_to(consumer, _starts(before[0].fetched), retry_delay_s)
+                # Quiet: what is durable is committed now, not an interval later.
+                older = before[0].fetched if before is not None else {}
+                done = before is None or await before[1]
+                if not (done and await commits.commit()):
+                    await commits.rewind(older, retry_delay_s=retry_delay_s)
                 before = None
                 continue
             try:
@@ -387,73 +465,32 @@ async def consume_forever(
             except asyncio.CancelledError:
                 raise
             except Exception:
-                older: Fetched = {}
+                log.exception("batch failed; rewinding to retry it")
+                older = {}
                 if before is not None:
                     older = before[0].fetched
                     with contextlib.suppress(Exception):
-                        if await asyncio.shield(before[1]):
+                        if await asyncio.shield(before[1]) and await commits.commit():
                             older = {}  # committed after all
-                await rewind(consumer, older, fetched, retry_delay_s=retry_delay_s)
+                await commits.rewind(older, fetched, retry_delay_s=retry_delay_s)
                 before = None
                 continue
             if before is not None and not await before[1]:
-                log.error("a batch's output was not acknowledged; rewinding to retry it")
-                await _rewind_to(consumer, _starts(before[0].fetched, fetched), retry_delay_s)
+                log.error("a batch was not committed; rewinding to retry it")
+                await commits.rewind(before[0].fetched, fetched, retry_delay_s=retry_delay_s)
                 before = None
                 continue
             handed = _Handed(fetched, records, durable)
-            before = (handed, asyncio.create_task(_commit_or_refused(consumer, handed, metrics)))
+            before = (handed, asyncio.create_task(commits.once_durable(handed)))
     finally:
         # Stopping: commit what is already durable, so a restart does not handle it again.
         if before is not None:
             handed, committing = before
-            if handed.done_well():
-                with contextlib.suppress(Exception):
-                    await committing
-            else:  # its acks are still out: not committed (the acks themselves go on)
+            if not handed.done_well():  # its acks are still out: not committed (they go on)
                 committing.cancel()
-                await asyncio.gather(committing, return_exceptions=True)
-
-
-async def _commit_or_refused(
-    consumer: GroupMember, handed: _Handed, metrics: ConsumerMetrics | None
-) -> bool:
-    """`_commit_once_durable`, with a commit the group refuses (`CommitFailedError` in a
-    rebalance) as False too: the batch is read again rather than the loop ended."""
-    try:
-        return await _commit_once_durable(consumer, handed, metrics)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("batch not committed")
-        return False
-
-
-async def _commit_once_durable(
-    consumer: GroupMember, handed: _Handed, metrics: ConsumerMetrics | None
-) -> bool:
-    """Commits the batch once its output is acknowledged; False when it was not."""
-    try:
-        if handed.durable is not None:
-            await asyncio.shield(handed.durable)  # cancelling the commit leaves the acks be
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("batch output not acknowledged")
-        return False
-    assigned = consumer.assignment()
-    offsets = {
-        tp: messages[-1].offset + 1 for tp, messages in handed.fetched.items() if tp in assigned
-    }
-    if offsets:
-        await consumer.commit(offsets)
-    if metrics:
-        for record in handed.records:
-            metrics.consumed.labels(record.topic).inc()
-        # Only a metric: a lookup failing (in a rebalance, say) does not undo the commit.
+            await asyncio.gather(committing, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await observe_lag(consumer, metrics)
-    return True
+            await commits.commit()
 
 
 def _starts(*fetches: Fetched) -> dict[TopicPartition, int]:

@@ -176,11 +176,14 @@ class KafkaStoryTable:
         # looks the end offsets up. Under load the next response comes within a few ms (records
         # are there); when it is quiet the broker holds a fetch for a while, and a lookup is
         # quicker then (and cheap: a quiet broker has the CPU). Plus the fetch interval while
-        # the partitions rest between spaced fetches.
-        self._highwater_wait_s = max(0.003, fetch_max_wait_ms / 4000)
+        # the partitions rest between spaced fetches. One fetch wait, not 3 ms: at 400 stories/s
+        # a lookup took 7-18 ms to come back anyway, and a fifth of the waits ran out.
+        self._highwater_wait_s = max(0.003, fetch_max_wait_ms / 1000)
         # Records fetched within this of the ones before: busy, the next response comes soon.
-        # Otherwise the lookup goes at once (waiting, it would queue behind a held fetch).
-        self._busy_within_s = 2 * fetch_max_wait_ms / 1000
+        # Otherwise the lookup goes at once (waiting, it would queue behind a held fetch). While
+        # records keep coming, fetches are spaced by the fetch interval: the window counts it
+        # too (without it, at 400 stories/s half the lookups were of fetches found not busy).
+        self._busy_within_s = fetch_interval_ms / 1000 + 2 * fetch_max_wait_ms / 1000
         self._busy = False
         self._records_fetched_at = 0.0
         # partition -> the Kafka timestamp of the last record fetched (ahead of the observed)
@@ -281,9 +284,9 @@ class KafkaStoryTable:
 
         From the high watermarks of the consumer's next fetch responses, when every partition's
         comes back soon (they cost nothing: every fetch response carries them) while records
-        keep coming; else (quiet, a partition paused, or no answer within a few ms) by looking
-        them up. A lookup is a round trip, and the embedded broker's costs CPU in proportion to
-        the batches it holds: 2.5 ms at 6,000.
+        keep coming; else (quiet, a partition paused, or no answer within a fetch wait) by
+        looking them up. A lookup is a round trip, and the embedded broker's costs CPU in
+        proportion to the batches it holds: 2.5 ms at 6,000.
         """
         while True:
             await self._fetched_since_lookup.wait()

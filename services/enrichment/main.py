@@ -126,7 +126,11 @@ def pipeline_factory(settings: EnrichmentSettings) -> PipelineFactory:
                     joined.set()
                     try:
                         work = consume_forever(
-                            member, handler.handle, dead_letters, metrics=metrics.consumer
+                            member,
+                            handler.handle,
+                            dead_letters,
+                            commit_interval_s=settings.enrichment_commit_interval_s,
+                            metrics=metrics.consumer,
                         )
                         await _first(work, reader)
                     finally:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from shared.events import EventMeta, EventType, Topics
 from shared.kafka import DeadLetters, IncomingRecord, consume_forever, make_consumer, make_producer
@@ -119,3 +120,78 @@ async def test_a_batch_is_committed_only_once_durable_and_read_again_when_it_is_
     assert handled[:2] == [[b"urn:a"], [b"urn:b"]]
     # Read again from the failed batch on: both stories, in order.
     assert [key for keys in handled[2:] for key in keys] == [b"urn:a", b"urn:b"]
+
+
+async def test_with_a_commit_interval_what_is_durable_is_committed_when_quiet_and_at_stop(
+    kafka_bootstrap: str, topics: Topics, prefix: str
+) -> None:
+    # An interval far longer than the test: every commit seen here is one the loop makes when
+    # the stream goes quiet or when it stops, and a restart reads on from there.
+    settings = NewsflowSettings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
+    producer = make_producer(settings)
+    await producer.start()
+    loop = asyncio.get_running_loop()
+    handled: list[bytes | None] = []
+    more = asyncio.Event()
+
+    async def handle(records: list[IncomingRecord]) -> asyncio.Future[None]:
+        handled.extend(r.key for r in records)
+        more.set()
+        acks: asyncio.Future[None] = loop.create_future()
+        acks.set_result(None)
+        return acks
+
+    async def publish(*keys: bytes) -> None:
+        for key in keys:
+            meta = EventMeta.new(EventType.PUBLISHED, "urn:test")
+            await producer.send_and_wait(topics.ingested, b"{}", key=key, headers=meta.to_headers())
+
+    async def handled_up_to(count: int) -> None:
+        while len(handled) < count:
+            more.clear()
+            await asyncio.wait_for(more.wait(), 30)
+
+    async def committed(consumer: AIOKafkaConsumer) -> int:
+        return sum([await consumer.committed(tp) or 0 for tp in consumer.assignment()])
+
+    async def started(group_member: AIOKafkaConsumer) -> asyncio.Task[None]:
+        await group_member.start()
+        dead_letters = DeadLetters(producer, topics.dlq)
+        return asyncio.create_task(
+            consume_forever(group_member, handle, dead_letters, commit_interval_s=3600)
+        )
+
+    group = f"{prefix}group"
+    consumer = make_consumer(settings, topics.ingested, group)
+    task = await started(consumer)
+    try:
+        await publish(b"urn:a", b"urn:b")
+        await handled_up_to(2)
+        for _ in range(300):  # the stream is quiet now: committed within a poll or two
+            if await committed(consumer) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert await committed(consumer) == 2
+        await publish(b"urn:c", b"urn:d")
+        await handled_up_to(4)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert await committed(consumer) == 4
+    await consumer.stop()
+
+    # Started again: from what was committed, nothing handled a second time.
+    restarted = make_consumer(settings, topics.ingested, group)
+    task = await started(restarted)
+    try:
+        await publish(b"urn:e")
+        await handled_up_to(5)
+        await asyncio.sleep(1.0)  # time enough to read anything not committed again
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await restarted.stop()
+        await producer.stop()
+    assert handled == [b"urn:a", b"urn:b", b"urn:c", b"urn:d", b"urn:e"]
