@@ -72,3 +72,15 @@ async def test_the_attempt_log_is_keyed_and_partitioned_like_a_keyed_send(
         # Where a plain keyed send would put it (the Java client's murmur2 partitioner).
         assert record.partition == (murmur2(record.key) & 0x7FFFFFFF) % partitions
     assert sorted(int(r.value[6:-1]) for r in found) == list(range(40))
+
+
+async def test_attempts_still_lingering_at_the_stop_are_written_in_order(
+    kafka_bootstrap: str, topics: Topics, producer: AIOKafkaProducer
+) -> None:
+    log = KafkaAttemptLog(producer, topics.attempts, "test:delivery", linger_s=5.0)
+    for n in range(30):
+        await log.record("sub_0", b'{"n": %d}' % n)
+    await log.close()  # long before the linger is over
+
+    found = await read_records(kafka_bootstrap, topics.attempts, 30)
+    assert [int(r.value[6:-1]) for r in found] == list(range(30))  # one key: one partition

@@ -119,6 +119,31 @@ async def test_stories_carry_their_fingerprint_and_concurrent_reads_get_their_ow
     )
 
 
+async def test_unusual_characters_are_stored_exactly_as_given(redis: Redis, prefix: str) -> None:
+    # Keys and names travel to the scripts inside one JSON argument: nothing may be altered.
+    uri, section, name = 'urn:ü"\\/\u2028😀\x00x', 'wörld"\\', 'Wörld "news" \\ 😀\n\x01'
+    story = CachedStory(uri, section, 1_700_000_000.123456, False, '{"ü":"😀"}'.encode(), name, 3)
+    cache = RedisStoryCache(redis, prefix, per_section=10)
+    await cache.apply([story])
+    assert await cache.story_tagged(uri) == (story.story_json, fingerprint(story.story_json))
+    assert await cache.sections() == [{"id": section, "name": name, "stories": 1}]
+    assert await redis.hget(f"{prefix}cache:version", uri) == b"3"
+    latest = await redis.zrange(f"{prefix}cache:latest:{section}", 0, -1, withscores=True)
+    assert latest == [(uri.encode(), 1_700_000_000.123456)]
+
+    state = RedisDeliveryState(redis, prefix, attempts_kept=3)
+    job = Job('sub_ü"', uri, 3, EventType.UPDATED, 8, 1.5, story.story_json)
+    await state.queued([job])
+    pending = f"{prefix}delivery:pending:{uri}:3"
+    assert await redis.smembers(pending) == {'sub_ü"'.encode()}
+    assert await redis.smembers(f"{prefix}delivery:got:{uri}") == {'sub_ü"'.encode()}
+    await state.settled(job, '{"ü":1}'.encode(), delivered=False, dead=True)
+    assert await redis.smembers(pending) == set()
+    dead = await redis.hgetall(f'{prefix}delivery:dead:sub_ü"')
+    assert dead == {job.message_id.encode(): job.to_json().encode()}
+    assert await redis.lrange(f'{prefix}delivery:attempts:sub_ü"', 0, -1) == ['{"ü":1}'.encode()]
+
+
 async def test_settlements_of_many_jobs_release_the_order_guard_and_keep_attempts(
     redis: Redis, prefix: str
 ) -> None:

@@ -168,6 +168,33 @@ async def test_a_slow_endpoint_times_out_as_an_answer() -> None:
     assert 250 <= answer.duration_ms < 2000
 
 
+async def test_each_request_times_out_at_its_own_deadline_while_others_are_answered() -> None:
+    async def by_path(request: web.Request) -> web.StreamResponse:
+        if request.path == "/slow":
+            await asyncio.sleep(2)
+        return web.Response(status=204)
+
+    port, _, runner = await serve(by_path)
+    try:
+        async with LeanWebhookSender(LOCAL, allow_private=True, timeout_s=0.4) as sender:
+
+            async def post(path: str, after_s: float) -> tuple[int | None, str | None, float]:
+                await asyncio.sleep(after_s)
+                answer = await sender.post(f"http://partner.test:{port}{path}", b"{}", {})
+                return answer.status, answer.error, answer.duration_ms
+
+            found = await asyncio.gather(
+                post("/slow", 0), post("/fast", 0.1), post("/slow", 0.2), post("/fast", 0.5)
+            )
+            again = await post("/fast", 0)  # after every deadline passed
+    finally:
+        await runner.cleanup()
+    (slow_1, _, ms_1), fast_1, (slow_2, _, ms_2), fast_2 = found
+    assert (slow_1, slow_2) == (None, None)
+    assert 350 <= ms_1 < 1000 and 350 <= ms_2 < 1000  # each its own 0.4 s, not the first's
+    assert [fast_1[:2], fast_2[:2], again[:2]] == [(204, None)] * 3
+
+
 class RawServer:
     """A raw HTTP server: per connection, answers `answered` requests with 200, then reads one
     more request and closes without answering (a server dropping an idle kept-alive connection
