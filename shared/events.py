@@ -282,12 +282,12 @@ class EventMeta:
 
     def to_headers(self) -> Headers:
         headers = [
-            ("ce_specversion", SPEC_VERSION.encode()),
+            ("ce_specversion", _SPEC_VERSION_BYTES),
             ("ce_id", self.id.encode()),
             ("ce_source", self.source.encode()),
             ("ce_type", self.type.encode()),
             ("ce_time", self.time.isoformat().replace("+00:00", "Z").encode()),
-            ("content-type", CONTENT_TYPE.encode()),
+            ("content-type", _CONTENT_TYPE_BYTES),
         ]
         headers.extend((f"ce_{name}", value.encode()) for name, value in self.extensions)
         return headers
@@ -301,21 +301,26 @@ class EventMeta:
             time = datetime.fromisoformat(found.get("ce_time", "").replace("Z", "+00:00"))
         except ValueError:
             time = datetime.now(UTC)
-        core = {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time"}
-        extensions = tuple(
-            sorted(
-                (name.removeprefix("ce_"), value)
-                for name, value in found.items()
-                if name.startswith("ce_") and name not in core
-            )
-        )
+        extensions = [
+            (name[3:], value)
+            for name, value in found.items()
+            if name.startswith("ce_") and name not in _CORE_ATTRIBUTES
+        ]
+        if len(extensions) > 1:
+            extensions.sort()
         return cls(
             id=found["ce_id"],
             source=found["ce_source"],
             type=found["ce_type"],
             time=time,
-            extensions=extensions,
+            extensions=tuple(extensions),
         )
+
+
+_SPEC_VERSION_BYTES = SPEC_VERSION.encode()
+_CONTENT_TYPE_BYTES = CONTENT_TYPE.encode()
+# The `ce_*` headers that are attributes of their own; every other is an extension.
+_CORE_ATTRIBUTES = frozenset(("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time"))
 
 
 # --- Trace context: the W3C `traceparent`, carried as the CloudEvents extension `ce_traceparent` --
