@@ -227,7 +227,7 @@ def _sent(enricher: Any, article: Article) -> bytes:
     models, or encoded from what was found: checked against the models too)."""
     by_models = encode(enricher.enrich(article, now=NOW))
     if hasattr(enricher, "enriched"):
-        sent = enricher.enriched(article, now=NOW).story_value(article)
+        sent: bytes = enricher.enriched(article, now=NOW).story_value(article)
         if sent != by_models:
             return b"story_value differs from the models: " + sent
     return by_models
