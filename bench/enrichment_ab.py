@@ -47,6 +47,8 @@ def enricher_of(module: ModuleType) -> Any:
 
 def enriched(enricher: Any) -> Callable[[Article], bytes]:
     """The story as the service sends it, by whichever way that version of the code had."""
+    if hasattr(enricher, "enriched"):
+        return lambda article: enricher.enriched(article, now=NOW).story_value(article)
     if hasattr(enricher, "enrichment_of"):
         return lambda article: encode_story(article, enricher.enrichment_of(article, now=NOW))
     return lambda article: encode(enricher.enrich(article, now=NOW))

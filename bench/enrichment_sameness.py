@@ -217,9 +217,20 @@ def enricher_differences(
         for enricher in enrichers:
             enricher.observe(article)
             if n % 2:
-                outs.append(encode(enricher.enrich(article, now=NOW)))
+                outs.append(_sent(enricher, article))
         if outs and outs[0] != outs[1]:
             yield f"{article.uri}: enriched story"
+
+
+def _sent(enricher: Any, article: Article) -> bytes:
+    """The story as the service sends it, by whichever way that version of the code had (the
+    models, or encoded from what was found: checked against the models too)."""
+    by_models = encode(enricher.enrich(article, now=NOW))
+    if hasattr(enricher, "enriched"):
+        sent: bytes = enricher.enriched(article, now=NOW).story_value(article)
+        if sent != by_models:
+            return b"story_value differs from the models: " + sent
+    return by_models
 
 
 def classifier_differences(

@@ -282,12 +282,12 @@ class EventMeta:
 
     def to_headers(self) -> Headers:
         headers = [
-            ("ce_specversion", SPEC_VERSION.encode()),
+            ("ce_specversion", _SPEC_VERSION_BYTES),
             ("ce_id", self.id.encode()),
             ("ce_source", self.source.encode()),
             ("ce_type", self.type.encode()),
             ("ce_time", self.time.isoformat().replace("+00:00", "Z").encode()),
-            ("content-type", CONTENT_TYPE.encode()),
+            ("content-type", _CONTENT_TYPE_BYTES),
         ]
         headers.extend((f"ce_{name}", value.encode()) for name, value in self.extensions)
         return headers
@@ -301,21 +301,26 @@ class EventMeta:
             time = datetime.fromisoformat(found.get("ce_time", "").replace("Z", "+00:00"))
         except ValueError:
             time = datetime.now(UTC)
-        core = {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time"}
-        extensions = tuple(
-            sorted(
-                (name.removeprefix("ce_"), value)
-                for name, value in found.items()
-                if name.startswith("ce_") and name not in core
-            )
-        )
+        extensions = [
+            (name[3:], value)
+            for name, value in found.items()
+            if name.startswith("ce_") and name not in _CORE_ATTRIBUTES
+        ]
+        if len(extensions) > 1:
+            extensions.sort()
         return cls(
             id=found["ce_id"],
             source=found["ce_source"],
             type=found["ce_type"],
             time=time,
-            extensions=extensions,
+            extensions=tuple(extensions),
         )
+
+
+_SPEC_VERSION_BYTES = SPEC_VERSION.encode()
+_CONTENT_TYPE_BYTES = CONTENT_TYPE.encode()
+# The `ce_*` headers that are attributes of their own; every other is an extension.
+_CORE_ATTRIBUTES = frozenset(("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time"))
 
 
 # --- Trace context: the W3C `traceparent`, carried as the CloudEvents extension `ce_traceparent` --
@@ -392,11 +397,46 @@ def encode_attempt(**fields: object) -> bytes:
 _ATTEMPT_FIELDS = tuple(DeliveryAttempt.model_fields)
 
 
-def encode_story(article: Article, enrichment: Enrichment) -> bytes:
+def encode_enrichment(
+    section: SectionAssignment,
+    related: Iterable[tuple[str, str, str | None, float]],
+    entities: tuple[Iterable[str], Iterable[str], Iterable[str]],
+    duplicate_of: str | None,
+    enriched_at: datetime,
+) -> bytes:
+    """`encode(Enrichment(...))` of these, the same bytes, without building the models
+    (enrichment writes one a story: ~5 µs instead of ~25 for the models, most of it validating
+    each link). Links are (uri, headline, url, score), each url as a validated article holds it
+    (already normalised); entities are (people, places, organisations). Text is stripped as
+    the models strip it; None is left out."""
+    links = [
+        {"uri": uri.strip(), "headline": headline.strip(), "url": url, "score": score}
+        if url is not None
+        else {"uri": uri.strip(), "headline": headline.strip(), "score": score}
+        for uri, headline, url, score in related
+    ]
+    people, places, organisations = entities
+    value: dict[str, object] = {
+        "section": section,
+        "related": links,
+        "entities": {
+            "people": [name.strip() for name in people],
+            "places": [name.strip() for name in places],
+            "organisations": [name.strip() for name in organisations],
+        },
+    }
+    if duplicate_of is not None:
+        value["duplicate_of"] = duplicate_of.strip()
+    value["enriched_at"] = enriched_at
+    return to_json(value, inf_nan_mode="null")
+
+
+def encode_story(article: Article, enrichment: Enrichment | bytes) -> bytes:
     """`encode` of the Story made of these, without building it: the article's JSON with the
     enrichment, the Story's last field, added at the end (the same bytes, in a third the time).
-    """
-    return b"".join((encode(article)[:-1], b',"enrichment":', encode(enrichment), b"}"))
+    `enrichment` is the model or its encoding (`encode_enrichment`)."""
+    added = enrichment if isinstance(enrichment, bytes) else encode(enrichment)
+    return b"".join((encode(article)[:-1], b',"enrichment":', added, b"}"))
 
 
 def decode_article(value: bytes | None) -> Article:

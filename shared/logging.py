@@ -1,12 +1,41 @@
-"""structlog, configured once: console on a TTY, JSON otherwise, context vars merged in."""
+"""structlog, configured once: console on a TTY, JSON otherwise, context vars merged in, and
+the trace and fields of the request or record being handled (`shared.tracing.traced`)."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from collections.abc import Mapping
+from contextvars import ContextVar
+from types import MappingProxyType
+from typing import Any, Literal
 
 import structlog
+
+from shared.events import current_traceparent, trace_id
+
+# The fields of the request or record being handled (see `shared.tracing.traced`).
+log_fields: ContextVar[Mapping[str, Any]] = ContextVar("log_fields", default=MappingProxyType({}))
+
+
+def add_log_context(
+    _: object, __: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """A processor: the `trace_id` and fields of the request or record being handled, read
+    when a line is logged (the line's own keys win)."""
+    traceparent = current_traceparent.get()
+    if traceparent is not None:
+        event_dict.setdefault("trace_id", trace_id(traceparent))
+    for name, value in log_fields.get().items():
+        event_dict.setdefault(name, value)
+    return event_dict
+
+
+# What every line gets from the context it is logged in (tests capture logs through these too).
+CONTEXT_PROCESSORS: tuple[structlog.typing.Processor, ...] = (
+    structlog.contextvars.merge_contextvars,
+    add_log_context,
+)
 
 
 def configure_logging(
@@ -18,7 +47,7 @@ def configure_logging(
     )
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            *CONTEXT_PROCESSORS,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.enrichment.adapters import StoryFeed
 from services.enrichment.domain import StoryEnricher
-from shared.events import EventMeta, InvalidEvent, Topics, encode_story
+from shared.events import EventMeta, InvalidEvent, Topics
 from shared.http import add_health_routes, install_problem_handlers
 from shared.kafka import DeadLetters, IncomingRecord
 from shared.logging import get_logger
@@ -95,18 +95,18 @@ class Enricher:
                     await self._dead_letters.park(record, str(exc))
                     continue
                 started = time.perf_counter()
-                enrichment = self._enricher.enrichment_of(
+                enriched = self._enricher.enriched(
                     article, lookup_timer=self._metrics.lookup.observe
                 )
                 self._metrics.latency.observe(time.perf_counter() - started)
-                section = enrichment.section
+                section = enriched.section
                 self._metrics.stories.labels(section.id, section.method).inc()
                 # Created in the record's trace, so the story carries its ce_traceparent on.
                 meta = EventMeta.new(record.meta.type, self._source)
                 acks.append(
                     await self._producer.send(
                         self._output_topic,
-                        encode_story(article, enrichment),
+                        enriched.story_value(article),
                         key=article.uri.encode(),
                         headers=meta.to_headers(),
                     )
@@ -115,8 +115,8 @@ class Enricher:
                     "story enriched",
                     article_uri=article.uri,
                     section=section.id,
-                    related=len(enrichment.related),
-                    duplicate_of=enrichment.duplicate_of,
+                    related=len(enriched.found.related),
+                    duplicate_of=enriched.found.duplicate_of,
                 )
             if time.perf_counter() - handed_on > YIELD_EVERY_S:
                 # Let the producer ship what is enriched so far while the batch goes on: a

@@ -23,6 +23,8 @@ from shared.events import (
     RelatedStory,
     SectionAssignment,
     Story,
+    encode_enrichment,
+    encode_story,
 )
 
 # A taxonomy keyword list counts as this many stories' worth of evidence for its section.
@@ -129,12 +131,21 @@ class StoryEnricher:
         """What enrichment adds to one version, from the current state; `lookup_timer` gets the
         related lookup's duration in seconds (a metric; the domain itself does no I/O).
         """
+        return self.enriched(article, now, lookup_timer).enrichment()
+
+    def enriched(
+        self,
+        article: Article,
+        now: datetime | None = None,
+        lookup_timer: Callable[[float], None] | None = None,
+    ) -> Enriched:
+        """`enrichment_of`, as found: what the service encodes without building the models."""
         rules = self.rules
         if article.is_withdrawn:
             section = assign_section(
                 article, rules.taxonomy, self.classifier, rules.min_section_confidence
             )
-            return Enrichment(section=section, enriched_at=now or datetime.now(UTC))
+            return Enriched(section, NOTHING_FOUND, FoundEntities(), now or datetime.now(UTC))
         features = self.index.features(article)
         section = assign_section(
             article,
@@ -147,7 +158,37 @@ class StoryEnricher:
         found = self.index.neighbours(features, rules.related_limit, rules.related_min_score)
         if lookup_timer is not None:
             lookup_timer(time.perf_counter() - started)
-        return enrichment_from(section, found, features.entities, now or datetime.now(UTC))
+        return Enriched(section, found, features.entities, now or datetime.now(UTC))
+
+
+# A withdrawn version links nothing.
+NOTHING_FOUND = Neighbours([], None)
+
+
+@dataclass(frozen=True)
+class Enriched:
+    """What enrichment found for one version: its section, links and entities."""
+
+    section: SectionAssignment
+    found: Neighbours
+    entities: FoundEntities
+    enriched_at: datetime
+
+    def enrichment(self) -> Enrichment:
+        return enrichment_from(self.section, self.found, self.entities, self.enriched_at)
+
+    def story_value(self, article: Article) -> bytes:
+        """The story as it goes out, encoded: `encode_story(article, self.enrichment())`, the
+        same bytes, without building the models."""
+        entities = self.entities
+        added = encode_enrichment(
+            self.section,
+            ((m.uri, m.headline, m.url, m.score) for m in self.found.related),
+            (entities.people, entities.places, entities.organisations),
+            self.found.duplicate_of,
+            self.enriched_at,
+        )
+        return encode_story(article, added)
 
 
 def enriched_story(

@@ -16,6 +16,7 @@ from services.delivery.app import DeliveryMetrics, Fanout, StoryConsumer
 from services.delivery.domain import Job, Subscription, SubscriptionRequest
 from shared.events import EventMeta, EventType, Story, new_traceparent, trace_id
 from shared.kafka import DeadLetters, IncomingRecord
+from shared.logging import CONTEXT_PROCESSORS
 from tests.factories import article_payload
 from tests.fakes import FakeSubscriptionStore
 
@@ -150,7 +151,7 @@ async def test_the_log_lines_of_a_record_carry_its_event_and_trace_and_nothing_l
         DeliveryMetrics(), 0.5,
     )  # fmt: skip
 
-    with structlog.testing.capture_logs([structlog.contextvars.merge_contextvars]) as logs:
+    with structlog.testing.capture_logs(CONTEXT_PROCESSORS) as logs:
         jobs = await consumer.handle(records)
 
     assert jobs == {(0, 1): []}

@@ -17,7 +17,7 @@ from services.enrichment.index import IndexSettings
 from services.enrichment.settings import DEFAULT_TAXONOMY
 from services.enrichment.taxonomy import Taxonomy
 from services.enrichment.text import plain_text
-from shared.events import Article, Story
+from shared.events import Article, Story, encode_story
 from tests.factories import article_payload, dam_followup, dam_story
 
 pytestmark = pytest.mark.unit
@@ -409,3 +409,21 @@ def test_links_right_after_removed_stories_are_swept_out_are_scored_on_live_stor
     expected = answer(fresh)
     assert expected != []
     assert answer(swept) == expected
+
+
+def test_the_story_sent_is_the_story_the_models_make() -> None:
+    # The service encodes what it found without building the models (`Enriched.story_value`):
+    # byte for byte what they give, for stories with links, duplicates, entities and none.
+    newsroom = Newsroom(seed=3, events=30)
+    stream = [newsroom.story(n, T0 + timedelta(seconds=2 * n)) for n in range(300)]
+    stream[150] = stream[120].model_copy(update={"uri": "urn:newsflow:bench:resent"})
+    stream.append(article(minutes=30, pubstatus="canceled"))
+    enricher = StoryEnricher(RULES)
+    linked = 0
+    for story in stream:
+        enricher.observe(story)
+        enriched = enricher.enriched(story, now=T0)
+        assert enriched.story_value(story) == encode_story(story, enriched.enrichment())
+        assert enriched.enrichment() == enricher.enrichment_of(story, now=T0)
+        linked += bool(enriched.found.related)
+    assert linked > 100

@@ -27,6 +27,7 @@ from shared.events import (
     decode_article,
     decode_story,
     encode,
+    encode_enrichment,
     encode_story,
     event_type_for,
 )
@@ -172,3 +173,49 @@ def test_a_story_is_encoded_from_its_article_and_enrichment_as_the_story_itself_
 
     assert value == encode(story)
     assert decode_story(value) == story
+
+
+LINKS = [
+    ("urn:newsflow:test:1", "Ferry", None, 0.5),
+    (" urn:x:2 ", " Port talks stall ", "https://a.example/p?q=1", 0.3333),
+    ("urn:x:3", "Ünïcode “quoted” — headline", "https://xn--bcher-kva.example/", 1e-05),
+]
+
+
+@pytest.mark.parametrize(
+    ("links", "entities", "duplicate_of"),
+    [
+        (LINKS, (["Irena Kass"], ["Geneva", " Zürich "], []), "urn:newsflow:test:0"),
+        ([], ([], [], []), None),
+        (LINKS[:1], ((), ("Oslo",), ("ACME Corp", "Øresund Line")), " urn:y "),
+    ],
+)
+def test_an_enrichment_is_encoded_as_the_models_encode_it(
+    links: list[tuple[str, str, str | None, float]],
+    entities: tuple[list[str], list[str], list[str]],
+    duplicate_of: str | None,
+) -> None:
+    section = SectionAssignment(id="world", name="World", confidence=0.873, method="classifier")
+    enriched_at = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    people, places, organisations = entities
+    model = Enrichment(
+        section=section,
+        related=[
+            RelatedStory.model_validate(
+                {"uri": uri, "headline": headline, "url": url, "score": score}
+            )
+            for uri, headline, url, score in links
+        ],
+        entities=Entities(
+            people=list(people), places=list(places), organisations=list(organisations)
+        ),
+        duplicate_of=duplicate_of,
+        enriched_at=enriched_at,
+    )
+
+    value = encode_enrichment(section, links, entities, duplicate_of, enriched_at)
+
+    assert value == encode(model)
+    assert Enrichment.model_validate_json(value) == model
+    article = Article.model_validate(article_payload())
+    assert encode_story(article, value) == encode_story(article, model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import structlog
 from fastapi import FastAPI
@@ -9,12 +11,14 @@ from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from shared.events import EventMeta, EventType
+from shared.logging import CONTEXT_PROCESSORS, configure_logging, get_logger
 from shared.tracing import (
     child_of,
     new_traceparent,
     record_context,
     setup_opentelemetry,
     trace_id,
+    traced,
     traceparent_of,
 )
 
@@ -34,14 +38,41 @@ def test_invalid_parent_starts_a_new_trace(bad: str | None) -> None:
     assert trace_id(child_of(bad)) not in (None, "0" * 32)
 
 
-def test_record_context_binds_event_and_trace_ids_into_logs() -> None:
+def test_log_lines_inside_a_record_context_carry_its_event_and_trace() -> None:
     traceparent = new_traceparent()
     meta = EventMeta.new(EventType.PUBLISHED, "urn:test", traceparent=traceparent)
     assert traceparent_of(meta) == traceparent
-    with record_context(meta, article_uri="urn:x"):
-        bound = structlog.contextvars.get_contextvars()
-    assert bound == {"event_id": meta.id, "trace_id": trace_id(traceparent), "article_uri": "urn:x"}
+    log = structlog.get_logger("test")
+    with structlog.testing.capture_logs(CONTEXT_PROCESSORS) as logs:
+        with record_context(meta, article_uri="urn:x"):
+            log.info("inside")
+            with traced(None, subscription_id="s1"):
+                log.info("nested", article_uri="urn:own")
+        log.info("after")
+    inside, nested, after = logs
+    assert inside["event_id"] == meta.id and inside["article_uri"] == "urn:x"
+    assert inside["trace_id"] == trace_id(traceparent)
+    # A nested context adds its fields to the outer ones; a line's own keys win.
+    assert nested["event_id"] == meta.id and nested["subscription_id"] == "s1"
+    assert nested["article_uri"] == "urn:own"
+    assert nested["trace_id"] not in (None, trace_id(traceparent))  # a fresh trace
+    assert not {"event_id", "trace_id", "article_uri"} & after.keys()
     assert structlog.contextvars.get_contextvars() == {}
+
+
+def test_json_log_lines_carry_the_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    before = structlog.get_config()
+    configure_logging("INFO", "json")
+    try:
+        traceparent = new_traceparent()
+        meta = EventMeta.new(EventType.PUBLISHED, "urn:test", traceparent=traceparent)
+        with record_context(meta):
+            get_logger("test").info("handled")
+    finally:
+        structlog.configure(**before)
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["event"] == "handled" and line["event_id"] == meta.id
+    assert line["trace_id"] == trace_id(traceparent)
 
 
 def test_opentelemetry_spans_when_enabled() -> None:
