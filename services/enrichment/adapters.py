@@ -180,10 +180,11 @@ class KafkaStoryTable:
         # a lookup took 7-18 ms to come back anyway, and a fifth of the waits ran out.
         self._highwater_wait_s = max(0.003, fetch_max_wait_ms / 1000)
         # Records fetched within this of the ones before: busy, the next response comes soon.
-        # Otherwise the lookup goes at once (waiting, it would queue behind a held fetch). While
-        # records keep coming, fetches are spaced by the fetch interval: the window counts it
-        # too (without it, at 400 stories/s half the lookups were of fetches found not busy).
-        self._busy_within_s = fetch_interval_ms / 1000 + 2 * fetch_max_wait_ms / 1000
+        # Otherwise the lookup goes at once (waiting, it would queue behind a held fetch). Not
+        # widened by the fetch interval: fetches 15-35 ms apart then counted as busy, and at 30
+        # stories/s every story waited for the next (held) fetch, +12 ms p50 end to end
+        # (docs/benchmarks.md, seventeenth session).
+        self._busy_within_s = 2 * fetch_max_wait_ms / 1000
         self._busy = False
         self._records_fetched_at = 0.0
         # partition -> the Kafka timestamp of the last record fetched (ahead of the observed)
