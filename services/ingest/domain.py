@@ -215,20 +215,17 @@ class IdempotencyStore(Protocol):
 # --- accepting versions -------------------------------------------------------------------
 
 
-def fingerprint(article: Article) -> str:
-    """Identifies the content a partner sent, so an identical re-post can be recognised."""
-    payload = article.model_dump_json(exclude={"versioncreated"}, exclude_none=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
 _VERSIONCREATED = b',"versioncreated":"'
 
 
 def fingerprint_of(value: bytes) -> str:
-    """`fingerprint` of the article `value` is the encoding of (`encode(article)`), from those
-    bytes rather than a second encoding: its `versioncreated` member cut out. The member
-    always follows `uri` and `version`, and no text can hold its opening (a quote inside a
-    JSON string is escaped), so the first match is it.
+    """Identifies the content a partner sent, so an identical re-post can be recognised: the
+    SHA-256 of the article's JSON without `versioncreated`, taken from `value`, its encoding
+    (`encode(article)`), with that member cut out; the same digest as of
+    `article.model_dump_json(exclude={"versioncreated"}, exclude_none=True)`, which the
+    ledgers hold, without a second encoding. The member always follows `uri` and `version`,
+    and no text can hold its opening (a quote inside a JSON string is escaped), so the first
+    match is it.
     """
     start = value.index(_VERSIONCREATED)
     end = value.index(b'"', start + len(_VERSIONCREATED)) + 1
