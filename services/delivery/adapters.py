@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic_core import from_json, to_json
 from redis.asyncio import Redis
@@ -38,7 +37,7 @@ from shared.events import (
     current_traceparent,
     new_event_id,
 )
-from shared.kafka import PRODUCER_STOP_WITHIN_S, BatchedRecords, DeadLetters
+from shared.kafka import PRODUCER_STOP_WITHIN_S, BatchedRecords, DeadLetters, KeyPartitioner
 from shared.logging import get_logger
 from shared.redis import raw, text
 
@@ -854,7 +853,7 @@ class KafkaAttemptLog:
         self._taken = asyncio.Event()  # set whenever the lingering records are taken
         self._hurry = asyncio.Event()  # set by `flush` and `close`: no lingering then
         self._partition_of: dict[bytes, int] = {}
-        self._partitioner = DefaultPartitioner()
+        self._partitioner = KeyPartitioner()  # the producers' own (`make_producer`)
         self._fixed_headers: Headers = [
             ("ce_specversion", SPEC_VERSION.encode()),
             ("ce_source", source.encode()),
