@@ -8,6 +8,8 @@ ingest-request -> webhook-received across processes on one clock.
 Each measured run (the max-rate run with the short paced one, then every step of every sweep)
 gets a fresh broker, Redis and set of processes: Tansu's memory storage slows with every record
 batch a topic holds, so runs on one broker got slower one after the other, raw and ours alike.
+Each sweep step also leaves `timeline-<scenario>-<rate>-<tag>.csv` in the logs directory: per
+new story, when it was sent, reached each hop's topic and its first webhook came.
 """
 
 from __future__ import annotations
@@ -498,6 +500,7 @@ async def run_load(
     probe: tuple[aiohttp.ClientSession, str] | None = None,
     pids: dict[str, int] | None = None,
     hops: Hops | None = None,
+    timeline: Path | None = None,
 ) -> Result:
     await asyncio.to_thread(receiver_reset, receiver)
     cpu_before = cpu_snapshot(pids or {})
@@ -535,6 +538,8 @@ async def run_load(
         result.stages = hop_times(
             [what for what, _ in topics], stamps, items, sent, result.first_webhook, first
         )
+        if timeline is not None:
+            write_timeline(timeline, stamps, items, sent, result.first_webhook, first)
     print(result.line(), flush=True)
     if result.stages:
         print(result.stages_line(), flush=True)
@@ -573,6 +578,26 @@ class Hop:
     last_s: float  # its last record, from the first request
     p50_ms: float  # the time a new story spent from the hop before (or its request) to this one
     p99_ms: float
+
+
+def write_timeline(
+    path: Path,
+    stamps: list[dict[bytes, int]],
+    items: list[Item],
+    sent: dict[int, float],
+    first_webhook: dict[int, float],
+    first: float,
+) -> None:
+    """Each new story's way through the run, one CSV row a story: when it was sent, reached each
+    hop's topic and its first webhook came, in seconds from the run's first request (empty:
+    never). Where a step's p99 came from: a stall at one moment, or a hop falling behind."""
+    lines = []
+    for item in (i for i in items if i.kind == "publish" and i.token in sent):
+        key = item.uri.encode()
+        times = [sent[item.token], *(s.get(key, 0) / 1000 for s in stamps)]
+        times.append(first_webhook.get(item.token, 0.0))
+        lines.append(",".join(f"{t - first:.4f}" if t else "" for t in times))
+    path.write_text("\n".join(lines) + "\n")
 
 
 def hop_times(
@@ -664,12 +689,14 @@ def measured_runs(
             pids: dict[str, int],
         ) -> list[Result]:
             tag = uuid.uuid4().hex[:6]
+            slug = "".join(c if c.isalnum() else "-" for c in name)
             if rate is not None:
                 stories = stream(int(rate * opts.sweep_seconds), f"s{tag}")
+                timeline = opts.logs / f"timeline-{slug}-{rate:.0f}-{tag}.csv"
                 return [
                     await run_load(
                         name, stories, send, receiver, urls, rate, opts.concurrency, probe,
-                        pids=pids, hops=hops,
+                        pids=pids, hops=hops, timeline=timeline,
                     )
                 ]  # fmt: skip
             burst = stream(opts.stories, f"m{tag}")

@@ -110,6 +110,9 @@ class KnownEnds:
 
 # How often the end-offsets tracker looks for fresh high watermarks (a fetch cycle is ~1-5 ms).
 HIGHWATER_POLL_S = 0.001
+# A fetch bringing this many records or more is a busy stream's (see `_busy_spaced_within_s`):
+# at 30 stories/s a fetch brings one; at 300/s a 15 ms interval brings ~4.5.
+BUSY_FETCH_RECORDS = 4
 
 
 class KafkaStoryTable:
@@ -180,11 +183,14 @@ class KafkaStoryTable:
         # a lookup took 7-18 ms to come back anyway, and a fifth of the waits ran out.
         self._highwater_wait_s = max(0.003, fetch_max_wait_ms / 1000)
         # Records fetched within this of the ones before: busy, the next response comes soon.
-        # Otherwise the lookup goes at once (waiting, it would queue behind a held fetch). Not
-        # widened by the fetch interval: fetches 15-35 ms apart then counted as busy, and at 30
-        # stories/s every story waited for the next (held) fetch, +12 ms p50 end to end
-        # (docs/benchmarks.md, seventeenth session).
+        # Otherwise the lookup goes at once (waiting, it would queue behind a held fetch).
         self._busy_within_s = 2 * fetch_max_wait_ms / 1000
+        # Within the fetch interval plus that, when the fetch brought `BUSY_FETCH_RECORDS` or
+        # more: a stream that fills each spaced fetch. The wider window alone counted fetches
+        # 15-35 ms apart as busy at 30 stories/s too, and every story then waited for the next
+        # (held) fetch, +12 ms p50 end to end (docs/benchmarks.md, seventeenth session); at
+        # 30/s a fetch brings one record.
+        self._busy_spaced_within_s = fetch_interval_ms / 1000 + self._busy_within_s
         self._busy = False
         self._records_fetched_at = 0.0
         # partition -> the Kafka timestamp of the last record fetched (ahead of the observed)
@@ -333,14 +339,20 @@ class KafkaStoryTable:
             self._fetched[tp] = messages[-1].timestamp
             self._fetched_to[tp.partition] = messages[-1].offset + 1
         if batches:
-            now = time.monotonic()
-            self._busy = now - self._records_fetched_at < self._busy_within_s
-            self._records_fetched_at = now
+            self._note_records_fetched(sum(map(len, batches.values())), time.monotonic())
             self._fetched_since_lookup.set()
         await self._keep_in_step()
         fetched = list(heapq.merge(*batches.values(), key=lambda m: m.timestamp))
         self._spacing.after_fetch(self._consumer, self._partitions, len(fetched))
         return fetched
+
+    def _note_records_fetched(self, records: int, now: float) -> None:
+        """Whether the stream is busy: records fetched soon after the ones before (see
+        `_busy_within_s` and `_busy_spaced_within_s`)."""
+        since = now - self._records_fetched_at
+        many = records >= BUSY_FETCH_RECORDS
+        self._busy = since < (self._busy_spaced_within_s if many else self._busy_within_s)
+        self._records_fetched_at = now
 
     async def _take_new_partitions(self) -> None:
         """Adds the partitions to `follow`, and every other the topic has now, to the consumer's
