@@ -49,7 +49,7 @@ async def open_runtime(settings: IngestSettings) -> AsyncIterator[IngestRuntime]
             KafkaArticlePublisher(
                 producer, settings.topics.ingested, settings.ingest_ack_timeout_s
             ),
-            RedisLedger(redis, settings.redis_key_prefix),
+            RedisLedger(redis, settings.redis_key_prefix, settings.ingest_claim_window_ms / 1000),
             source=f"{settings.event_source}:ingest",
             publish_timeout_s=settings.ingest_ack_timeout_s,
         )
