@@ -7,6 +7,13 @@ Starts the embedded broker and redis-server, calls the ASGI app directly with ~3
 (fresh uri each) from `concurrency` tasks, and prints process CPU µs per request (broker and
 Redis run in their own processes and are not counted). `--bare`: the bench's bare endpoint.
 Every process started here is stopped by its pid.
+
+    .venv/bin/python -m bench.ingest_cpu --rate 1000 --requests 6000 --claim-windows 0,2
+
+`--rate`: requests start at that many a second, each on time (a paced load client's arrivals),
+and the broker's and Redis's CPU a request are printed too; a paced request costs far more than
+one among 32 in flight. `--claim-windows`: one run per NEWSFLOW_INGEST_CLAIM_WINDOW_MS value,
+in turn, each round (an interleaved A/B in one process).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import uuid
 from typing import Any
 
 from bench.ingest import KEY, article, bare_app
+from bench.processes import process_tree_cpu_s
 from ops.embedded import start_kafka, start_redis
 from services.ingest.app import create_app
 from services.ingest.main import open_runtime
@@ -68,8 +76,17 @@ async def post(app: Any, body: bytes) -> int:
 
 
 async def run(
-    settings: IngestSettings, requests: int, concurrency: int, profile: str, bare: bool
+    settings: IngestSettings,
+    requests: int,
+    concurrency: int,
+    profile: str,
+    bare: bool,
+    rate: float = 0.0,
+    others: dict[str, int] | None = None,
 ) -> None:
+    """`rate`: requests started at that many a second (each on time, however many are in
+    flight), not `concurrency` at a time. `others`: processes (name -> pid) whose CPU over the
+    measured requests is printed too (the broker, Redis)."""
     app = bare_app() if bare else create_app(settings, open_runtime)
     bodies = [article("bench") for _ in range(requests + 500)]
     async with app.router.lifespan_context(app):
@@ -84,20 +101,46 @@ async def run(
         statuses.clear()
         profiler = cProfile.Profile() if profile else None
         per_task = requests // concurrency
+        others = others or {}
+        before = {name: process_tree_cpu_s(pid) for name, pid in others.items()}
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler:
             profiler.enable()
-        await asyncio.gather(*(client(500 + i, per_task) for i in range(concurrency)))
+        if rate:
+            done = per_task * concurrency
+            await paced(app, bodies[500 : 500 + done], rate, statuses)
+        else:
+            await asyncio.gather(*(client(500 + i, per_task) for i in range(concurrency)))
         if profiler:
             profiler.disable()
             profiler.dump_stats(profile)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         done = per_task * concurrency
-        print(
-            f"{'bare' if bare else 'ingest'}: {done} requests, statuses {statuses}: "
-            f"{cpu / done * 1e6:.0f} µs CPU a request, "
-            f"{done / wall:.0f} req/s in-process"
+        elsewhere = "".join(
+            f", {name} {(process_tree_cpu_s(pid) - before[name]) / done * 1e6:.0f}"
+            for name, pid in others.items()
         )
+        window = f" (claim window {settings.ingest_claim_window_ms:g} ms)" if rate else ""
+        print(
+            f"{'bare' if bare else 'ingest'}{window}: {done} requests, statuses {statuses}: "
+            f"{cpu / done * 1e6:.0f} µs CPU a request{elsewhere}, "
+            f"{done / wall:.0f} req/s in-process",
+            flush=True,
+        )
+
+
+async def paced(app: Any, bodies: list[bytes], rate: float, statuses: dict[int, int]) -> None:
+    """Starts a request every 1/rate seconds (as a paced load client's arrive)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks: list[asyncio.Task[int]] = []
+    for n, body in enumerate(bodies):
+        delay = start + n / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(post(app, body)))
+    for status in await asyncio.gather(*tasks):
+        statuses[status] = statuses.get(status, 0) + 1
 
 
 def main() -> None:
@@ -107,6 +150,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", default="", help="write cProfile stats of the last round")
     parser.add_argument("--bare", action="store_true", help="the bare endpoint instead")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="pace the requests at this many a second"
+    )
+    parser.add_argument(
+        "--claim-windows",
+        default="",
+        help="with --rate: comma-separated NEWSFLOW_INGEST_CLAIM_WINDOW_MS values, one after the "
+        "other in each round (an interleaved A/B)",
+    )
     args = parser.parse_args()
     kafka, redis = start_kafka(), start_redis()
     try:
@@ -127,10 +179,16 @@ def main() -> None:
         )
         import uvloop
 
+        windows = [float(w) for w in args.claim_windows.split(",") if w]
+        arms = [settings.model_copy(update={"ingest_claim_window_ms": w}) for w in windows]
+        others = {"broker": kafka.pid, "redis": redis.pid}
         for round_ in range(args.rounds):
             last = round_ == args.rounds - 1
             profile = args.profile if last else ""
-            uvloop.run(run(settings, args.requests, args.concurrency, profile, args.bare))
+            for arm in arms or [settings]:
+                uvloop.run(
+                    run(arm, args.requests, args.concurrency, profile, args.bare, args.rate, others)
+                )
     finally:
         redis.stop()
         kafka.stop()
