@@ -31,9 +31,7 @@ async def test_the_calls_of_one_tick_go_as_one_batch_and_each_gets_its_answer() 
     assert batches.sent == [[0, 1, 2, 3, 4]]
 
 
-async def test_calls_that_keep_coming_wait_out_the_window_together_and_a_quiet_call_goes_at_once() -> (
-    None
-):
+async def test_calls_that_keep_coming_wait_out_the_window_and_a_quiet_one_goes_at_once() -> None:
     batches = _Batches()
     coalescer = Coalescer(batches.run, window_s=0.05)
     loop = asyncio.get_running_loop()
