@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -110,9 +111,14 @@ class KnownEnds:
 
 # How often the end-offsets tracker looks for fresh high watermarks (a fetch cycle is ~1-5 ms).
 HIGHWATER_POLL_S = 0.001
-# A fetch bringing this many records or more is a busy stream's (see `_busy_spaced_within_s`):
-# at 30 stories/s a fetch brings one; at 300/s a 15 ms interval brings ~4.5.
-BUSY_FETCH_RECORDS = 4
+# A stream is busy while the records fetched over about the last `BUSY_WINDOW_S` (a decayed
+# count) number `BUSY_RECORDS` or more: ~100 stories a second. At 30/s the count is ~3.
+BUSY_WINDOW_S = 0.1
+BUSY_RECORDS = 10
+# How long a busy table waits for the next fetch responses' high watermarks before it looks the
+# end offsets up: the next fetch comes once the loop gets to it (a chunk being observed or
+# enriched first), and on the embedded broker a lookup under load took 30-60 ms itself.
+BUSY_HIGHWATER_WAIT_S = 0.1
 
 
 class KafkaStoryTable:
@@ -182,16 +188,16 @@ class KafkaStoryTable:
         # the partitions rest between spaced fetches. One fetch wait, not 3 ms: at 400 stories/s
         # a lookup took 7-18 ms to come back anyway, and a fifth of the waits ran out.
         self._highwater_wait_s = max(0.003, fetch_max_wait_ms / 1000)
-        # Records fetched within this of the ones before: busy, the next response comes soon.
-        # Otherwise the lookup goes at once (waiting, it would queue behind a held fetch).
+        # Records fetched within this of the ones before, or many records of late (`BUSY_*`):
+        # busy, the next response comes soon. Otherwise the lookup goes at once (waiting, it
+        # would queue behind a held fetch). Gaps alone misjudged both ends: a window of the
+        # fetch interval and two waits made every story at 30 stories/s wait for the next (held)
+        # fetch, +12 ms p50 end to end (docs/benchmarks.md, seventeenth session); two waits
+        # alone counted 800/s as quiet whenever the loop was late to fetch, and each story then
+        # waited for a lookup of 30-60 ms (eighteenth session).
         self._busy_within_s = 2 * fetch_max_wait_ms / 1000
-        # Within the fetch interval plus that, when the fetch brought `BUSY_FETCH_RECORDS` or
-        # more: a stream that fills each spaced fetch. The wider window alone counted fetches
-        # 15-35 ms apart as busy at 30 stories/s too, and every story then waited for the next
-        # (held) fetch, +12 ms p50 end to end (docs/benchmarks.md, seventeenth session); at
-        # 30/s a fetch brings one record.
-        self._busy_spaced_within_s = fetch_interval_ms / 1000 + self._busy_within_s
         self._busy = False
+        self._recent_records = 0.0  # records fetched, decayed over `BUSY_WINDOW_S`
         self._records_fetched_at = 0.0
         # partition -> the Kafka timestamp of the last record fetched (ahead of the observed)
         self._fetched: dict[TopicPartition, int] = {}
@@ -347,11 +353,12 @@ class KafkaStoryTable:
         return fetched
 
     def _note_records_fetched(self, records: int, now: float) -> None:
-        """Whether the stream is busy: records fetched soon after the ones before (see
-        `_busy_within_s` and `_busy_spaced_within_s`)."""
+        """Whether the stream is busy: records fetched soon after the ones before, or many of
+        late (see `_busy_within_s`)."""
         since = now - self._records_fetched_at
-        many = records >= BUSY_FETCH_RECORDS
-        self._busy = since < (self._busy_spaced_within_s if many else self._busy_within_s)
+        decay = math.exp(-since / BUSY_WINDOW_S) if since > 0 else 1.0
+        self._recent_records = self._recent_records * decay + records
+        self._busy = since < self._busy_within_s or self._recent_records >= BUSY_RECORDS
         self._records_fetched_at = now
 
     async def _take_new_partitions(self) -> None:
@@ -502,7 +509,8 @@ class KafkaStoryTable:
 
     async def _highwaters_after(self) -> dict[int, int] | None:
         """Every partition's high watermark from a fetch response processed from now on,
-        waiting for such responses up to `_highwater_wait_s`; None if some partition's does not
+        waiting for such responses up to `_highwater_wait_s` (plus the rest between spaced
+        fetches; a busy table up to `BUSY_HIGHWATER_WAIT_S`); None if some partition's does not
         come (it is paused to keep the partitions in step, or its records wait unread in the
         consumer).
 
@@ -517,7 +525,8 @@ class KafkaStoryTable:
         consumer = self._consumer
         before = {tp: consumer.last_poll_timestamp(tp) for tp in self._partitions}
         resting = self._spacing.interval_s if self._spacing.resting else 0.0
-        deadline = time.monotonic() + self._highwater_wait_s + resting
+        wait = max(self._highwater_wait_s, BUSY_HIGHWATER_WAIT_S) if self._busy else 0.0
+        deadline = time.monotonic() + max(wait, self._highwater_wait_s + resting)
         while not self._ahead:
             ends: dict[int, int] = {}
             for tp in self._partitions:

@@ -262,16 +262,25 @@ def test_the_table_pauses_partitions_fetched_ahead_in_time_of_one_still_behind()
     assert ahead_in_time({0: (5, 900, 5), 1: (7, 100, 7)}) == set()
 
 
-async def test_a_stream_is_busy_when_its_fetches_come_close_or_come_full() -> None:
+async def test_a_stream_is_busy_when_its_fetches_come_close_or_many_records_came_of_late() -> None:
     table = KafkaStoryTable(
         "127.0.0.1:1", "in", lambda article, features: None, fetch_max_wait_ms=10,
         fetch_interval_ms=15,
     )  # fmt: skip
     await table.stop()
     busy = []
-    for records, gap_s in [(1, 1.0), (1, 0.005), (1, 0.025), (8, 0.025), (8, 0.060), (3, 0.019)]:
-        table._note_records_fetched(records, table._records_fetched_at + gap_s)
+    at = 100.0
+    for records, gap_s in [(1, 1.0), (1, 0.005), (1, 0.033), (1, 0.033), (1, 0.033)]:
+        at += gap_s
+        table._note_records_fetched(records, at)
         busy.append(table._busy)
-    # One record 25 ms after the last (30 stories/s): quiet, its end offsets are looked up at
-    # once. Eight after 25 ms: a busy stream filling each spaced fetch (busy within 15 + 20 ms).
-    assert busy == [False, True, False, True, False, True]
+    # 30 stories/s: one record a fetch ~33 ms apart is quiet (its end offsets looked up at once).
+    assert busy == [False, True, False, False, False]
+    busy = []
+    for records, gap_s in [(12, 0.016), (14, 0.045), (11, 0.030), (3, 0.300)]:
+        at += gap_s
+        table._note_records_fetched(records, at)
+        busy.append(table._busy)
+    # 800/s: a dozen records a fetch, even 30-45 ms apart (the loop late to fetch), is busy;
+    # a few records after a long pause are not.
+    assert busy == [True, True, True, False]
