@@ -1,6 +1,7 @@
-"""A process puts itself under SCHED_BATCH (or back to normal), every thread it has included.
+"""A process puts itself under SCHED_BATCH (or back to normal), every thread it has included;
+and what `prepare_process` sets up in a service's process besides: the collector's thresholds.
 
-Each case runs in a child interpreter: the test process keeps its own policy.
+Each case runs in a child interpreter: the test process keeps its own policy and collector.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
+from shared.serve import GC_THRESHOLDS
+
+linux_only = pytest.mark.skipif(
     not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's; elsewhere it reports normal"
 )
 
@@ -28,6 +31,7 @@ def run_child(code: str) -> list[str]:
     return done.stdout.split()
 
 
+@linux_only
 def test_batch_covers_threads_started_before_and_after_and_normal_undoes_it() -> None:
     seen = run_child(
         """
@@ -56,6 +60,7 @@ def test_batch_covers_threads_started_before_and_after_and_normal_undoes_it() ->
     assert seen == ["normal", "batch", "batch", "batch", "batch", "normal", "normal"]
 
 
+@linux_only
 def test_children_inherit_it() -> None:
     seen = run_child(
         """
@@ -70,6 +75,7 @@ def test_children_inherit_it() -> None:
     assert seen == ["batch"]
 
 
+@linux_only
 def test_the_setting_defaults_to_batch_and_refuses_other_words() -> None:
     from pydantic import ValidationError
 
@@ -79,3 +85,19 @@ def test_the_setting_defaults_to_batch_and_refuses_other_words() -> None:
     assert NewsflowSettings(cpu_scheduling="normal").cpu_scheduling == "normal"
     with pytest.raises(ValidationError, match="cpu_scheduling"):
         NewsflowSettings(cpu_scheduling="realtime")
+
+
+def test_a_service_process_collects_young_objects_every_10000_allocations() -> None:
+    numbers = run_child(
+        """
+        import gc
+        from shared.serve import prepare_process
+        from shared.settings import NewsflowSettings
+
+        before = gc.get_threshold()
+        prepare_process(NewsflowSettings(cpu_scheduling="normal", log_format="json"))
+        print(*before, *gc.get_threshold())
+        """
+    )
+    assert numbers[:3] == ["700", "10", "10"]  # the interpreter's own, for contrast
+    assert tuple(int(n) for n in numbers[3:]) == GC_THRESHOLDS == (10_000, 10, 10)
