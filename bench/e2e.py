@@ -580,6 +580,11 @@ class Hop:
     p99_ms: float
 
 
+def new_stories(items: list[Item], sent: dict[int, float]) -> list[Item]:
+    """The run's first versions that were sent and accepted (what a hop's latency is of)."""
+    return [i for i in items if i.kind == "publish" and i.token in sent]
+
+
 def write_timeline(
     path: Path,
     stamps: list[dict[bytes, int]],
@@ -592,7 +597,7 @@ def write_timeline(
     hop's topic and its first webhook came, in seconds from the run's first request (empty:
     never). Where a step's p99 came from: a stall at one moment, or a hop falling behind."""
     lines = []
-    for item in (i for i in items if i.kind == "publish" and i.token in sent):
+    for item in new_stories(items, sent):
         key = item.uri.encode()
         times = [sent[item.token], *(s.get(key, 0) / 1000 for s in stamps)]
         times.append(first_webhook.get(item.token, 0.0))
@@ -611,7 +616,7 @@ def hop_times(
     """Each hop's share of a new story's latency (request -> each topic -> first webhook), and
     when it wrote its last record: the hop whose rate falls behind is where the stories queue.
     """
-    stories = [i for i in items if i.kind == "publish" and i.token in sent]
+    stories = new_stories(items, sent)
     hops: list[Hop] = []
     for n, name in enumerate([*names, "webhook"]):
         spent: list[float] = []

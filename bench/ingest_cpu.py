@@ -101,13 +101,13 @@ async def run(
         statuses.clear()
         profiler = cProfile.Profile() if profile else None
         per_task = requests // concurrency
+        done = per_task * concurrency
         others = others or {}
         before = {name: process_tree_cpu_s(pid) for name, pid in others.items()}
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler:
             profiler.enable()
         if rate:
-            done = per_task * concurrency
             await paced(app, bodies[500 : 500 + done], rate, statuses)
         else:
             await asyncio.gather(*(client(500 + i, per_task) for i in range(concurrency)))
@@ -115,7 +115,6 @@ async def run(
             profiler.disable()
             profiler.dump_stats(profile)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        done = per_task * concurrency
         elsewhere = "".join(
             f", {name} {(process_tree_cpu_s(pid) - before[name]) / done * 1e6:.0f}"
             for name, pid in others.items()

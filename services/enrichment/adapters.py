@@ -525,8 +525,10 @@ class KafkaStoryTable:
         consumer = self._consumer
         before = {tp: consumer.last_poll_timestamp(tp) for tp in self._partitions}
         resting = self._spacing.interval_s if self._spacing.resting else 0.0
-        wait = max(self._highwater_wait_s, BUSY_HIGHWATER_WAIT_S) if self._busy else 0.0
-        deadline = time.monotonic() + max(wait, self._highwater_wait_s + resting)
+        waits = self._highwater_wait_s + resting
+        if self._busy:
+            waits = max(waits, BUSY_HIGHWATER_WAIT_S)
+        deadline = time.monotonic() + waits
         while not self._ahead:
             ends: dict[int, int] = {}
             for tp in self._partitions:
