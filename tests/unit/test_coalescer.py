@@ -1,5 +1,6 @@
-"""ingest's `Coalescer`: calls of one tick go as one batch; while calls keep coming, those within
-its window go together; a quiet stream's call goes at once; a failed batch fails each call."""
+"""`Coalescer` (ingest's ledger calls, delivery's settlements): calls of one tick go as one batch;
+while calls keep coming, those within its window go together; a quiet stream's call goes at once;
+a failed batch fails each call."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 
 import pytest
 
-from services.ingest.adapters import Coalescer
+from shared.batching import Coalescer
 
 pytestmark = pytest.mark.unit
 
