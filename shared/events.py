@@ -137,7 +137,9 @@ class DeliveryAttempt(ContractModel):
     event_type: str
     url: str
     attempt: int
-    status_code: int | None
+    status_code: int | None = Field(
+        default=None, description="The answer's HTTP status; absent when none came (a timeout)."
+    )
     outcome: Literal["delivered", "failed", "gave_up"]
     duration_ms: float
     error: str | None = None

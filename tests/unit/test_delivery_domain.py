@@ -294,6 +294,8 @@ def test_an_attempt_record_is_the_encoded_attempt_model(case: dict[str, Any]) ->
     record = encode_attempt(**fields)
     model = DeliveryAttempt.model_construct(**fields)
     assert record == encode(model)
+    # What a reader of deliveries.attempts.v1 decodes (a timeout's record has no status code).
+    assert DeliveryAttempt.model_validate_json(record) == DeliveryAttempt(**fields)
 
 
 def test_an_attempt_record_has_every_field_of_the_model_in_its_order() -> None:
