@@ -76,8 +76,12 @@ def test_children_inherit_it() -> None:
 
 
 @linux_only
-def test_the_setting_defaults_to_batch_and_refuses_other_words() -> None:
+def test_the_setting_defaults_to_batch_and_refuses_other_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from pydantic import ValidationError
+
+    monkeypatch.delenv("NEWSFLOW_CPU_SCHEDULING", raising=False)  # the default, whatever the shell
 
     from shared.settings import NewsflowSettings
 
