@@ -78,6 +78,9 @@ class FakeSubscriptionStore:
     async def get(self, subscription_id: str) -> Subscription | None:
         return self.items.get(subscription_id)
 
+    async def latest(self, subscription_id: str) -> Subscription | None:
+        return self.items.get(subscription_id)
+
     async def all(self) -> list[Subscription]:
         return list(self.items.values())
 

@@ -385,6 +385,12 @@ class KafkaSubscriptionStore:
         self._caught_up = asyncio.Event()
         # Subscriptions whose latest record is not sealed with the first key (see `reseal`).
         self._unsealed: set[str] = set()
+        # What `latest` waits on: the tail's consumer and how far it has read, the offsets
+        # written here that it has not read yet (held already), and a pulse per batch read.
+        self._tail_consumer: AIOKafkaConsumer | None = None
+        self._read_to: dict[TopicPartition, int] = {}
+        self._own: dict[int, set[int]] = {}
+        self._progress = asyncio.Event()
 
     async def add(self, subscription: Subscription) -> None:
         meta = EventMeta.new(self.EVENT_TYPE, self._source)
@@ -396,13 +402,46 @@ class KafkaSubscriptionStore:
         )
         self._items[subscription.id] = subscription
         self._written[subscription.id] = stored.offset
+        self._own.setdefault(stored.partition, set()).add(stored.offset)
         self._unsealed.discard(subscription.id)
+
+    async def latest(self, subscription_id: str) -> Subscription | None:
+        """The subscription as the topic holds it now: waits until this instance has every
+        record written before the call, another instance's too (the tail reads them within
+        a fetch), so a change made from it undoes none made elsewhere a moment ago."""
+        await self.read_to_now()
+        return self._items.get(subscription_id)
+
+    async def read_to_now(self) -> None:
+        """Returns once the tail has read every record on the topic when called (records
+        written here count as read). `TimeoutError` when it cannot within
+        `READ_TO_NOW_TIMEOUT_S` (the broker away); without a running tail, at once."""
+        consumer = self._tail_consumer
+        if consumer is None:
+            return
+        ends = await consumer.end_offsets(list(self._read_to))
+        async with asyncio.timeout(self.READ_TO_NOW_TIMEOUT_S):
+            while not all(self._held_to(tp) >= end for tp, end in ends.items()):
+                self._progress.clear()
+                await self._progress.wait()
+
+    READ_TO_NOW_TIMEOUT_S = 10.0
+
+    def _held_to(self, tp: TopicPartition) -> int:
+        """The offset up to which this instance holds the partition: the tail's position, and
+        on past the records written here right after it."""
+        offset = self._read_to.get(tp, 0)
+        own = self._own.get(tp.partition, set())
+        while offset in own:
+            offset += 1
+        return offset
 
     async def reseal(self) -> int:
         """Writes again every subscription whose record on the topic holds its signing secrets
         in plain text or sealed with an older key, so they are sealed with the first key of
         NEWSFLOW_DELIVERY_SECRETS_KEY: after a rotation, the old keys can then be dropped.
         Returns how many were written."""
+        await self.read_to_now()  # reseal what the topic holds now, not what it held
         written = 0
         for subscription_id in sorted(self._unsealed):
             subscription = self._items.get(subscription_id)
@@ -417,11 +456,13 @@ class KafkaSubscriptionStore:
         return len(self._unsealed.intersection(self._items))
 
     async def remove(self, subscription_id: str) -> bool:
+        await self.read_to_now()  # one created elsewhere a moment ago is found
         if subscription_id not in self._items:
             return False
         stored = await self._producer.send_and_wait(self._topic, None, key=subscription_id.encode())
         self._items.pop(subscription_id, None)
         self._written[subscription_id] = stored.offset
+        self._own.setdefault(stored.partition, set()).add(stored.offset)
         return True
 
     async def get(self, subscription_id: str) -> Subscription | None:
@@ -442,13 +483,21 @@ class KafkaSubscriptionStore:
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)
+            self._read_to = dict.fromkeys(partitions, 0)
+            self._tail_consumer = consumer
             while True:
                 batches = await consumer.getmany(timeout_ms=200)
                 for messages in batches.values():
                     for message in messages:
                         await self._apply(message)
+                for tp in partitions:
+                    self._read_to[tp] = read_to = await consumer.position(tp)
+                    own = self._own.get(tp.partition)
+                    if own:
+                        self._own[tp.partition] = {o for o in own if o >= read_to}
+                self._progress.set()
                 if not self._caught_up.is_set():
-                    positions = [await consumer.position(tp) for tp in ends]
+                    positions = [self._read_to[tp] for tp in ends]
                     if all(p >= end for p, end in zip(positions, ends.values(), strict=True)):
                         self._caught_up.set()
                         if self.unsealed:
@@ -459,6 +508,7 @@ class KafkaSubscriptionStore:
                                 subscriptions=self.unsealed,
                             )
         finally:
+            self._tail_consumer = None
             await consumer.stop()
 
     async def _apply(self, message: Any) -> None:

@@ -9,14 +9,20 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    contextmanager,
+)
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
@@ -883,16 +889,23 @@ class Sender:
         self._marked_failing.discard(subscription.id)
         current = await self._subscriptions.get(subscription.id)
         if current is not None and current.failing_since is not None:
-            await self._subscriptions.add(current.model_copy(update={"failing_since": None}))
+            current = await self._subscriptions.latest(subscription.id)
+            if current is not None and current.failing_since is not None:
+                await self._subscriptions.add(current.model_copy(update={"failing_since": None}))
 
     async def _failed(self, subscription: Subscription, now: datetime) -> None:
+        # Decided on what this instance holds (a failing endpoint fails often); written from
+        # the latest record, so an admin's change of a moment ago is not undone.
         current = await self._subscriptions.get(subscription.id)
         if current is None or not current.active:
             return
         if current.failing_since is None:
             if current.id not in self._marked_failing:
                 self._marked_failing.add(current.id)
-                await self._subscriptions.add(current.model_copy(update={"failing_since": now}))
+                current = await self._subscriptions.latest(subscription.id)
+                if current is not None and current.active and current.failing_since is None:
+                    marked = current.model_copy(update={"failing_since": now})
+                    await self._subscriptions.add(marked)
             return
         failing_for = (now - current.failing_since).total_seconds()
         if failing_for >= self._settings.delivery_auto_disable_after_s:
@@ -909,6 +922,9 @@ class Sender:
             return
         self._disabling.add(subscription_id)
         try:
+            current = await self._subscriptions.latest(subscription_id)
+            if current is None or current.disabled_at is not None:
+                return
             disabled = current.model_copy(
                 update={"disabled_at": datetime.now(UTC), "disabled_reason": reason}
             )
@@ -1123,6 +1139,20 @@ def _etagged(body: bytes, etag: str, if_none_match: str | None, max_age: int) ->
     return Response(body, media_type="application/json", headers=headers)
 
 
+@contextmanager
+def read_from_the_broker() -> Iterator[None]:
+    """503 (retry later) when the subscriptions cannot be read up to now: the broker away."""
+    try:
+        yield
+    except (TimeoutError, KafkaError) as exc:
+        raise Problem(
+            503,
+            "unavailable",
+            "the subscriptions cannot be read from the broker now; retry later",
+            headers={"Retry-After": "5"},
+        ) from exc
+
+
 def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
     metrics = DeliveryMetrics()
     tasks: list[asyncio.Task[None]] = []
@@ -1171,7 +1201,10 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
             ) from exc
 
     async def found(subscription_id: str, deps: DeliveryDeps) -> Subscription:
-        subscription = await deps.subscriptions.get(subscription_id)
+        """The subscription as stored now: one created or changed through another instance a
+        moment ago is found as it is, and a change made from it undoes nothing."""
+        with read_from_the_broker():
+            subscription = await deps.subscriptions.latest(subscription_id)
         if subscription is None:
             raise Problem(404, "unknown_subscription", f"no subscription {subscription_id}")
         return subscription
@@ -1201,8 +1234,10 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         """Writes again every subscription whose signing secrets are stored in plain text or
         sealed with an older key, sealed with the first key of NEWSFLOW_DELIVERY_SECRETS_KEY:
         after a key rotation, the old key can be dropped once this has run (the next start
-        logs how many are left, if any). Run it while no one else changes subscriptions."""
-        resealed = await deps.subscriptions.reseal()
+        logs how many are left, if any). It starts from the topic as it is when called; run it
+        while no one else changes subscriptions (a change at that very moment could be lost)."""
+        with read_from_the_broker():
+            resealed = await deps.subscriptions.reseal()
         log.info("subscriptions resealed", subscriptions=resealed)
         return {"resealed": resealed}
 
@@ -1227,7 +1262,9 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
 
     @app.delete("/v1/subscriptions/{subscription_id}", status_code=204, dependencies=admin)
     async def delete_subscription(subscription_id: str, deps: Deps) -> Response:
-        if not await deps.subscriptions.remove(subscription_id):
+        with read_from_the_broker():
+            removed = await deps.subscriptions.remove(subscription_id)
+        if not removed:
             raise Problem(404, "unknown_subscription", f"no subscription {subscription_id}")
         return Response(status_code=204)
 

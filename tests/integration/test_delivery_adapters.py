@@ -328,6 +328,32 @@ async def test_signing_secrets_are_sealed_on_the_topic_and_open_only_with_the_ke
         assert await reader.get(older.id) == older
 
 
+async def test_a_change_made_through_one_instance_starts_from_what_another_wrote_a_moment_ago(
+    stores: SubscriptionStores,
+) -> None:
+    """Admin calls behind a load balancer land on any instance: each reads the topic up to
+    now before it changes a subscription, so none undoes another's change of a moment ago."""
+    first, second = await stores.caught_up(None), await stores.caught_up(None)
+    created = Subscription.create(SubscriptionRequest(url="https://p.example/a"))
+    await first.add(created)
+    assert await second.latest(created.id) == created  # not yet in its tail's view, maybe
+
+    paused = created.model_copy(update={"paused": True})
+    await second.add(paused)
+    base = await first.latest(created.id)
+    assert base == paused
+    moved = base.model_copy(update={"url": "https://p.example/b"})
+    await first.add(moved)  # paused stays paused: the pause is not undone
+
+    for store in (first, second):
+        assert await store.latest(created.id) == moved
+    await first.reseal()  # no key: nothing to write, and it returns at once
+    other = Subscription.create(SubscriptionRequest(url="https://p.example/c"))
+    await first.add(other)
+    assert await second.remove(other.id)  # created elsewhere a moment ago: found
+    assert await first.latest(other.id) is None
+
+
 async def test_the_tail_never_brings_back_an_older_record_of_a_subscription_written_here(
     kafka_bootstrap: str, topics: Topics
 ) -> None:

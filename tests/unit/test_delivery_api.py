@@ -261,3 +261,25 @@ def test_reseal_is_for_admins_and_says_how_many_it_wrote(client: TestClient) -> 
     assert client.post("/v1/subscriptions/reseal").status_code == 401
     answer = client.post("/v1/subscriptions/reseal", headers=ADMIN)
     assert answer.status_code == 200 and answer.json() == {"resealed": 0}
+
+
+def test_a_subscription_the_broker_cannot_be_read_for_now_answers_503_to_retry(
+    client: TestClient, store: FakeSubscriptionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = client.post(
+        "/v1/subscriptions", json={"url": "https://partner.example/hooks"}, headers=ADMIN
+    ).json()
+
+    async def broker_away(subscription_id: str) -> None:
+        raise TimeoutError("the tail did not catch up")
+
+    monkeypatch.setattr(store, "latest", broker_away)
+    for method, path in [
+        ("GET", f"/v1/subscriptions/{created['id']}"),
+        ("POST", f"/v1/subscriptions/{created['id']}/pause"),
+    ]:
+        response = client.request(method, path, headers=ADMIN)
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "5"
+        assert response.json()["code"] == "unavailable"
+    assert store.items[created["id"]].paused is False  # nothing written
