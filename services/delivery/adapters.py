@@ -385,9 +385,11 @@ class KafkaSubscriptionStore:
         self._caught_up = asyncio.Event()
         # Subscriptions whose latest record is not sealed with the first key (see `reseal`).
         self._unsealed: set[str] = set()
-        # What `latest` waits on: the tail's consumer and how far it has read, the offsets
-        # written here that it has not read yet (held already), and a pulse per batch read.
-        self._tail_consumer: AIOKafkaConsumer | None = None
+        # What `latest` waits on: the topic's ends (looked up on a connection of their own:
+        # a broker answers a connection's requests in turn, and the tail's is mostly held by a
+        # fetch waiting for records), how far the tail has read, the offsets written here that
+        # it has not read yet (held already), and a pulse per batch read.
+        self._end_lookup: AIOKafkaConsumer | None = None
         self._read_to: dict[TopicPartition, int] = {}
         self._own: dict[int, set[int]] = {}
         self._progress = asyncio.Event()
@@ -416,10 +418,10 @@ class KafkaSubscriptionStore:
         """Returns once the tail has read every record on the topic when called (records
         written here count as read). `TimeoutError` when it cannot within
         `READ_TO_NOW_TIMEOUT_S` (the broker away); without a running tail, at once."""
-        consumer = self._tail_consumer
-        if consumer is None:
+        lookup = self._end_lookup
+        if lookup is None:
             return
-        ends = await consumer.end_offsets(list(self._read_to))
+        ends = await lookup.end_offsets(list(self._read_to))
         async with asyncio.timeout(self.READ_TO_NOW_TIMEOUT_S):
             while not all(self._held_to(tp) >= end for tp, end in ends.items()):
                 self._progress.clear()
@@ -477,14 +479,16 @@ class KafkaSubscriptionStore:
     async def tail(self) -> None:
         """Reads the topic from the beginning, then follows it (no consumer group)."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        lookup = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
         await consumer.start()
         try:
+            await lookup.start()
             partitions = await _partitions(consumer, self._topic)
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)
             self._read_to = dict.fromkeys(partitions, 0)
-            self._tail_consumer = consumer
+            self._end_lookup = lookup
             while True:
                 batches = await consumer.getmany(timeout_ms=200)
                 for messages in batches.values():
@@ -508,7 +512,8 @@ class KafkaSubscriptionStore:
                                 subscriptions=self.unsealed,
                             )
         finally:
-            self._tail_consumer = None
+            self._end_lookup = None
+            await lookup.stop()
             await consumer.stop()
 
     async def _apply(self, message: Any) -> None:
