@@ -68,3 +68,26 @@ async def test_a_claim_expires(redis: Redis, prefix: str) -> None:
     assert (await ledger.claim("urn:u", 1, "fp", "t1", 0.05)).won
     await asyncio.sleep(0.1)
     assert (await ledger.claim("urn:u", 1, "fp", "t2", 30)).won
+
+
+async def test_any_version_and_uri_go_through_claim_record_and_release_exactly(
+    redis: Redis, prefix: str
+) -> None:
+    """Versions have no upper bound (none is rounded, e.g. to 1e+20), and uris may hold any
+    text: each keeps its own claim and ledger entry."""
+    ledger = RedisLedger(redis, prefix)
+    uri = 'urn:ü:"quoted" \\ 😀'
+    huge = 10**20 + 1
+    claim = await ledger.claim(uri, huge, "fp-a", "t1", 30)
+    assert claim.won and claim.previous is None
+    assert await redis.exists(f"{prefix}ingest:claim:{uri}:{huge}")
+    await ledger.release(uri, huge, "t1")
+    assert not await redis.exists(f"{prefix}ingest:claim:{uri}:{huge}")
+
+    assert (await ledger.claim(uri, huge, "fp-a", "t2", 30)).won
+    entry = LedgerEntry(huge, "evt-1", "newsflow.article.updated", "fp-a", '{"ü":"😀"}')
+    await ledger.put(uri, entry)
+    assert await ledger.get(uri) == entry
+    assert not await redis.exists(f"{prefix}ingest:claim:{uri}:{huge}")  # dropped on record
+    lower = await ledger.claim(uri, huge - 1, "fp-b", "t3", 30)
+    assert not lower.won and lower.previous == replace(entry, article_json="")
