@@ -362,6 +362,7 @@ class KafkaSubscriptionStore:
     With a `sealer`, the signing secrets on the topic are sealed (`SecretSealer`)."""
 
     EVENT_TYPE = "newsflow.subscription.changed"
+    READ_TO_NOW_TIMEOUT_S = 10.0  # `read_to_now` gives up (the broker away)
 
     def __init__(
         self,
@@ -426,8 +427,6 @@ class KafkaSubscriptionStore:
             while not all(self._held_to(tp) >= end for tp, end in ends.items()):
                 self._progress.clear()
                 await self._progress.wait()
-
-    READ_TO_NOW_TIMEOUT_S = 10.0
 
     def _held_to(self, tp: TopicPartition) -> int:
         """The offset up to which this instance holds the partition: the tail's position, and
