@@ -27,7 +27,6 @@ from services.delivery.domain import (
     fingerprint,
     tier_for,
 )
-from shared.batching import Coalescer
 from shared.events import (
     CONTENT_TYPE,
     SPEC_VERSION,
@@ -623,10 +622,13 @@ class _Coalescer:
 
 @dataclass
 class _Settlements:
-    """The settle writes of one batch, merged per key and sent as one script call (one round
-    trip and one reply, however many jobs settled): pending-set removals, dead letters, attempt
-    records (each list trimmed once)."""
+    """The settle writes of one loop tick, merged per key and sent as one script call (one
+    round trip and one reply, however many jobs settled): pending-set removals, dead letters,
+    attempt records (each list trimmed once)."""
 
+    # One future per caller: a cancelled caller cancels only its own (as `shield` would do,
+    # without its Python callbacks per job).
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
     pending: dict[str, list[str]] = field(default_factory=dict)
     dead: dict[str, dict[str, str]] = field(default_factory=dict)
     attempts: dict[str, list[bytes]] = field(default_factory=dict)
@@ -710,11 +712,8 @@ class RedisDeliveryState:
         self._attempts_kept = attempts_kept
         self._coalesced = _Coalescer(redis)
         self._settle = redis.register_script(_Settlements.SCRIPT)
-        # (the job settled, or None for an attempt before a retry; its subscription; the
-        # attempt record; dead-lettered)
-        self._settlements: Coalescer[tuple[Job | None, str, bytes | None, bool], None] = Coalescer(
-            self._write_settlements
-        )
+        self._batch: _Settlements | None = None
+        self._flushing: asyncio.Task[None] | None = None
 
     def _pending(self, uri: str, version: int) -> str:
         return f"{self._prefix}pending:{uri}:{version}"
@@ -765,31 +764,50 @@ class RedisDeliveryState:
     async def settled(self, job: Job, attempt: bytes | None, delivered: bool, dead: bool) -> None:
         """The job leaves the order guard; its attempt (`encode(DeliveryAttempt)`) and fate are
         kept. Written with every other settlement of this loop tick, in one script call."""
-        await self._settlements.submit((job, job.subscription_id, attempt, dead))
+        batch = self._settling()
+        pending = batch.pending.setdefault(self._pending(job.story_uri, job.version), [])
+        pending.append(job.subscription_id)
+        if dead:
+            dead_key = f"{self._prefix}dead:{job.subscription_id}"
+            batch.dead.setdefault(dead_key, {})[job.message_id] = job.to_json()
+        if attempt is not None:
+            batch.attempts.setdefault(self._attempts_key(job.subscription_id), []).append(attempt)
+        await self._written(batch)
 
     async def attempted(self, subscription_id: str, attempt: bytes) -> None:
         """Keeps the attempt record of a job that goes on to a retry."""
-        await self._settlements.submit((None, subscription_id, attempt, False))
+        batch = self._settling()
+        batch.attempts.setdefault(self._attempts_key(subscription_id), []).append(attempt)
+        await self._written(batch)
+
+    @staticmethod
+    async def _written(batch: _Settlements) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(waiter)
+        await waiter  # cancelling this caller cancels its waiter only, not the others' write
 
     def _attempts_key(self, subscription_id: str) -> str:
         return f"{self._prefix}attempts:{subscription_id}"
 
-    async def _write_settlements(
-        self, settled: list[tuple[Job | None, str, bytes | None, bool]]
-    ) -> list[None]:
-        batch = _Settlements()
-        for job, subscription_id, attempt, dead in settled:
-            if job is not None:
-                pending = self._pending(job.story_uri, job.version)
-                batch.pending.setdefault(pending, []).append(subscription_id)
-                if dead:
-                    dead_key = f"{self._prefix}dead:{subscription_id}"
-                    batch.dead.setdefault(dead_key, {})[job.message_id] = job.to_json()
-            if attempt is not None:
-                key = self._attempts_key(subscription_id)
-                batch.attempts.setdefault(key, []).append(attempt)
-        await self._settle(args=batch.args(self._attempts_kept))
-        return [None] * len(settled)
+    def _settling(self) -> _Settlements:
+        if self._batch is None:
+            self._batch = _Settlements()
+            self._flushing = asyncio.create_task(self._write_settlements(self._batch))
+        return self._batch
+
+    async def _write_settlements(self, batch: _Settlements) -> None:
+        await asyncio.sleep(0)  # let the settlements of this loop tick join the batch
+        self._batch = None
+        try:
+            await self._settle(args=batch.args(self._attempts_kept))
+        except Exception as exc:
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+        else:
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
         found = await self._redis.lrange(f"{self._prefix}attempts:{subscription_id}", 0, limit - 1)

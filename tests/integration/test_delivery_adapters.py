@@ -155,17 +155,14 @@ async def test_settlements_of_many_jobs_release_the_order_guard_and_keep_attempt
     later = Job("sub_0", "urn:u", 2, EventType.UPDATED, 1, 0.0, b'{"uri":"urn:u"}')
     await state.queued([jobs[0], jobs[1], later])
     assert await state.oldest_pending(later) == 1
-
-    async def settle(n: int, job: Job) -> None:
-        await asyncio.sleep(0.004 * (n // 2))  # two a tick, a few ms apart
-        await state.settled(job, f'{{"n":{n}}}'.encode(), delivered=n != 5, dead=n == 5)
-
-    async def retried() -> None:
-        await asyncio.sleep(0.012)
-        await state.attempted("sub_1", b'{"n":6}')
-
-    # As the sender does with jobs finishing at once and one after another.
-    await asyncio.gather(*(settle(n, job) for n, job in enumerate(jobs)), retried())
+    # Settled together (one loop tick), as the sender does with jobs finishing at once.
+    await asyncio.gather(
+        *(
+            state.settled(job, f'{{"n":{n}}}'.encode(), delivered=n != 5, dead=n == 5)
+            for n, job in enumerate(jobs)
+        ),
+        state.attempted("sub_1", b'{"n":6}'),
+    )
     assert await state.oldest_pending(later) is None
     assert await state.attempts("sub_0", 10) == [{"n": 4}, {"n": 2}, {"n": 0}]
     assert await state.attempts("sub_1", 10) == [{"n": 6}, {"n": 5}, {"n": 3}]  # capped at 3

@@ -1,6 +1,5 @@
-"""`Coalescer` (ingest's ledger calls, delivery's settlements): calls of one tick go as one batch;
-while calls keep coming, those within its window go together; a quiet stream's call goes at once;
-a failed batch fails each call."""
+"""ingest's `Coalescer`: calls of one tick go as one batch; while calls keep coming, those within
+its window go together; a quiet stream's call goes at once; a failed batch fails each call."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import asyncio
 
 import pytest
 
-from shared.batching import Coalescer
+from services.ingest.adapters import Coalescer
 
 pytestmark = pytest.mark.unit
 
