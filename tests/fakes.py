@@ -81,6 +81,9 @@ class FakeSubscriptionStore:
     async def latest(self, subscription_id: str) -> Subscription | None:
         return self.items.get(subscription_id)
 
+    async def read_to_now(self) -> None:
+        return None  # held in memory: always up to now
+
     async def all(self) -> list[Subscription]:
         return list(self.items.values())
 

@@ -1227,6 +1227,8 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         dependencies=admin,
     )
     async def list_subscriptions(deps: Deps) -> dict[str, Any]:
+        with read_from_the_broker():  # those created through another instance a moment ago too
+            await deps.subscriptions.read_to_now()
         return {"items": [_view(s) for s in await deps.subscriptions.all()]}
 
     @app.post("/v1/subscriptions/reseal", dependencies=admin)

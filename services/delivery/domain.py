@@ -525,6 +525,10 @@ class SubscriptionStore(Protocol):
         made it: what a change starts from."""
         ...
 
+    async def read_to_now(self) -> None:
+        """Returns once every write acknowledged before the call is held (`all` shows it)."""
+        ...
+
     async def all(self) -> list[Subscription]: ...
 
     async def reseal(self) -> int:

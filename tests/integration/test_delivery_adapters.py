@@ -347,6 +347,8 @@ async def test_a_change_made_through_one_instance_starts_from_what_another_wrote
     await first.reseal()  # no key: nothing to write, and it returns at once
     other = Subscription.create(SubscriptionRequest(url="https://p.example/c"))
     await first.add(other)
+    await second.read_to_now()
+    assert other in await second.all()  # listed, though created elsewhere a moment ago
     assert await second.remove(other.id)  # created elsewhere a moment ago: found
     assert await first.latest(other.id) is None
 
