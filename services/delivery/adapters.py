@@ -421,8 +421,8 @@ class KafkaSubscriptionStore:
         lookup = self._end_lookup
         if lookup is None:
             return
-        ends = await lookup.end_offsets(list(self._read_to))
-        async with asyncio.timeout(self.READ_TO_NOW_TIMEOUT_S):
+        async with asyncio.timeout(self.READ_TO_NOW_TIMEOUT_S):  # the lookup too
+            ends = await lookup.end_offsets(list(self._read_to))
             while not all(self._held_to(tp) >= end for tp, end in ends.items()):
                 self._progress.clear()
                 await self._progress.wait()
