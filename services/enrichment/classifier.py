@@ -100,7 +100,9 @@ class SectionClassifier:
         column = self._class_index.get(section_id)
         if column is None:
             return  # e.g. the fallback section: nothing to learn about a topic
-        if ids.size and ids.max() >= len(self._learned):
+        learn = (ids, counts, _WEIGHTS, weight, column, self._totals)
+        added = _learn(self._counts, self._learned, *learn)
+        if added == _GROW:
             size = max(int(ids.max()) + 1, 2 * len(self._learned))
             grown = np.zeros((size, len(self.classes)))
             grown[: len(self._counts)] = self._counts
@@ -108,11 +110,13 @@ class SectionClassifier:
             self._learned = np.concatenate(
                 [self._learned, np.zeros(size - len(self._learned), dtype=bool)]
             )
-        self._vocabulary += int(ids.size - np.count_nonzero(self._learned[ids]))
-        self._learned[ids] = True
-        amounts = _weights(counts) * weight
-        self._counts[ids, column] += amounts
-        self._totals[column] += sum(amounts.tolist())  # in order, as a Python sum adds
+            added = _learn(self._counts, self._learned, *learn)
+        if added == _UNUSUAL_COUNTS:  # a count below 1 or past the table: weights computed here
+            amounts = _weights(counts) * weight
+            added = _learn(
+                self._counts, self._learned, ids, amounts, _AS_GIVEN, 1.0, column, self._totals
+            )
+        self._vocabulary += added
         self._documents[column] += 1
 
     def predict(self, counts: Mapping[str, int]) -> Prediction | None:
@@ -186,6 +190,46 @@ def _posterior(
 # A term's weight is 1 + log(count); counts are small, so most weights are looked up (the same
 # values as `math.log` gives, which numpy's vectorised log need not be to the last bit).
 _WEIGHTS = np.array([0.0] + [1.0 + math.log(count) for count in range(1, 1024)])
+
+
+_AS_GIVEN = np.empty(0)  # `_learn` with the weights themselves given, not counts
+_GROW, _UNUSUAL_COUNTS = -1, -2
+
+
+@compiled
+def _learn(
+    counts: FloatArray,
+    learned: BoolArray,
+    ids: IntArray,
+    amounts: FloatArray,
+    table: FloatArray,
+    weight: float,
+    column: int,
+    totals: FloatArray,
+) -> int:
+    """Add one story's term weights (`table[count] * weight`, or `amounts` themselves when
+    `table` is empty) to `column` of `counts` at rows `ids` (distinct), and their sum, added in
+    order, to `totals[column]`; returns how many of the terms were never learned before. Changes
+    nothing and returns `_GROW` when an id is past the arrays, `_UNUSUAL_COUNTS` when a count is
+    below 1 or past the table.
+    """
+    for i in range(ids.size):
+        if ids[i] >= learned.size:
+            return _GROW
+        if table.size and not 1 <= amounts[i] < table.size:
+            return _UNUSUAL_COUNTS
+    added = 0
+    total = 0.0
+    for i in range(ids.size):
+        amount = table[np.int64(amounts[i])] * weight if table.size else amounts[i]
+        term = ids[i]
+        if not learned[term]:
+            learned[term] = True
+            added += 1
+        counts[term, column] += amount
+        total += amount
+    totals[column] += total
+    return added
 
 
 def _weights(counts: FloatArray) -> FloatArray:

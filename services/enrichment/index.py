@@ -487,7 +487,10 @@ class StoryIndex:
             return term_counts.ids, term_counts.counts
         terms = tuple(term_counts)
         known = list(map(self._terms.get, terms))
-        ids = cast(list[int], known) if None not in known else list(map(self._term_id, terms))
+        if None in known:  # new terms are numbered in order, as they come
+            number = self._term_id
+            known = [number(term) if i is None else i for term, i in zip(terms, known, strict=True)]
+        ids = cast(list[int], known)
         counts = np.fromiter(term_counts.values(), np.float64, len(terms))
         return np.array(ids, dtype=np.int64), counts
 
@@ -521,25 +524,14 @@ class StoryIndex:
 
         # The entity boost at most multiplies a score by (1 + boost) and the decay never raises
         # it: a story whose BM25 score is below this can never be linked, so it is no candidate.
-        # (Exact: the top-`candidates` cut below keeps the same linkable stories either way.)
+        # (Exact: the top-`candidates` cut in `rank_links` keeps the same linkable stories.)
         floor = min_score / (1.0 + max(0.0, self.settings.entity_boost)) * (1.0 - 1e-9)
         candidates, base = self._bm25(features, earlier, floor)
         if candidates.size == 0:
             return Neighbours([], self._uri(duplicate_of))
-        if candidates.size > self.settings.candidates:
-            # The best few by score; all stories tied with the last one stay (whatever order
-            # an instance indexed them in, the same stories go on).
-            cut = np.partition(base, base.size - self.settings.candidates)[
-                base.size - self.settings.candidates
-            ]
-            keep = base >= cut
-            candidates, base = candidates[keep], base[keep]
-
-        # Entity boost, decay, best first, copies of one wire story as one link: one compiled
-        # pass (`kernels.rank_links`).
-        times = self._times[candidates]
-        ages = np.maximum(0.0, features.time - times)
-        decays = 0.5 ** (ages / self.settings.half_life_s)
+        # The best few by score go on, with all tied with the last of them; then entity boost,
+        # decay, best first, copies of one wire story as one link: one compiled pass
+        # (`kernels.rank_links`).
         own = features.entity_keys
         known = (self._entity_ids.get(key, -1) for key in own)
         mine = np.fromiter((e for e in known if e >= 0), np.int64)
@@ -547,11 +539,13 @@ class StoryIndex:
         excluded = np.fromiter(duplicates, np.int64, len(duplicates))
         chosen = np.empty(limit, dtype=np.int64)
         scores = np.empty(limit)
+        settings = self.settings
         ranking = (
-            candidates, base, decays, times, entities.start, entities.count, entities.ids,
+            candidates, base, settings.candidates, self._times, features.time,
+            settings.half_life_s, entities.start, entities.count, entities.ids,
             mine, len(own),
-            self.settings.entity_boost, min_score, excluded, self._signatures,
-            self.settings.duplicate_similarity,
+            settings.entity_boost, min_score, excluded, self._signatures,
+            settings.duplicate_similarity,
         )  # fmt: skip
         taken = kernels.rank_links(*ranking, _NO_ORDER, chosen, scores)
         if taken < 0:  # stories that first appeared at once: their uris decide

@@ -654,8 +654,10 @@ def _before(score: FloatArray, times: FloatArray, uri_order: IntArray, a: int, b
 def rank_links(
     candidates: IntArray,
     base: FloatArray,
-    decays: FloatArray,
-    times: FloatArray,
+    most: int,
+    slot_times: FloatArray,
+    time: float,
+    half_life: float,
     entity_start: IntArray,
     entity_count: IntArray,
     entity_ids: IntArray,
@@ -674,21 +676,31 @@ def rank_links(
     `scores`, as many as they hold; returns how many, or -1 when two of the ranked stories
     first appeared at the same time and `uri_order` is empty (call again with it).
 
-    A candidate's BM25 score (`base`, relative) grows with the share of entities it has in
-    common with the story (`mine`: the story's entity ids the index knows, of `own_entities`;
-    a slot's are `entity_count[slot]` of `entity_ids` from `entity_start[slot]`): times
-    (1 + `boost` x shared / the fewer of the two), then decays (`decays`); below `min_score`
-    it is out, above 1 it counts as 1; the `excluded` slots (the story's own copies) are out.
+    Only the `most` best candidates by `base` go on, and all tied with the last of them (any
+    instance keeps the same ones, whatever order it indexed them in). A candidate's BM25 score
+    (`base`, relative) grows with the share of entities it has in common with the story
+    (`mine`: the story's entity ids the index knows, of `own_entities`; a slot's are
+    `entity_count[slot]` of `entity_ids` from `entity_start[slot]`): times (1 + `boost` x
+    shared / the fewer of the two), then decays: halves for every `half_life` seconds it first
+    appeared (`slot_times`) before `time`. Below `min_score` it is out, above 1 it counts as 1;
+    the `excluded` slots (the story's own copies) are out.
     Best first: the higher score, then the earlier first time, then the earlier uri
     (`uri_order`: each candidate's rank by uri). Two copies of one wire story (`copies_of`)
     are one link, to the first copy, at the better score.
     """
     n = candidates.size
+    cut = -np.inf
+    if n > most:
+        cut = np.partition(base, n - most)[n - most]
     ranked = np.empty(n, dtype=np.int64)
     score = np.empty(n)
+    times = np.empty(n)  # per candidate: when it first appeared
     count = 0
     for c in range(n):
         slot = candidates[c]
+        times[c] = slot_times[slot]
+        if base[c] < cut:
+            continue
         theirs = entity_count[slot]
         start = entity_start[slot]
         value = base[c]
@@ -704,7 +716,7 @@ def rank_links(
                         if mine[m] == entity_ids[e]:
                             common += 1
                 value *= 1.0 + boost * (common / min(own_entities, theirs))
-            value *= decays[c]
+            value *= 0.5 ** (max(0.0, time - times[c]) / half_life)
             if value >= min_score:
                 ranked[count] = c
                 score[c] = 1.0 if value > 1.0 else value

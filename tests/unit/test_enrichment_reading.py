@@ -98,6 +98,20 @@ def test_the_section_confidence_is_the_naive_bayes_posterior() -> None:
     assert classifier.predict({"unknown": 1}) is None
 
 
+def test_a_huge_count_and_a_term_numbered_late_are_learned_like_any_other() -> None:
+    # Weights of counts up to 1,023 are looked up, larger ones computed; the counts grow with the
+    # terms numbered. Either way a term's weight is 1 + log(count), its section's total the sum.
+    classifier = SectionClassifier(["sport", "business"], smoothing=0.5)
+    classifier.learn({f"filler{n}": 1 for n in range(1500)}, "business")  # past 1,024 ids
+    classifier.learn({"goal": 5000, "match": 2, "filler1499": 1}, "sport", weight=2.0)
+
+    weights = [2 * (1 + math.log(5000)), 2 * (1 + math.log(2)), 2.0]
+    assert classifier._totals.tolist() == [sum(weights), 1500.0]
+    assert classifier._vocabulary == 1502
+    prediction = classifier.predict({"goal": 1})
+    assert prediction is not None and prediction.section_id == "sport"
+
+
 def test_a_classifier_counting_by_the_index_term_ids_predicts_as_one_counting_by_name() -> None:
     # The enricher's classifier keeps its counts by the index's term ids, and learns and predicts
     # from the ids the index holds for a story; the numbering must change no prediction.
