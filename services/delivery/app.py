@@ -1181,6 +1181,7 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         CacheReads,
         max_age=settings.cache_max_age_s,
         on_story_hit=metrics.cache_reads.labels("hit").inc,
+        on_story_miss=metrics.cache_reads.labels("miss").inc,
     )
 
     async def is_ready() -> bool:

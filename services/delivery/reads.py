@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.delivery.domain import StoryCache, fingerprint, page_fingerprint
+from shared.http import Problem, problem_response
 
 LATEST_LIMIT_DEFAULT = 20
 LATEST_LIMIT_MAX = 100
@@ -72,15 +73,31 @@ def latest_query(query: bytes) -> tuple[str | None, int, float | None] | None:
     return section, limit, before
 
 
+async def _unknown_story(uri: str, send: Send) -> None:
+    """The story route's 404, byte for byte (`shared.http.problem_response`)."""
+    response = problem_response(Problem(404, "unknown_story", f"no live story with uri {uri}"))
+    await send({"type": "http.response.start", "status": 404, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
 class CacheReads:
     """ASGI middleware answering well-formed cache reads itself. Anything else — other paths and
-    methods, parameters the validator must judge, a story that is not there (404) — goes on to
-    the app. Sits inside the request metrics, so those reads are timed and traced as before."""
+    methods, parameters the validator must judge — goes on to the app; a story that is not there
+    gets the route's 404 here. Sits inside the request metrics, so those reads are timed and
+    traced as before."""
 
-    def __init__(self, app: ASGIApp, *, max_age: int, on_story_hit: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_age: int,
+        on_story_hit: Callable[[], None],
+        on_story_miss: Callable[[], None],
+    ) -> None:
         self.app = app
         self._cache_control = f"public, max-age={max_age}".encode()
         self._on_story_hit = on_story_hit
+        self._on_story_miss = on_story_miss
         self._routes: dict[str, Any] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,11 +118,17 @@ class CacheReads:
                 body = latest_body([s.body for s in stories], cursor)
                 etag = page_fingerprint(stories, cursor)
         elif path.startswith("/v1/stories/") and len(path) > len("/v1/stories/"):
-            found = await cache.story_tagged(path[len("/v1/stories/") :])
-            if found is not None:
-                self._on_story_hit()
-                body, etag = found
+            uri = path[len("/v1/stories/") :]
+            found = await cache.story_tagged(uri)
             path = "/v1/stories/{uri:path}"
+            if found is None:
+                # Sites poll for a story until it is there: the route's 404, without the route.
+                self._on_story_miss()
+                scope["route"] = self._route(scope, path)
+                await _unknown_story(uri, send)
+                return
+            self._on_story_hit()
+            body, etag = found
         elif path == "/v1/sections" and not scope["query_string"]:
             body = sections_body(await cache.sections())
             etag = fingerprint(body)

@@ -131,7 +131,18 @@ def test_story_lookup_decodes_the_uri_and_404s_unknown(
     assert client.get("/v1/stories/urn%3Anewsflow%3Aa%2Fb").json() == {"uri": "urn:newsflow:a/b"}
     missing = client.get("/v1/stories/urn%3Anope")
     assert missing.status_code == 404
-    assert missing.json()["code"] == "unknown_story"
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json() == {
+        "type": "https://newsflow.dev/problems/unknown_story",
+        "title": "unknown story",
+        "status": 404,
+        "code": "unknown_story",
+        "detail": "no live story with uri urn:nope",
+    }
+    # Answered before the route (sites poll for a story until it is there), counted as a miss.
+    metrics = client.get("/metrics").text
+    assert 'newsflow_delivery_cache_reads_total{result="miss"} 1.0' in metrics
+    assert 'route="/v1/stories/{uri:path}",status="404"' in metrics
 
 
 def test_latest_validates_limit(client: TestClient, cache: FakeStoryCache) -> None:
