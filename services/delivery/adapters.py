@@ -78,12 +78,14 @@ class RedisStoryCache:
     # time)], all strings, then each story's stored bytes (fingerprint + JSON), in that order.
     # (One JSON argument, not six: redis-py packs every argument in Python, ~1 µs each.)
     # A version older than the cached one is ignored; a newer one (or the same again) leaves
-    # every list it was in, then a live one joins its section's list and `all`, each trimmed to
-    # the cap.
+    # every list it was in, then a live one joins its section's list and `all`. Each list
+    # joined is trimmed to the cap once, at the end (the same stories stay as when trimmed after
+    # every join), and each section named once.
     _APPLY = """
     local prefix, cap, all = ARGV[1], tonumber(ARGV[2]), ARGV[3]
     local versions, sections = prefix .. 'version', prefix .. 'sections'
     local known = {[all] = true}
+    local named, joined = {}, {}
     for _, id in ipairs(redis.call('HKEYS', sections)) do known[id] = true end
     for n, story in ipairs(cjson.decode(ARGV[4])) do
         local uri, version, withdrawn = story[1], story[2], story[3]
@@ -99,15 +101,19 @@ class RedisStoryCache:
                 redis.call('DEL', prefix .. 'story:' .. uri)
             else
                 redis.call('SET', prefix .. 'story:' .. uri, stored)
-                redis.call('HSET', sections, section, name)
+                if named[section] ~= name then
+                    redis.call('HSET', sections, section, name)
+                    named[section] = name
+                end
                 for _, id in ipairs({section, all}) do
                     local key = prefix .. 'latest:' .. id
                     redis.call('ZADD', key, score, uri)
-                    redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1))
+                    joined[key] = true
                 end
             end
         end
     end
+    for key in pairs(joined) do redis.call('ZREMRANGEBYRANK', key, 0, -(cap + 1)) end
     return 0
     """
 
