@@ -75,7 +75,13 @@ from shared.events import (
     decode_story,
     encode_attempt,
 )
-from shared.http import BearerTokens, Problem, add_health_routes, install_problem_handlers
+from shared.http import (
+    NO_NATIVE_TELEMETRY,
+    BearerTokens,
+    Problem,
+    add_health_routes,
+    install_problem_handlers,
+)
 from shared.kafka import (
     DeadLetters,
     FetchSpacing,
@@ -1173,6 +1179,7 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         version="1",
         description="Subscriptions for signed webhooks, and the latest-news cache.",
         lifespan=lifespan,
+        telemetry=NO_NATIVE_TELEMETRY,
     )
     install_problem_handlers(app)
     app.state.admin = BearerTokens([settings.admin_token])

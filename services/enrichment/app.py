@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.enrichment.adapters import StoryFeed
 from services.enrichment.domain import StoryEnricher
 from shared.events import EventMeta, InvalidEvent, Topics
-from shared.http import add_health_routes, install_problem_handlers
+from shared.http import NO_NATIVE_TELEMETRY, add_health_routes, install_problem_handlers
 from shared.kafka import DeadLetters, IncomingRecord
 from shared.logging import get_logger
 from shared.metrics import ConsumerMetrics
@@ -156,7 +156,12 @@ def create_app(open_pipeline: PipelineFactory, topics: Topics | None = None) -> 
                 tasks.append(task)
                 yield
 
-    app = FastAPI(title="newsflow enrichment", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title="newsflow enrichment",
+        version="1",
+        lifespan=lifespan,
+        telemetry=NO_NATIVE_TELEMETRY,
+    )
     install_problem_handlers(app)
 
     async def is_ready() -> bool:

@@ -44,7 +44,13 @@ from services.ingest.domain import (
 from services.ingest.feeds import FeedError, FeedIn, FeedPoller, FeedRegistry, FeedStatus
 from services.ingest.settings import IngestSettings
 from shared.events import Article
-from shared.http import Problem, add_health_routes, install_problem_handlers, problem_response
+from shared.http import (
+    NO_NATIVE_TELEMETRY,
+    Problem,
+    add_health_routes,
+    install_problem_handlers,
+    problem_response,
+)
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -328,6 +334,7 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
         "`Authorization: Bearer <key>`; a key writes only its provider's uris. "
         "`embargoed` articles are accepted and carried: delivery holds them until that time.",
         lifespan=lifespan,
+        telemetry=NO_NATIVE_TELEMETRY,
     )
     install_problem_handlers(app)
     app.state.keys = keys
