@@ -58,14 +58,31 @@ class Taxonomy:
         return taxonomy
 
     def section(self, section_id: str) -> Section:
-        for section in self.sections:
-            if section.id == section_id:
-                return section
-        raise KeyError(f"taxonomy has no section {section_id!r}")
+        found = self._by_id.get(section_id)
+        if found is None:
+            raise KeyError(f"taxonomy has no section {section_id!r}")
+        return found
 
     def by_hint(self, hint: str) -> Section | None:
         """The section a provider's label names: id, name, alias or IPTC code, any case/accents."""
-        return self._by_label.get(_label(hint))
+        hints = self._by_hint
+        if hint in hints:  # providers use a handful of labels: each is read once
+            return hints[hint]
+        if len(hints) >= _HINTS_KEPT:
+            hints.clear()
+        found = hints[hint] = self._by_label.get(_label(hint))
+        return found
+
+    @cached_property
+    def _by_id(self) -> dict[str, Section]:
+        by_id: dict[str, Section] = {}
+        for section in self.sections:
+            by_id.setdefault(section.id, section)  # the first, as a scan in order finds
+        return by_id
+
+    @cached_property
+    def _by_hint(self) -> dict[str, Section | None]:
+        return {}
 
     @cached_property
     def _by_label(self) -> dict[str, Section]:
@@ -79,6 +96,9 @@ class Taxonomy:
     def classes(self) -> tuple[str, ...]:
         """Sections a classifier may choose: all but the fallback."""
         return tuple(s.id for s in self.sections if s.id != self.fallback)
+
+
+_HINTS_KEPT = 10_000
 
 
 def _label(text: str) -> str:
