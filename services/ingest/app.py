@@ -39,6 +39,7 @@ from services.ingest.domain import (
     authorise,
     check_limits,
     clean_payload,
+    needs_cleaning,
     semantic_errors,
 )
 from services.ingest.feeds import FeedError, FeedIn, FeedPoller, FeedRegistry, FeedStatus
@@ -381,7 +382,8 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
                 raise too_large
         body = b"".join(chunks)
         try:
-            return clean_payload(orjson.loads(body)), body
+            payload = orjson.loads(body)
+            return (clean_payload(payload) if needs_cleaning(body) else payload), body
         except orjson.JSONDecodeError as exc:
             raise Problem(
                 422,

@@ -70,6 +70,18 @@ def clean_text(text: str) -> str:
     return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
+# What a JSON text that `clean_payload` could change must hold: a non-ASCII byte (NFC; C1
+# controls; U+FFFE), an escape of a character it drops or changes (\\u, \\r, \\b, \\f) or
+# DEL. Other control characters cannot stand unescaped in a JSON string.
+_CLEANED_AWAY = (b"\\u", b"\\r", b"\\b", b"\\f", b"\x7f")
+
+
+def needs_cleaning(json_text: bytes) -> bool:
+    """False when `clean_payload` leaves the document `json_text` holds as it is (most partner
+    copy: ASCII, no escapes but quotes, backslashes, tabs and newlines)."""
+    return not json_text.isascii() or any(marker in json_text for marker in _CLEANED_AWAY)
+
+
 def clean_payload(value: Any) -> Any:
     """`clean_text` applied to every string (keys too) of a decoded JSON document."""
     if isinstance(value, str):

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ops.page_import import ListedStory, Page, page_articles, parse_page, render_page
-from services.ingest.domain import clean_text, html_to_text, sanitise_html
+from services.ingest.domain import (
+    clean_payload,
+    clean_text,
+    html_to_text,
+    needs_cleaning,
+    sanitise_html,
+)
 from shared.events import Article
 
 pytestmark = pytest.mark.unit
@@ -102,3 +110,30 @@ def test_plain_text_keeps_every_paragraph(paragraphs: list[str]) -> None:
     for paragraph in paragraphs:
         for word in clean_text(paragraph).split():
             assert word in text
+
+
+_DOCUMENTS = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_DOCUMENTS, st.booleans())
+def test_a_document_passed_as_it_is_is_one_cleaning_would_not_change(
+    document: Any, ascii_only: bool
+) -> None:
+    # ingest skips `clean_payload` for a body `needs_cleaning` passes: it must be the identity.
+    text = json.dumps({"body": document}, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    decoded = json.loads(text.decode("utf-8", "surrogatepass"))
+    if not needs_cleaning(text):
+        assert clean_payload(decoded) == decoded
+
+
+def test_bodies_with_characters_cleaning_changes_are_cleaned() -> None:
+    for value in ["a\r\nb", "bell\u0007", "\b", "\f", "caf\u00e9", "del\x7f", "\ufffe"]:
+        for ascii_only in (True, False):
+            body = json.dumps({"headline": value}, ensure_ascii=ascii_only).encode()
+            assert needs_cleaning(body), (value, ascii_only)
+    assert not needs_cleaning(b'{"headline": "Dam \\"opens\\"\\n", "n": 1}')
