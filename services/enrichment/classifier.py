@@ -213,10 +213,11 @@ def _learn(
     nothing and returns `_GROW` when an id is past the arrays, `_UNUSUAL_COUNTS` when a count is
     below 1 or past the table.
     """
-    for i in range(ids.size):
+    for i in range(ids.size):  # every id first: a grown model is then learned as any other
         if ids[i] >= learned.size:
             return _GROW
-        if table.size and not 1 <= amounts[i] < table.size:
+    for i in range(ids.size if table.size else 0):
+        if not 1 <= amounts[i] < table.size:
             return _UNUSUAL_COUNTS
     added = 0
     total = 0.0

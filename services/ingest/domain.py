@@ -71,8 +71,8 @@ def clean_text(text: str) -> str:
 
 
 # What a JSON text that `clean_payload` could change must hold: a non-ASCII byte (NFC; C1
-# controls; U+FFFE), an escape of a character it drops or changes (\\u, \\r, \\b, \\f) or
-# DEL. Other control characters cannot stand unescaped in a JSON string.
+# controls; U+FFFE), an escape of a character it drops or changes (\u, \r, \b, \f) or DEL.
+# Other control characters cannot stand unescaped in a JSON string.
 _CLEANED_AWAY = (b"\\u", b"\\r", b"\\b", b"\\f", b"\x7f")
 
 

@@ -110,6 +110,10 @@ def test_a_huge_count_and_a_term_numbered_late_are_learned_like_any_other() -> N
     assert classifier._vocabulary == 1502
     prediction = classifier.predict({"goal": 1})
     assert prediction is not None and prediction.section_id == "sport"
+    # Both at once: a huge count before a term numbered past the counts learned so far.
+    classifier.learn({"save": 2000, **{f"late{n}": 1 for n in range(3000)}}, "sport")
+    assert classifier._totals[0] == pytest.approx(sum(weights) + 1 + math.log(2000) + 3000)
+    assert classifier._vocabulary == 1502 + 3001
 
 
 def test_a_classifier_counting_by_the_index_term_ids_predicts_as_one_counting_by_name() -> None:
