@@ -516,7 +516,8 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
         """Accept one article version; answered only once Kafka has the record.
 
         A higher `version` of a known `uri` is a correction (`newsflow.article.updated`); the
-        identical re-post answers `200` with the original `event_id`.
+        identical re-post answers `200` with the original `event_id`. Versions go up to
+        2^53 - 1, the largest integer every JSON reader keeps exactly (`422` above it).
         """
         # Headers are read by hand: FastAPI's parameter machinery would cost ~0.1 ms a request.
         key, runtime = identify(request), get_runtime_now(request)

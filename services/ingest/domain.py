@@ -127,6 +127,12 @@ def check_limits(article: Article, limits: Limits) -> None:
         )
 
 
+# The largest integer every JSON reader (a partner site's JavaScript, the ledger's Lua) keeps
+# exactly: past it 2^53 + 1 reads as 2^53, and a correction numbered so looked like a repeat.
+# A withdrawal of this version is numbered 2^53, still exact.
+LARGEST_VERSION = 2**53 - 1
+
+
 def semantic_errors(article: Article) -> list[FieldError]:
     """What the types let through but a newsroom never means: times without a zone, etc."""
     errors = [
@@ -134,6 +140,14 @@ def semantic_errors(article: Article) -> list[FieldError]:
         for name in ("versioncreated", "firstcreated", "embargoed")
         if (value := getattr(article, name)) is not None and value.utcoffset() is None
     ]
+    if article.version > LARGEST_VERSION:
+        errors.append(
+            FieldError(
+                "version",
+                f"at most {LARGEST_VERSION} (2^53 - 1), the largest integer every JSON reader "
+                "keeps exactly",
+            )
+        )
     if errors:
         return errors
     if article.firstcreated is not None and article.firstcreated > article.versioncreated:

@@ -155,3 +155,44 @@ def test_a_paused_broker_gets_503_and_never_202(redis_url: str, prefix: str) -> 
         assert payload["uri"].encode() in {r.key for r in records}
     finally:
         broker.stop()
+
+
+def test_versions_up_to_the_largest_exact_json_integer_order_and_larger_are_422(
+    kafka_bootstrap: str, redis_url: str, prefix: str
+) -> None:
+    """Past 2^53 a JSON reader (and the ledger's Lua) rounds integers: 2^53 + 1 reads as 2^53,
+    so a correction numbered so would be refused as a repeat, and a partner site in JavaScript
+    would see the wrong version. ingest takes versions up to 2^53 - 1 and names the field for
+    any larger; within the range, every version orders exactly (a withdrawal of the largest is
+    2^53, still exact)."""
+    largest = 2**53 - 1
+    payload = article_payload()
+    with running(settings_for(kafka_bootstrap, redis_url, prefix)) as client:
+        near = client.post("/v1/articles", json={**payload, "version": largest - 1}, headers=AUTH)
+        top = client.post(
+            "/v1/articles", json={**payload, "version": largest, "headline": "Fixed"}, headers=AUTH
+        )
+        past = client.post(
+            "/v1/articles",
+            json={**payload, "version": largest + 2, "headline": "Again"},
+            headers=AUTH,
+        )
+        killed = client.post(
+            f"/v1/articles/{payload['uri']}/withdraw", json={"reason": "legal"}, headers=AUTH
+        )
+
+    assert (near.status_code, top.status_code) == (202, 202)
+    assert top.json()["type"] == "newsflow.article.updated"
+    assert past.status_code == 422
+    assert past.json()["errors"] == [
+        {
+            "field": "version",
+            "message": f"at most {largest} (2^53 - 1), the largest integer "
+            "every JSON reader keeps exactly",
+        }
+    ]
+    assert killed.status_code == 202
+    assert (killed.json()["version"], killed.json()["type"]) == (
+        2**53,
+        "newsflow.article.withdrawn",
+    )
