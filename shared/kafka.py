@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import random
@@ -453,9 +454,9 @@ class _Commits:
         self._last = asyncio.get_running_loop().time()
         committed, self.durable = self.durable, []
         if self._metrics:
-            for handed in committed:
-                for record in handed.records:
-                    self._metrics.consumed.labels(record.topic).inc()
+            topics = collections.Counter(r.topic for handed in committed for r in handed.records)
+            for topic, count in topics.items():  # `labels` a record cost ~3 µs each
+                self._metrics.consumed.labels(topic).inc(count)
             # Only a metric: a lookup failing (in a rebalance, say) does not undo the commit.
             with contextlib.suppress(Exception):
                 await observe_lag(self._consumer, self._metrics)

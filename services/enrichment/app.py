@@ -19,7 +19,7 @@ from shared.events import EventMeta, InvalidEvent, Topics
 from shared.http import NO_NATIVE_TELEMETRY, add_health_routes, install_problem_handlers
 from shared.kafka import DeadLetters, IncomingRecord
 from shared.logging import get_logger
-from shared.metrics import ConsumerMetrics
+from shared.metrics import Children, ConsumerMetrics
 from shared.serve import background
 from shared.tracing import record_context
 
@@ -78,6 +78,7 @@ class Enricher:
         self._feed = feed
         self._dead_letters = dead_letters
         self._metrics = metrics
+        self._stories = Children(metrics.stories)
 
     async def handle(self, records: list[IncomingRecord]) -> asyncio.Future[list[Any]]:
         """Enriches the batch and hands every story to the producer; returns what completes once
@@ -100,7 +101,7 @@ class Enricher:
                 )
                 self._metrics.latency.observe(time.perf_counter() - started)
                 section = enriched.section
-                self._metrics.stories.labels(section.id, section.method).inc()
+                self._stories(section.id, section.method).inc()
                 # Created in the record's trace, so the story carries its ce_traceparent on.
                 meta = EventMeta.new(record.meta.type, self._source)
                 acks.append(

@@ -53,6 +53,7 @@ from shared.http import (
     problem_response,
 )
 from shared.logging import get_logger
+from shared.metrics import Children
 
 log = get_logger(__name__)
 
@@ -306,6 +307,7 @@ async def _discard(request: Request, declared: int = 0) -> None:
 
 def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> FastAPI:
     metrics = IngestMetrics()
+    articles = Children(metrics.articles)  # each outcome's counter, looked up once
     keys: KeyRing = settings.api_keys
     limits = settings.limits
     retry_after = {"Retry-After": str(settings.ingest_retry_after_s)}
@@ -476,7 +478,7 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
                 "the article was not stored; retry later",
                 headers=retry_after,
             ) from exc
-        metrics.articles.labels("accepted" if receipt.created else "duplicate").inc()
+        articles("accepted" if receipt.created else "duplicate").inc()
         return (202 if receipt.created else 200), _receipt(receipt)
 
     def plain_post(

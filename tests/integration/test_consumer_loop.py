@@ -7,9 +7,11 @@ import contextlib
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry
 
 from shared.events import EventMeta, EventType, Topics
 from shared.kafka import DeadLetters, IncomingRecord, consume_forever, make_consumer, make_producer
+from shared.metrics import ConsumerMetrics
 from shared.settings import NewsflowSettings
 from tests.integration.kafka_reading import read_records
 
@@ -154,12 +156,21 @@ async def test_with_a_commit_interval_what_is_durable_is_committed_when_quiet_an
     async def committed(consumer: AIOKafkaConsumer) -> int:
         return sum([await consumer.committed(tp) or 0 for tp in consumer.assignment()])
 
+    registry = CollectorRegistry()
+    metrics = ConsumerMetrics(registry, "test")
+
     async def started(group_member: AIOKafkaConsumer) -> asyncio.Task[None]:
         await group_member.start()
         dead_letters = DeadLetters(producer, topics.dlq)
         return asyncio.create_task(
-            consume_forever(group_member, handle, dead_letters, commit_interval_s=3600)
+            consume_forever(
+                group_member, handle, dead_letters, commit_interval_s=3600, metrics=metrics
+            )
         )
+
+    def consumed() -> float | None:
+        labels = {"topic": topics.ingested}
+        return registry.get_sample_value("newsflow_test_records_consumed_total", labels)
 
     group = f"{prefix}group"
     consumer = make_consumer(settings, topics.ingested, group)
@@ -179,6 +190,7 @@ async def test_with_a_commit_interval_what_is_durable_is_committed_when_quiet_an
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert await committed(consumer) == 4
+    assert consumed() == 4  # counted as committed
     await consumer.stop()
 
     # Started again: from what was committed, nothing handled a second time.
@@ -195,3 +207,4 @@ async def test_with_a_commit_interval_what_is_durable_is_committed_when_quiet_an
         await restarted.stop()
         await producer.stop()
     assert handled == [b"urn:a", b"urn:b", b"urn:c", b"urn:d", b"urn:e"]
+    assert consumed() == 5
