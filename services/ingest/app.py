@@ -363,17 +363,19 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
                 headers={"Retry-After": str(max(1, round(wait + 0.5)))},
             )
 
+    def too_large() -> Problem:
+        return Problem(
+            413, "payload_too_large", f"body exceeds {settings.ingest_max_body_bytes} bytes"
+        )
+
     async def read_json(request: Request) -> tuple[Any, bytes]:
         content_type = request.headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
             raise Problem(415, "unsupported_media_type", "send `Content-Type: application/json`")
-        too_large = Problem(
-            413, "payload_too_large", f"body exceeds {settings.ingest_max_body_bytes} bytes"
-        )
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > settings.ingest_max_body_bytes:
             await _discard(request, int(length))
-            raise too_large
+            raise too_large()
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
@@ -381,7 +383,7 @@ def create_app(settings: IngestSettings, runtime_factory: IntakeFactory) -> Fast
             size += len(chunk)
             if size > settings.ingest_max_body_bytes:
                 await _discard(request)
-                raise too_large
+                raise too_large()
         body = b"".join(chunks)
         try:
             payload = orjson.loads(body)

@@ -71,15 +71,19 @@ def clean_text(text: str) -> str:
 
 
 # What a JSON text that `clean_payload` could change must hold: a non-ASCII byte (NFC; C1
-# controls; U+FFFE), an escape of a character it drops or changes (\u, \r, \b, \f) or DEL.
-# Other control characters cannot stand unescaped in a JSON string.
-_CLEANED_AWAY = (b"\\u", b"\\r", b"\\b", b"\\f", b"\x7f")
+# controls; U+FFFE), DEL, or an escape of a character it drops or changes (\u, \r, \b, \f).
+# Other control characters cannot stand unescaped in a JSON string. The escapes are found in one
+# search, and only in a text with a backslash at all (one byte is a memchr; each search for a
+# two-byte string scanned ~1 ns a byte: 18 µs of a 3 KB request went in four of them).
+_CLEANED_ESCAPE = re.compile(rb"\\[urbf]")
 
 
 def needs_cleaning(json_text: bytes) -> bool:
     """False when `clean_payload` leaves the document `json_text` holds as it is (most partner
     copy: ASCII, no escapes but quotes, backslashes, tabs and newlines)."""
-    return not json_text.isascii() or any(marker in json_text for marker in _CLEANED_AWAY)
+    if not json_text.isascii() or b"\x7f" in json_text:
+        return True
+    return b"\\" in json_text and _CLEANED_ESCAPE.search(json_text) is not None
 
 
 def clean_payload(value: Any) -> Any:
