@@ -34,7 +34,11 @@ class EventType(StrEnum):
     @property
     def webhook_type(self) -> str:
         """The webhook `type` partners receive: story.published / .updated / .withdrawn."""
-        return "story." + self.value.rsplit(".", 1)[1]
+        return _WEBHOOK_TYPES[self]  # worked out once: `.value` on a member costs ~0.5 µs
+
+
+# Keyed by the members' text: a member hashes as its name, and looks up as its text.
+_WEBHOOK_TYPES: dict[str, str] = {t.value: "story." + t.value.rsplit(".", 1)[1] for t in EventType}
 
 
 class ContractModel(BaseModel):

@@ -304,7 +304,9 @@ def to_ninjs2(story: Story) -> dict[str, Any]:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:  # (the times delivery makes are UTC: no copy for them)
+        moment = moment.astimezone(UTC)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 # --- What an answer means ------------------------------------------------------------------
