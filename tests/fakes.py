@@ -66,13 +66,18 @@ class FakeLedger:
 
 
 class FakeSubscriptionStore:
+    """`all` answers the same object until a subscription changes, as the Kafka store does."""
+
     def __init__(self) -> None:
         self.items: dict[str, Subscription] = {}
+        self._all: tuple[Subscription, ...] | None = None
 
     async def add(self, subscription: Subscription) -> None:
         self.items[subscription.id] = subscription
+        self._all = None
 
     async def remove(self, subscription_id: str) -> bool:
+        self._all = None
         return self.items.pop(subscription_id, None) is not None
 
     async def get(self, subscription_id: str) -> Subscription | None:
@@ -84,8 +89,10 @@ class FakeSubscriptionStore:
     async def read_to_now(self) -> None:
         return None  # held in memory: always up to now
 
-    async def all(self) -> list[Subscription]:
-        return list(self.items.values())
+    async def all(self) -> tuple[Subscription, ...]:
+        if self._all is None:
+            self._all = tuple(self.items.values())
+        return self._all
 
     async def reseal(self) -> int:
         return 0  # held in memory: nothing sealed

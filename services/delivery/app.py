@@ -185,6 +185,18 @@ class Fanout:
         self._state = state
         self._queue = queue
         self._metrics = metrics
+        self._held: Sequence[Subscription] | None = None
+        self._active: tuple[list[Subscription], dict[str | None, list[Subscription]]] = ([], {})
+
+    def _targets(
+        self, held: Sequence[Subscription]
+    ) -> tuple[list[Subscription], dict[str | None, list[Subscription]]]:
+        """The active subscriptions and `_by_section` of them, worked out again only when the
+        store holds a new list (it keeps one until a subscription changes)."""
+        if held is not self._held:
+            active = [s for s in held if s.active]
+            self._held, self._active = held, (active, _by_section(active))
+        return self._active
 
     async def publish(self, items: Sequence[Outgoing]) -> None:
         """Cache, then hand jobs to the outbox; returns once both are durable."""
@@ -201,8 +213,7 @@ class Fanout:
         withdrawals = [i.story.uri for i in items if i.event_type is EventType.WITHDRAWN]
         released = set(await self._cache.versions(withdrawals))
         released |= {i.story.uri for i in items if i.event_type is not EventType.WITHDRAWN}
-        subscriptions = [s for s in await self._subscriptions.all() if s.active]
-        candidates = _by_section(subscriptions)
+        subscriptions, candidates = self._targets(await self._subscriptions.all())
         anyone = candidates.get(None, [])
         now = time.time()
         groups: list[list[Job]] = []
@@ -1103,7 +1114,7 @@ class DepsStatus:
     def __init__(self, deps: DeliveryDeps) -> None:
         self._deps = deps
 
-    async def subscriptions(self) -> list[Subscription]:
+    async def subscriptions(self) -> Sequence[Subscription]:
         return await self._deps.subscriptions.all()
 
     async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:

@@ -531,7 +531,10 @@ class SubscriptionStore(Protocol):
         """Returns once every write acknowledged before the call is held (`all` shows it)."""
         ...
 
-    async def all(self) -> list[Subscription]: ...
+    async def all(self) -> Sequence[Subscription]:
+        """Every subscription, oldest first. The same object until one changes (the fan-out
+        works out its section map once per such object)."""
+        ...
 
     async def reseal(self) -> int:
         """Writes again those stored with secrets not sealed with the current key; how many."""

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import html
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -39,7 +39,7 @@ STORIES_PER_SECTION = 5
 class StatusSource(Protocol):
     """What the page reads: subscriptions, their recent attempts, the cache."""
 
-    async def subscriptions(self) -> list[Subscription]: ...
+    async def subscriptions(self) -> Sequence[Subscription]: ...
 
     async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]: ...
 

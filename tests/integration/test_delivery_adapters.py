@@ -335,10 +335,13 @@ async def test_a_change_made_through_one_instance_starts_from_what_another_wrote
     await first.add(created)
     assert await second.latest(created.id) == created  # not yet in its tail's view, maybe
 
+    listed = await first.all()
+    assert await first.all() is listed  # one answer until something changes
     paused = created.model_copy(update={"paused": True})
     await second.add(paused)
     base = await first.latest(created.id)
     assert base == paused
+    assert await first.all() == (paused,)  # changed by the other instance: listed anew
     moved = base.model_copy(update={"url": "https://p.example/b"})
     await first.add(moved)  # paused stays paused: the pause is not undone
 

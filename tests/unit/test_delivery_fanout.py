@@ -107,6 +107,37 @@ async def test_each_story_goes_to_every_active_subscription_that_wants_it() -> N
     }
 
 
+async def test_a_subscription_changed_between_batches_is_matched_as_it_is_now() -> None:
+    """The fan-out works out its section map once per list the store answers; a pause, a new
+    section or a new subscription shows in the next batch."""
+    from services.delivery.app import Outgoing
+
+    store = FakeSubscriptionStore()
+    world = Subscription.create(SubscriptionRequest(url="https://p.example/1", sections=["world"]))
+    await store.add(world)
+    out = fanout(store)
+
+    def batch() -> list[Outgoing]:
+        s = story("world")
+        return [Outgoing(s, s.model_dump_json().encode(), EventType.PUBLISHED)]
+
+    async def targets() -> list[str]:
+        [jobs] = await out.prepare(batch())
+        return [j.subscription_id for j in jobs]
+
+    assert await targets() == [world.id]
+    assert await targets() == [world.id]  # nothing changed: the same map
+    await store.add(world.model_copy(update={"paused": True}))
+    assert await targets() == []
+    sport = Subscription.create(SubscriptionRequest(url="https://p.example/2", sections=["sport"]))
+    await store.add(sport)
+    await store.add(world)  # resumed
+    await store.add(sport.model_copy(update={"sections": ["sport", "world"]}))
+    assert await targets() == sorted([world.id, sport.id])
+    assert await store.remove(world.id)
+    assert await targets() == [sport.id]
+
+
 async def test_a_withdrawal_reaches_whoever_got_the_story_whatever_the_filters() -> None:
     from services.delivery.app import Outgoing
 
