@@ -152,6 +152,9 @@ class FakeDeliveryOperations:
     async def dead_letters(self, subscription_id: str) -> list[Job]:
         return []
 
+    async def dead_letter_count(self, subscription_id: str) -> int:
+        return len(await self.dead_letters(subscription_id))
+
     async def resend(self, subscription_id: str, message_ids: list[str] | None) -> int:
         return 0
 

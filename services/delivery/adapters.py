@@ -825,7 +825,7 @@ class RedisDeliveryState:
 
     async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
         found = await self._redis.lrange(f"{self._prefix}attempts:{subscription_id}", 0, limit - 1)
-        return [json.loads(v) for v in found]
+        return [from_json(v) for v in found]  # the status page reads 100 a subscription
 
     async def receivers(self, uri: str) -> set[str]:
         return {text(s) for s in await self._redis.smembers(f"{self._prefix}got:{uri}")}
@@ -833,6 +833,10 @@ class RedisDeliveryState:
     async def dead_letters(self, subscription_id: str) -> list[Job]:
         found = await self._redis.hvals(f"{self._prefix}dead:{subscription_id}")
         return sorted((Job.from_json(v) for v in found), key=lambda j: (j.story_uri, j.version))
+
+    async def dead_letter_count(self, subscription_id: str) -> int:
+        """How many dead letters, without reading them (each holds its story)."""
+        return int(await self._redis.hlen(f"{self._prefix}dead:{subscription_id}"))
 
     async def forget_dead(self, subscription_id: str, message_ids: Sequence[str]) -> None:
         if message_ids:
