@@ -186,16 +186,19 @@ class Fanout:
         self._queue = queue
         self._metrics = metrics
         self._held: Sequence[Subscription] | None = None
-        self._active: tuple[list[Subscription], dict[str | None, list[Subscription]]] = ([], {})
+        self._active: tuple[frozenset[str], dict[str | None, list[Subscription]]] = (
+            frozenset(),
+            {},
+        )
 
     def _targets(
         self, held: Sequence[Subscription]
-    ) -> tuple[list[Subscription], dict[str | None, list[Subscription]]]:
-        """The active subscriptions and `_by_section` of them, worked out again only when the
-        store holds a new list (it keeps one until a subscription changes)."""
+    ) -> tuple[frozenset[str], dict[str | None, list[Subscription]]]:
+        """The active subscriptions' ids and `_by_section` of them, worked out again only when
+        the store holds a new list (it keeps one until a subscription changes)."""
         if held is not self._held:
             active = [s for s in held if s.active]
-            self._held, self._active = held, (active, _by_section(active))
+            self._held, self._active = held, (frozenset(s.id for s in active), _by_section(active))
         return self._active
 
     async def publish(self, items: Sequence[Outgoing]) -> None:
@@ -213,7 +216,7 @@ class Fanout:
         withdrawals = [i.story.uri for i in items if i.event_type is EventType.WITHDRAWN]
         released = set(await self._cache.versions(withdrawals))
         released |= {i.story.uri for i in items if i.event_type is not EventType.WITHDRAWN}
-        subscriptions, candidates = self._targets(await self._subscriptions.all())
+        active_ids, candidates = self._targets(await self._subscriptions.all())
         anyone = candidates.get(None, [])
         now = time.time()
         groups: list[list[Job]] = []
@@ -229,7 +232,7 @@ class Fanout:
                 got = await self._state.receivers(item.story.uri)
                 if item.story.uri not in released:
                     targets = set()
-                targets |= {s.id for s in subscriptions if s.id in got}
+                targets |= got.intersection(active_ids)  # O(who got it), not O(subscriptions)
             groups.append([
                 Job(sub_id, item.story.uri, item.story.version, item.event_type, 1, now,
                     item.story_json)
