@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import heapq
 import random
@@ -454,9 +453,7 @@ class _Commits:
         self._last = asyncio.get_running_loop().time()
         committed, self.durable = self.durable, []
         if self._metrics:
-            topics = collections.Counter(r.topic for handed in committed for r in handed.records)
-            for topic, count in topics.items():  # `labels` a record cost ~3 µs each
-                self._metrics.consumed.labels(topic).inc(count)
+            self._metrics.count_consumed(r.topic for handed in committed for r in handed.records)
             # Only a metric: a lookup failing (in a rebalance, say) does not undo the commit.
             with contextlib.suppress(Exception):
                 await observe_lag(self._consumer, self._metrics)

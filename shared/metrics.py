@@ -5,7 +5,9 @@ Names follow `newsflow_<service>_<what>_<unit>`; each app has its own registry.
 
 from __future__ import annotations
 
+import collections
 import time
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from fastapi import FastAPI
@@ -104,3 +106,9 @@ class ConsumerMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+
+    def count_consumed(self, topics: Iterable[str]) -> None:
+        """One record consumed per topic named: counted per topic, one `labels` each (~3 µs a
+        call; once a record was a visible share of a consumer's CPU)."""
+        for topic, count in collections.Counter(topics).items():
+            self.consumed.labels(topic).inc(count)

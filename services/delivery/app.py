@@ -321,9 +321,7 @@ class StoryConsumer:
                     await self._sender.dispatch(jobs, progress.started(tp, message.offset))
                 else:
                     progress.passed(tp, message.offset)
-        consumed = collections.Counter(record.topic for record in records)
-        for topic, count in consumed.items():  # `labels` per record cost ~1.5 µs a story
-            self._metrics.consumer.consumed.labels(topic).inc(count)
+        self._metrics.consumer.count_consumed(record.topic for record in records)
 
     async def handle(self, records: list[IncomingRecord]) -> dict[tuple[int, int], list[Job]]:
         """The jobs of each record, by (partition, offset); returns once they are marked
