@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from shared.events import EventMeta, InvalidEvent
 from shared.settings import NewsflowSettings
+
+T = TypeVar("T")
 
 app = typer.Typer(help="newsflow ops commands.", no_args_is_help=True)
 topics_app = typer.Typer(help="Create and inspect newsflow's topics.", no_args_is_help=True)
@@ -239,6 +242,17 @@ def status(
         raise typer.Exit(1)
 
 
+def _read_dlq(work: Coroutine[Any, Any, T]) -> T:
+    """Runs a DLQ read; a broker that stops sending is a clear error, not a hang."""
+    from ops.kafka_ops import BrokerSilent
+
+    try:
+        return asyncio.run(work)
+    except BrokerSilent as exc:
+        typer.echo(f"error: {exc}; what was done before it is kept: run it again", err=True)
+        raise typer.Exit(1) from exc
+
+
 @dlq_app.command("list")
 def dlq_list(
     topic: Annotated[str, typer.Argument(help="Source topic, e.g. articles.ingested.v1")],
@@ -252,7 +266,7 @@ def dlq_list(
 
     settings = NewsflowSettings()
     dlq = settings.topics.dlq(settings.topic_prefix + topic)
-    records = asyncio.run(read_all(settings.kafka_bootstrap_servers, dlq, limit))
+    records = _read_dlq(read_all(settings.kafka_bootstrap_servers, dlq, limit))
     table = Table(title=f"{dlq}: {len(records)} record(s)")
     for column in ("partition@offset", "key", "from", "bytes", "error"):
         table.add_column(column, overflow="fold")
@@ -282,7 +296,7 @@ def dlq_replay(
     dlq = settings.topics.dlq(settings.topic_prefix + topic)
     with Progress(transient=True) as progress:
         task = progress.add_task(f"replaying {dlq}", total=None)
-        count = asyncio.run(
+        count = _read_dlq(
             replay(
                 settings.kafka_bootstrap_servers,
                 dlq,

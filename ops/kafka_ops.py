@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -71,25 +71,53 @@ async def topic_size(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
-async def read_all(
-    bootstrap: str, topic: str, limit: int, idle_s: float = 1.5
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """Reads a topic from the beginning until `limit` records or `idle_s` without new ones."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
+class BrokerSilent(RuntimeError):
+    """The broker sent none of the records a topic holds for `STALL_S`."""
+
+
+STALL_S = 10.0
+
+
+async def _batches_to_end(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], limit: int
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """The records from each assigned partition's position up to its end as of the call, a
+    fetch at a time, at most `limit` of them: done when every partition is read to that end,
+    not after a quiet spell (records parked meanwhile wait for the next run)."""
+    ends = await consumer.end_offsets(tps)
+    behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+    left = limit
+    heard = time.monotonic()
+    while behind and left > 0:
+        batches = await consumer.getmany(*behind, timeout_ms=500, max_records=left)
+        if batches:
+            heard = time.monotonic()
+        elif time.monotonic() - heard > STALL_S:
+            raise BrokerSilent(
+                f"no records from {tps[0].topic} for {STALL_S:.0f} s, "
+                f"{len(behind)} partition(s) not read to their end"
+            )
+        for records in batches.values():
+            left -= len(records)
+            yield records
+        behind = [tp for tp in behind if await consumer.position(tp) < ends[tp]]
+
+
+async def read_all(bootstrap: str, topic: str, limit: int) -> list[ConsumerRecord[bytes, bytes]]:
+    """A topic's records from the beginning to its end (or the first `limit`), oldest first."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     found: list[ConsumerRecord[bytes, bytes]] = []
     try:
-        quiet_since = time.monotonic()
-        while len(found) < limit and time.monotonic() - quiet_since < idle_s:
-            batches = await consumer.getmany(timeout_ms=300, max_records=limit - len(found))
-            for records in batches.values():
+        tps = _partitions(consumer, topic)
+        if tps:
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            async for records in _batches_to_end(consumer, tps, limit):
                 found.extend(records)
-                quiet_since = time.monotonic()
     finally:
         await consumer.stop()
-    return sorted(found, key=lambda r: (r.timestamp, r.partition, r.offset))
+    return sorted(found, key=lambda r: (r.timestamp, r.partition, r.offset))[:limit]
 
 
 def parked(record: ConsumerRecord[bytes, bytes]) -> ParkedRecord:
@@ -120,10 +148,11 @@ async def replay(
     """Puts parked records back on their original topic, without the DLQ headers.
 
     Progress is committed in the `newsflow-dlq-replay` group, so a second replay only sends
-    records parked since the first.
+    records parked since the first. The partitions are assigned, not joined through the group:
+    a join waits for the group's previous member (on the embedded broker, whose first
+    generation is 0, the client never says it left: a second replay waited ~20 s for it).
     """
     consumer = AIOKafkaConsumer(
-        dlq_topic,
         bootstrap_servers=bootstrap,
         group_id=REPLAY_GROUP,
         auto_offset_reset="earliest",
@@ -134,18 +163,19 @@ async def replay(
     await producer.start()
     replayed = 0
     try:
-        quiet_since = time.monotonic()
-        while replayed < limit and time.monotonic() - quiet_since < 3.0:
-            batches = await consumer.getmany(timeout_ms=500, max_records=limit - replayed)
-            for records in batches.values():
-                quiet_since = time.monotonic()
-                for record in records:
-                    on_record(parked(record))
-                    if not dry_run:
-                        await _send_back(producer, record)
-                    replayed += 1
-            if batches and not dry_run:
-                await consumer.commit()
+        tps = _partitions(consumer, dlq_topic)
+        if not tps:
+            return 0
+        consumer.assign(tps)
+        async for records in _batches_to_end(consumer, tps, limit):
+            for record in records:
+                on_record(parked(record))
+                if not dry_run:
+                    await _send_back(producer, record)
+                replayed += 1
+            if records and not dry_run:
+                last = records[-1]
+                await consumer.commit({TopicPartition(last.topic, last.partition): last.offset + 1})
     finally:
         await producer.stop()
         await consumer.stop()
