@@ -275,12 +275,45 @@ class FetchSpacing:
         self.resting = True
 
 
+def leave_from_any_generation(consumer: AIOKafkaConsumer) -> bool:
+    """Makes a started group member say it leaves when it stops, whatever its generation; False
+    (the client's own way kept) if this aiokafka's coordinator is not the one this was written
+    for.
+
+    aiokafka leaves only from generation 1 on, Apache Kafka's first; the embedded broker (Tansu)
+    numbers a group's first generation 0. A member of it stopped without a word, and the next
+    member's join waited until the broker gave up on it: a restarted enrichment or delivery
+    instance sat ~20 s without work, a second `dlq replay` as long. The request names only the
+    group and the member, so the generation is set to what the client checks.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    leave = getattr(coordinator, "_maybe_leave_group", None)
+    if leave is None or not isinstance(getattr(coordinator, "generation", None), int):
+        return False
+
+    async def leave_generation_zero_too() -> None:
+        if coordinator.generation == 0 and coordinator.member_id:  # type: ignore[union-attr]
+            coordinator.generation = 1  # type: ignore[union-attr]
+        await leave()
+
+    coordinator._maybe_leave_group = leave_generation_zero_too  # type: ignore[union-attr]
+    return True
+
+
+class GroupConsumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka is untyped
+    """A consumer that leaves its group when it stops, from the first generation on."""
+
+    async def start(self) -> None:
+        await super().start()
+        leave_from_any_generation(self)
+
+
 def make_consumer(
     settings: NewsflowSettings, topic: str | None, group_id: str, **options: Any
 ) -> AIOKafkaConsumer:
     """A group member that commits by hand, only once its work is durable (`options` override
     the defaults, e.g. `fetch_max_wait_ms`). `topic` None: subscribe it after `start`."""
-    return AIOKafkaConsumer(
+    return GroupConsumer(
         *([] if topic is None else [topic]),
         **{
             "bootstrap_servers": settings.kafka_bootstrap_servers,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -208,3 +209,33 @@ async def test_with_a_commit_interval_what_is_durable_is_committed_when_quiet_an
         await producer.stop()
     assert handled == [b"urn:a", b"urn:b", b"urn:c", b"urn:d", b"urn:e"]
     assert consumed() == 5
+
+
+async def test_a_member_that_stops_leaves_so_the_next_takes_every_partition_before_its_session_ends(
+    kafka_bootstrap: str, topics: Topics, prefix: str
+) -> None:
+    """Not timed out by the broker: told. (The embedded broker's first generation is 0, from
+    which aiokafka alone would not say it leaves: the next member waited ~20 s.)"""
+    settings = NewsflowSettings(kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
+    session_s = 10.0  # make_consumer's session timeout
+
+    async def member_with_partitions() -> AIOKafkaConsumer:
+        consumer = make_consumer(settings, topics.ingested, f"{prefix}leaving")
+        await consumer.start()
+        for _ in range(400):
+            if consumer.assignment():
+                break
+            await asyncio.sleep(0.05)
+        return consumer
+
+    first = await member_with_partitions()
+    assert len(first.assignment()) == 6
+    await first.stop()
+    stopped = time.monotonic()
+
+    second = await member_with_partitions()
+    try:
+        assert len(second.assignment()) == 6
+        assert time.monotonic() - stopped < session_s
+    finally:
+        await second.stop()
