@@ -1089,7 +1089,29 @@ class SubscriptionView(BaseModel):
     previous_secret_expires_at: datetime | None
 
 
-def _view(subscription: Subscription) -> dict[str, Any]:
+def etag_of(subscription: Subscription) -> str:
+    return f'"{subscription.revision}"'
+
+
+def still_as_seen(subscription: Subscription, if_match: str) -> bool:
+    """Whether an `If-Match` names the subscription as stored (`*`: any; a weak tag never
+    matches, RFC 9110 13.1.1)."""
+    tags = {tag.strip() for tag in if_match.split(",")}
+    return "*" in tags or etag_of(subscription) in tags
+
+
+IfMatch = Annotated[
+    str | None,
+    Header(
+        description="ETags from an earlier answer about this subscription: the change is made "
+        "only if it is still as it was then (412 `subscription_changed` otherwise)."
+    ),
+]
+
+
+def _view(subscription: Subscription, response: Response | None = None) -> dict[str, Any]:
+    if response is not None:
+        response.headers["ETag"] = etag_of(subscription)
     return {
         **subscription.model_dump(),
         "status": subscription.status,
@@ -1227,26 +1249,39 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
                 422, "webhook_url_refused", str(exc), errors=[{"field": "url", "message": str(exc)}]
             ) from exc
 
-    async def found(subscription_id: str, deps: DeliveryDeps) -> Subscription:
+    async def found(
+        subscription_id: str, deps: DeliveryDeps, if_match: str | None = None
+    ) -> Subscription:
         """The subscription as stored now: one created or changed through another instance a
-        moment ago is found as it is, and a change made from it undoes nothing."""
+        moment ago is found as it is, and a change made from it undoes nothing. `if_match`:
+        the ETags the caller's change was made against (412 if none is the stored one)."""
         with read_from_the_broker():
             subscription = await deps.subscriptions.latest(subscription_id)
         if subscription is None:
             raise Problem(404, "unknown_subscription", f"no subscription {subscription_id}")
+        if if_match is not None and not still_as_seen(subscription, if_match):
+            raise Problem(
+                412,
+                "subscription_changed",
+                f"{subscription_id} changed since that ETag was given: read it again "
+                "(the answer's ETag is the current one) and make the change against that",
+                headers={"ETag": etag_of(subscription)},
+            )
         return subscription
 
     @app.post(
         "/v1/subscriptions", status_code=201, response_model=SubscriptionCreated,
         dependencies=admin,
     )  # fmt: skip
-    async def create_subscription(body: SubscriptionRequest, deps: Deps) -> dict[str, Any]:
+    async def create_subscription(
+        body: SubscriptionRequest, deps: Deps, response: Response
+    ) -> dict[str, Any]:
         """Subscribe a webhook endpoint; the answer holds the signing secret (shown once)."""
         await vetted(body.url, deps)
         subscription = Subscription.create(body)
         await deps.subscriptions.add(subscription)
         log.info("subscription created", subscription_id=subscription.id)
-        return _view(subscription)
+        return _view(subscription, response)
 
     @app.get(
         "/v1/subscriptions",
@@ -1273,24 +1308,37 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
     @app.get(
         "/v1/subscriptions/{subscription_id}", response_model=SubscriptionView, dependencies=admin
     )
-    async def get_subscription(subscription_id: str, deps: Deps) -> dict[str, Any]:
-        return _view(await found(subscription_id, deps))
+    async def get_subscription(
+        subscription_id: str, deps: Deps, response: Response
+    ) -> dict[str, Any]:
+        """The subscription, with its ETag: send it back as `If-Match` with a change to have
+        the change refused (412) if someone else changed the subscription meanwhile."""
+        return _view(await found(subscription_id, deps), response)
 
     @app.patch(
         "/v1/subscriptions/{subscription_id}", response_model=SubscriptionView, dependencies=admin
     )
     async def update_subscription(
-        subscription_id: str, change: SubscriptionUpdate, deps: Deps
+        subscription_id: str,
+        change: SubscriptionUpdate,
+        deps: Deps,
+        response: Response,
+        if_match: IfMatch = None,
     ) -> dict[str, Any]:
-        subscription = await found(subscription_id, deps)
+        """Changes the fields sent, the others stay as they are."""
+        subscription = await found(subscription_id, deps, if_match)
         if change.url is not None:
             await vetted(change.url, deps)
         updated = subscription.updated(change)
         await deps.subscriptions.add(updated)
-        return _view(updated)
+        return _view(updated, response)
 
     @app.delete("/v1/subscriptions/{subscription_id}", status_code=204, dependencies=admin)
-    async def delete_subscription(subscription_id: str, deps: Deps) -> Response:
+    async def delete_subscription(
+        subscription_id: str, deps: Deps, if_match: IfMatch = None
+    ) -> Response:
+        if if_match is not None:
+            await found(subscription_id, deps, if_match)
         with read_from_the_broker():
             removed = await deps.subscriptions.remove(subscription_id)
         if not removed:
@@ -1302,20 +1350,25 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         response_model=SubscriptionView,
         dependencies=admin,
     )
-    async def pause(subscription_id: str, deps: Deps) -> dict[str, Any]:
+    async def pause(
+        subscription_id: str, deps: Deps, response: Response, if_match: IfMatch = None
+    ) -> dict[str, Any]:
         """Stop sending; what is published meanwhile can be re-sent with `recover`."""
-        paused = (await found(subscription_id, deps)).model_copy(update={"paused": True})
+        subscription = await found(subscription_id, deps, if_match)
+        paused = subscription.model_copy(update={"paused": True})
         await deps.subscriptions.add(paused)
-        return _view(paused)
+        return _view(paused, response)
 
     @app.post(
         "/v1/subscriptions/{subscription_id}/resume",
         response_model=SubscriptionView,
         dependencies=admin,
     )
-    async def resume(subscription_id: str, deps: Deps) -> dict[str, Any]:
+    async def resume(
+        subscription_id: str, deps: Deps, response: Response, if_match: IfMatch = None
+    ) -> dict[str, Any]:
         """Send again; also re-enables a subscription that was disabled."""
-        subscription = await found(subscription_id, deps)
+        subscription = await found(subscription_id, deps, if_match)
         resumed = subscription.model_copy(
             update={"paused": False, "disabled_at": None, "disabled_reason": None,
                     "failing_since": None}
@@ -1323,15 +1376,19 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         await deps.subscriptions.add(resumed)
         if subscription.disabled_at is not None:
             await deps.operations.record_event("enabled", resumed, "re-enabled by an admin")
-        return _view(resumed)
+        return _view(resumed, response)
 
     @app.post("/v1/subscriptions/{subscription_id}/rotate-secret", dependencies=admin)
     async def rotate_secret(
-        subscription_id: str, deps: Deps, body: Annotated[RotationRequest | None, Body()] = None
+        subscription_id: str,
+        deps: Deps,
+        response: Response,
+        body: Annotated[RotationRequest | None, Body()] = None,
+        if_match: IfMatch = None,
     ) -> dict[str, Any]:
         """A new secret; the old one keeps signing (both signatures sent) during the overlap."""
         request = body or RotationRequest()
-        subscription = await found(subscription_id, deps)
+        subscription = await found(subscription_id, deps, if_match)
         overlap = request.overlap_s
         if overlap is None:
             overlap = settings.delivery_rotation_overlap_s
@@ -1340,6 +1397,7 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
             request.secret or new_secret(), timedelta(seconds=overlap), now
         )
         await deps.subscriptions.add(rotated)
+        response.headers["ETag"] = etag_of(rotated)
         return {
             "id": rotated.id,
             "secret": rotated.secret,

@@ -134,6 +134,12 @@ class Subscription(Filters):
         return self.model_copy(update=fields)
 
     @property
+    def revision(self) -> str:
+        """Changes with every change to the subscription, the same on every instance: its
+        ETag, for an admin's change that must not undo one made since they looked."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:24]
+
+    @property
     def status(self) -> Literal["active", "paused", "disabled"]:
         if self.disabled_at is not None:
             return "disabled"

@@ -345,6 +345,7 @@ async def test_a_change_made_through_one_instance_starts_from_what_another_wrote
     await second.add(paused)
     base = await first.latest(created.id)
     assert base == paused
+    assert base.revision == paused.revision != created.revision  # the ETag, on every instance
     assert await first.all() == (paused,)  # changed by the other instance: listed anew
     moved = base.model_copy(update={"url": "https://p.example/b"})
     await first.add(moved)  # paused stays paused: the pause is not undone

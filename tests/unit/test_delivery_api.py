@@ -183,6 +183,48 @@ def test_filters_update_pause_resume_and_get(client: TestClient) -> None:
     assert bad.status_code == 422
 
 
+def test_a_change_made_against_what_another_admin_changed_since_is_refused_with_412(
+    client: TestClient,
+) -> None:
+    sub = f"/v1/subscriptions/{create(client)['id']}"
+    seen = client.get(sub, headers=ADMIN).headers["etag"]
+    paused = client.post(f"{sub}/pause", headers=ADMIN)  # another admin, meanwhile
+    current = paused.headers["etag"]
+    assert seen != current
+
+    stale = {**ADMIN, "If-Match": seen}
+    for refused in (
+        client.patch(sub, json={"keywords": ["ferry"]}, headers=stale),
+        client.post(f"{sub}/resume", headers=stale),
+        client.post(f"{sub}/rotate-secret", headers=stale),
+        client.delete(sub, headers=stale),
+        client.patch(
+            sub, json={"keywords": ["ferry"]}, headers={**ADMIN, "If-Match": "W/" + current}
+        ),
+    ):
+        assert refused.status_code == 412
+        assert refused.json()["code"] == "subscription_changed"
+        assert refused.headers["etag"] == current  # what to read again and redo the change on
+    after = client.get(sub, headers=ADMIN)
+    assert (after.json()["status"], after.json()["keywords"]) == ("paused", [])
+    assert after.headers["etag"] == current  # nothing changed: no secret rotated, not deleted
+
+    either = {**ADMIN, "If-Match": f'"an-older-one", {current}'}
+    changed = client.patch(sub, json={"keywords": ["ferry"]}, headers=either)
+    assert changed.status_code == 200 and changed.json()["keywords"] == ["ferry"]
+    resumed = client.post(f"{sub}/resume", headers={**ADMIN, "If-Match": "*"})
+    assert resumed.json()["status"] == "active"
+    rotated = client.post(
+        f"{sub}/rotate-secret", headers={**ADMIN, "If-Match": resumed.headers["etag"]}
+    )
+    assert rotated.status_code == 200
+    assert client.get(sub, headers=ADMIN).headers["etag"] == rotated.headers["etag"]
+    gone = client.delete(sub, headers={**ADMIN, "If-Match": rotated.headers["etag"]})
+    assert gone.status_code == 204
+    unknown = client.patch(sub, json={}, headers={**ADMIN, "If-Match": "*"})
+    assert unknown.status_code == 404
+
+
 def test_update_to_a_private_url_is_refused(client: TestClient) -> None:
     created = create(client)
     response = client.patch(
