@@ -357,6 +357,7 @@ def subs_add(
 
 @subs_app.command("show")
 def subs_show(subscription_id: str) -> None:
+    """One subscription: its filters, status and endpoint (never its secret)."""
     _subs_call("GET", f"/{subscription_id}")
 
 
@@ -391,6 +392,7 @@ def subs_reseal() -> None:
 
 @subs_app.command("delete")
 def subs_delete(subscription_id: str) -> None:
+    """Unsubscribe: what is still queued for it is not sent (a request already under way ends)."""
     _subs_call("DELETE", f"/{subscription_id}")
 
 
