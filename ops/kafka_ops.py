@@ -149,8 +149,8 @@ async def replay(
 
     Progress is committed in the `newsflow-dlq-replay` group, so a second replay only sends
     records parked since the first. The partitions are assigned, not joined through the group:
-    a join waits for the group's previous member (on the embedded broker, whose first
-    generation is 0, the client never says it left: a second replay waited ~20 s for it).
+    a join takes ~5 s on the embedded broker, and a second replay's waited ~20 s for the first
+    (which never said it left: see `shared.kafka.leave_from_any_generation`).
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
