@@ -1100,6 +1100,21 @@ def still_as_seen(subscription: Subscription, if_match: str) -> bool:
     return "*" in tags or etag_of(subscription) in tags
 
 
+_ETAG = {"ETag": {"description": "The subscription's ETag now", "schema": {"type": "string"}}}
+# The OpenAPI answers of the calls about one subscription (all problem+json but the 2xx).
+ABOUT_ONE: dict[int | str, dict[str, Any]] = {
+    200: {"headers": _ETAG},
+    404: {"description": "No such subscription (`unknown_subscription`)"},
+}
+CHANGING_ONE: dict[int | str, dict[str, Any]] = {
+    **ABOUT_ONE,
+    412: {
+        "description": "`If-Match` names none of the subscription's ETags: it changed since "
+        "(`subscription_changed`; nothing was changed, the answer's ETag is the current one)",
+        "headers": _ETAG,
+    },
+}
+
 IfMatch = Annotated[
     str | None,
     Header(
@@ -1306,7 +1321,10 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         return {"resealed": resealed}
 
     @app.get(
-        "/v1/subscriptions/{subscription_id}", response_model=SubscriptionView, dependencies=admin
+        "/v1/subscriptions/{subscription_id}",
+        response_model=SubscriptionView,
+        dependencies=admin,
+        responses=ABOUT_ONE,
     )
     async def get_subscription(
         subscription_id: str, deps: Deps, response: Response
@@ -1316,7 +1334,10 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         return _view(await found(subscription_id, deps), response)
 
     @app.patch(
-        "/v1/subscriptions/{subscription_id}", response_model=SubscriptionView, dependencies=admin
+        "/v1/subscriptions/{subscription_id}",
+        response_model=SubscriptionView,
+        dependencies=admin,
+        responses=CHANGING_ONE,
     )
     async def update_subscription(
         subscription_id: str,
@@ -1333,7 +1354,12 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         await deps.subscriptions.add(updated)
         return _view(updated, response)
 
-    @app.delete("/v1/subscriptions/{subscription_id}", status_code=204, dependencies=admin)
+    @app.delete(
+        "/v1/subscriptions/{subscription_id}",
+        status_code=204,
+        dependencies=admin,
+        responses={k: v for k, v in CHANGING_ONE.items() if k != 200},
+    )
     async def delete_subscription(
         subscription_id: str, deps: Deps, if_match: IfMatch = None
     ) -> Response:
@@ -1349,6 +1375,7 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         "/v1/subscriptions/{subscription_id}/pause",
         response_model=SubscriptionView,
         dependencies=admin,
+        responses=CHANGING_ONE,
     )
     async def pause(
         subscription_id: str, deps: Deps, response: Response, if_match: IfMatch = None
@@ -1363,6 +1390,7 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
         "/v1/subscriptions/{subscription_id}/resume",
         response_model=SubscriptionView,
         dependencies=admin,
+        responses=CHANGING_ONE,
     )
     async def resume(
         subscription_id: str, deps: Deps, response: Response, if_match: IfMatch = None
@@ -1378,7 +1406,11 @@ def create_app(settings: DeliverySettings, open_deps: DepsFactory) -> FastAPI:
             await deps.operations.record_event("enabled", resumed, "re-enabled by an admin")
         return _view(resumed, response)
 
-    @app.post("/v1/subscriptions/{subscription_id}/rotate-secret", dependencies=admin)
+    @app.post(
+        "/v1/subscriptions/{subscription_id}/rotate-secret",
+        dependencies=admin,
+        responses=CHANGING_ONE,
+    )
     async def rotate_secret(
         subscription_id: str,
         deps: Deps,

@@ -224,6 +224,11 @@ def test_a_change_made_against_what_another_admin_changed_since_is_refused_with_
     unknown = client.patch(sub, json={}, headers={**ADMIN, "If-Match": "*"})
     assert unknown.status_code == 404
 
+    documented = client.get("/openapi.json").json()["paths"]["/v1/subscriptions/{subscription_id}"]
+    assert "if-match" in [parameter["name"] for parameter in documented["patch"]["parameters"]]
+    assert "ETag" in documented["patch"]["responses"]["412"]["headers"]
+    assert "ETag" in documented["get"]["responses"]["200"]["headers"]
+
 
 def test_update_to_a_private_url_is_refused(client: TestClient) -> None:
     created = create(client)
