@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
 
-from services.delivery.domain import Job, Subscription, Tagged, fingerprint
+from services.delivery.domain import Job, RecentDelivery, Subscription, Tagged, fingerprint
 from services.ingest.app import IngestRuntime, IntakeFactory
 from services.ingest.domain import Claim, Intake, LedgerEntry, StoredResponse
 from services.ingest.feeds import FeedIn, FeedState, FeedStatus
@@ -152,8 +152,11 @@ class FakeDeliveryOperations:
     async def dead_letters(self, subscription_id: str) -> list[Job]:
         return []
 
-    async def dead_letter_count(self, subscription_id: str) -> int:
-        return len(await self.dead_letters(subscription_id))
+    async def recent(self, subscription_ids: Sequence[str], limit: int) -> list[RecentDelivery]:
+        return [
+            RecentDelivery(await self.attempts(s, limit), len(await self.dead_letters(s)))
+            for s in subscription_ids
+        ]
 
     async def resend(self, subscription_id: str, message_ids: list[str] | None) -> int:
         return 0

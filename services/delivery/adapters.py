@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from services.delivery.domain import (
     Answer,
     Job,
+    RecentDelivery,
     Subscription,
     Tagged,
     fanout_headers,
@@ -834,9 +835,21 @@ class RedisDeliveryState:
         found = await self._redis.hvals(f"{self._prefix}dead:{subscription_id}")
         return sorted((Job.from_json(v) for v in found), key=lambda j: (j.story_uri, j.version))
 
-    async def dead_letter_count(self, subscription_id: str) -> int:
-        """How many dead letters, without reading them (each holds its story)."""
-        return int(await self._redis.hlen(f"{self._prefix}dead:{subscription_id}"))
+    async def recent(self, subscription_ids: Sequence[str], limit: int) -> list[RecentDelivery]:
+        """Each subscription's latest `limit` attempts and its dead letters counted, not read
+        (each holds its story): one round trip for up to 500 subscriptions."""
+        found: list[RecentDelivery] = []
+        for start in range(0, len(subscription_ids), 500):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for subscription_id in subscription_ids[start : start + 500]:
+                    pipe.lrange(f"{self._prefix}attempts:{subscription_id}", 0, limit - 1)
+                    pipe.hlen(f"{self._prefix}dead:{subscription_id}")
+                answers = await pipe.execute()
+            found.extend(
+                RecentDelivery([from_json(v) for v in attempts], int(dead))
+                for attempts, dead in zip(answers[::2], answers[1::2], strict=True)
+            )
+        return found
 
     async def forget_dead(self, subscription_id: str, message_ids: Sequence[str]) -> None:
         if message_ids:

@@ -40,6 +40,7 @@ from services.delivery.adapters import (
 from services.delivery.domain import (
     Breaker,
     Job,
+    RecentDelivery,
     RotationRequest,
     StoryCache,
     Subscription,
@@ -966,7 +967,7 @@ class Operations(Protocol):
 
     async def dead_letters(self, subscription_id: str) -> list[Job]: ...
 
-    async def dead_letter_count(self, subscription_id: str) -> int: ...
+    async def recent(self, subscription_ids: Sequence[str], limit: int) -> list[RecentDelivery]: ...
 
     async def resend(self, subscription_id: str, message_ids: list[str] | None) -> int: ...
 
@@ -1034,8 +1035,8 @@ class DeliveryOperations:
     async def dead_letters(self, subscription_id: str) -> list[Job]:
         return await self._state.dead_letters(subscription_id)
 
-    async def dead_letter_count(self, subscription_id: str) -> int:
-        return await self._state.dead_letter_count(subscription_id)
+    async def recent(self, subscription_ids: Sequence[str], limit: int) -> list[RecentDelivery]:
+        return await self._state.recent(subscription_ids, limit)
 
     async def resend(self, subscription_id: str, message_ids: list[str] | None) -> int:
         dead = await self._state.dead_letters(subscription_id)
@@ -1160,13 +1161,10 @@ class DepsStatus:
     async def subscriptions(self) -> Sequence[Subscription]:
         return await self._deps.subscriptions.all()
 
-    async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
-        return await self._deps.operations.attempts(subscription_id, limit)
-
-    async def dead_letters(self, subscription_id: str) -> int:
-        # Counted, not read: a partner down for a day has thousands, each with its story, and
-        # the page reads every subscription's every 15 s.
-        return await self._deps.operations.dead_letter_count(subscription_id)
+    async def recent(self, subscription_ids: Sequence[str], limit: int) -> list[RecentDelivery]:
+        # Dead letters counted, not read: a partner down for a day has thousands, each with its
+        # story; all subscriptions in a round trip or a few, where each took two.
+        return await self._deps.operations.recent(subscription_ids, limit)
 
     async def sections(self) -> list[str]:
         return [str(section["id"]) for section in await self._deps.cache.sections()]

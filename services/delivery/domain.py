@@ -96,6 +96,13 @@ def _norm(values: Iterable[str]) -> list[str]:
     return sorted({v.strip().lower() for v in values if v.strip()})
 
 
+class RecentDelivery(NamedTuple):
+    """What the status page shows of one subscription's recent deliveries."""
+
+    attempts: list[dict[str, Any]]  # the latest, newest first
+    dead_letters: int
+
+
 class Subscription(Filters):
     id: str
     url: str

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from prometheus_client import CollectorRegistry
 
-from services.delivery.domain import Subscription
+from services.delivery.domain import RecentDelivery, Subscription
 from services.delivery.status_page import (
     STYLE,
     LatestStory,
@@ -41,9 +41,7 @@ class StatusSource(Protocol):
 
     async def subscriptions(self) -> Sequence[Subscription]: ...
 
-    async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]: ...
-
-    async def dead_letters(self, subscription_id: str) -> int: ...
+    async def recent(self, subscription_ids: Sequence[str], limit: int) -> list[RecentDelivery]: ...
 
     async def sections(self) -> list[str]: ...
 
@@ -89,13 +87,10 @@ def health_of(
 
 async def gather(source: StatusSource, pulse: Pulse) -> StatusView:
     subscriptions = await source.subscriptions()
+    recent = await source.recent([s.id for s in subscriptions], RECENT_ATTEMPTS)
     health = [
-        health_of(
-            s,
-            await source.attempts(s.id, RECENT_ATTEMPTS),
-            await source.dead_letters(s.id),
-        )
-        for s in subscriptions
+        health_of(s, deliveries.attempts, deliveries.dead_letters)
+        for s, deliveries in zip(subscriptions, recent, strict=True)
     ]
     latest: dict[str, list[LatestStory]] = {}
     for section_id in await source.sections():

@@ -168,10 +168,8 @@ async def test_settlements_of_many_jobs_release_the_order_guard_and_keep_attempt
     assert await state.attempts("sub_1", 10) == [{"n": 6}, {"n": 5}, {"n": 3}]  # capped at 3
     assert [j.subscription_id for j in await state.dead_letters("sub_1")] == ["sub_1"]
     assert await state.dead_letters("sub_0") == []
-    assert (await state.dead_letter_count("sub_1"), await state.dead_letter_count("sub_0")) == (
-        1,
-        0,
-    )
+    recent = await state.recent(["sub_1", "sub_0", "sub_none"], 2)
+    assert recent == [([{"n": 6}, {"n": 5}], 1), ([{"n": 4}, {"n": 2}], 0), ([], 0)]
 
 
 async def test_queued_jobs_mark_their_version_pending_and_who_got_the_story(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from services.delivery.domain import Subscription, SubscriptionRequest
+from services.delivery.domain import RecentDelivery, Subscription, SubscriptionRequest
 from services.delivery.ops_page import COOKIE, StatusSource, add_ops_routes, health_of
 from services.delivery.status_page import Pulse
 
@@ -37,14 +37,12 @@ class FakeSource:
     async def subscriptions(self) -> list[Subscription]:
         return [self.subscription]
 
-    async def attempts(self, subscription_id: str, limit: int) -> list[dict[str, Any]]:
-        return [
+    async def recent(self, subscription_ids: Sequence[str], limit: int) -> list[RecentDelivery]:
+        attempts = [
             attempt("msg_2", "failed", error="HTTP 503", next_retry_at="2026-11-25T12:05:00Z"),
             attempt("msg_1", "delivered"),
         ]
-
-    async def dead_letters(self, subscription_id: str) -> int:
-        return 2
+        return [RecentDelivery(attempts[:limit], 2) for _ in subscription_ids]
 
     async def sections(self) -> list[str]:
         return ["world"]
