@@ -117,7 +117,7 @@ async def read_all(bootstrap: str, topic: str, limit: int) -> list[ConsumerRecor
                 found.extend(records)
     finally:
         await consumer.stop()
-    return sorted(found, key=lambda r: (r.timestamp, r.partition, r.offset))[:limit]
+    return sorted(found, key=lambda r: (r.timestamp, r.partition, r.offset))
 
 
 def parked(record: ConsumerRecord[bytes, bytes]) -> ParkedRecord:
